@@ -1,0 +1,1 @@
+"""Backbones: LightningModules that turn preprocessed clips into feature vectors."""

@@ -1,0 +1,65 @@
+"""What every backbone declares (`InputSpec`) and the shared predict step.
+
+A backbone says which frames it wants from a clip and how they are resized; the datamodule reads
+that from `model.input_spec` and never branches on the model. Each clip becomes one or more
+samples, the model encodes each sample, and the clip feature is the mean over its samples.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from lightning.pytorch import LightningModule
+from torchvision.transforms import InterpolationMode
+
+from vfe.transforms import normalize
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a backbone wants its clips.
+
+    frames_per_clip: None for image backbones: every frame of the clip is one sample
+        `(C, H, W)`, and the clip feature is the mean over frames. An integer N for video
+        backbones: N frames spread uniformly over the clip form one sample `(C, N, H, W)`.
+    short_side_size, crop_size, interpolation, antialias: resize the short side, then center crop.
+    mean, std: per-channel normalisation of `pixels / 255`, applied on the model's device.
+    default_batch_size: samples per forward pass when `--batch_size` is not given.
+    """
+
+    frames_per_clip: int | None
+    short_side_size: int
+    crop_size: int
+    interpolation: InterpolationMode
+    antialias: bool
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    default_batch_size: int
+
+
+class Backbone(LightningModule, ABC):
+    """A headless feature extractor; `predict_step` returns `(B, feature_dim) float32` features."""
+
+    name: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def input_spec(self) -> InputSpec: ...
+
+    @property
+    @abstractmethod
+    def feature_dim(self) -> int: ...
+
+    @abstractmethod
+    def encode(self, samples: torch.Tensor) -> torch.Tensor:
+        """Normalised float samples `(B, C, H, W)` or `(B, C, T, H, W)` -> `(B, feature_dim)`."""
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        pixels: torch.Tensor = batch["pixels"]
+        if pixels.shape[0] == 0:
+            # A batch may carry only failure reports.
+            return torch.zeros(0, self.feature_dim, device=pixels.device)
+        spec = self.input_spec
+        samples = normalize(pixels, spec.mean, spec.std, channel_dim=1)
+        return self.encode(samples).float()

@@ -1,0 +1,166 @@
+"""CLIP image encoder (OpenAI weights through the `clip` package) as a per-frame backbone."""
+
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torchvision.transforms import InterpolationMode
+
+from vfe.backbones.base import Backbone, InputSpec
+from vfe.backbones.weights import RANDOM, resolve_weights_file
+from vfe.errors import VfeError
+
+# `clip` imports pkg_resources, which warns on every run; the pin setuptools<81 keeps it working.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+import clip  # noqa: E402
+from clip.model import CLIP  # noqa: E402
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CUSTOM_ARCH = "custom"
+
+# Constructor arguments of `clip.model.CLIP` for each OpenAI release, used to build random
+# networks and to check that a weights file holds the architecture asked for:
+# (embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
+#  context_length, vocab_size, transformer_width, transformer_heads, transformer_layers)
+CLIP_ARCHS: dict[str, tuple[Any, ...]] = {
+    "RN50": (1024, 224, (3, 4, 6, 3), 64, None, 77, 49408, 512, 8, 12),
+    "RN101": (512, 224, (3, 4, 23, 3), 64, None, 77, 49408, 512, 8, 12),
+    "RN50x4": (640, 288, (4, 6, 10, 6), 80, None, 77, 49408, 640, 10, 12),
+    "RN50x16": (768, 384, (6, 8, 18, 8), 96, None, 77, 49408, 768, 12, 12),
+    "RN50x64": (1024, 448, (3, 15, 36, 10), 128, None, 77, 49408, 1024, 16, 12),
+    "ViT-B/32": (512, 224, 12, 768, 32, 77, 49408, 512, 8, 12),
+    "ViT-B/16": (512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
+    "ViT-L/14": (768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
+    "ViT-L/14@336px": (768, 336, 24, 1024, 14, 77, 49408, 768, 12, 12),
+}
+
+
+def visual_signature(visual: nn.Module) -> tuple[Any, ...]:
+    """(embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size) of a tower."""
+    if hasattr(visual, "transformer"):  # VisionTransformer
+        return (
+            visual.output_dim,
+            visual.input_resolution,
+            visual.transformer.layers,
+            visual.transformer.width,
+            visual.conv1.kernel_size[0],
+        )
+    blocks = (visual.layer1, visual.layer2, visual.layer3, visual.layer4)
+    return (
+        visual.output_dim,
+        visual.input_resolution,
+        tuple(len(block) for block in blocks),
+        visual.conv1.out_channels * 2,
+        None,
+    )
+
+
+def describe_signature(signature: tuple[Any, ...]) -> str:
+    embed_dim, resolution, layers, width, patch = signature
+    kind = f"ViT patch {patch}" if patch else "ResNet"
+    return f"{kind}, {resolution}px, layers {layers}, width {width}, embedding {embed_dim}"
+
+
+def load_clip(arch: str, weights: str | None) -> CLIP:
+    """A float32 CLIP on the CPU in eval mode: official, random, or from a local file."""
+    if arch not in CLIP_ARCHS and arch != CUSTOM_ARCH:
+        raise VfeError(
+            f"--model.arch {arch!r} is not a CLIP architecture; choose one of "
+            f"{', '.join(CLIP_ARCHS)} (or '{CUSTOM_ARCH}' with a --model.weights file)"
+        )
+    weights_file = resolve_weights_file(weights, f"CLIP {arch}")
+    if arch == CUSTOM_ARCH and weights_file is None:
+        raise VfeError(
+            f"--model.arch {CUSTOM_ARCH} takes the architecture from a --model.weights file; "
+            "give one"
+        )
+    if weights == RANDOM:
+        return CLIP(*CLIP_ARCHS[arch]).float().eval()
+    if weights_file is None:
+        return _load_official(arch)
+    try:
+        model, _ = clip.load(str(weights_file), device="cpu", jit=False)
+    except (
+        RuntimeError,
+        KeyError,
+        ValueError,
+        AssertionError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as error:
+        raise VfeError(
+            f"--model.weights {str(weights_file)!r} is not a CLIP checkpoint that clip.load "
+            f"accepts (an OpenAI JIT archive or a CLIP state dict): {error}"
+        ) from error
+    if arch != CUSTOM_ARCH:
+        found = visual_signature(model.visual)
+        expected = CLIP_ARCHS[arch][:5]
+        if found != expected:
+            raise VfeError(
+                f"--model.weights {str(weights_file)!r} holds a CLIP image encoder with "
+                f"{describe_signature(found)}, not {arch} ({describe_signature(expected)}); "
+                f"pass the matching --model.arch, or '{CUSTOM_ARCH}' to take it from the file"
+            )
+    return model.float().eval()
+
+
+def _load_official(arch: str) -> CLIP:
+    cache = Path("~/.cache/clip").expanduser()
+    try:
+        model, _ = clip.load(arch, device="cpu", jit=False)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError
+        file_name = Path(clip.clip._MODELS[arch]).name
+        raise VfeError(
+            f"could not get the official CLIP {arch} weights ({error}). To run offline, put "
+            f"{file_name} in {cache}/ (the clip package's cache) or pass --model.weights "
+            "/path/to/checkpoint"
+        ) from error
+    return model.float().eval()
+
+
+class CLIPBackbone(Backbone):
+    """CLIP's image encoder on every frame; a clip's feature is the mean over its frames.
+
+    Preprocessing is CLIP's own: short side to the input resolution (bicubic, antialiased),
+    center crop, CLIP mean/std.
+
+    Args:
+        arch: OpenAI CLIP name (ViT-B/32, RN50, ViT-B/16, ViT-L/14, ...), or 'custom' to take
+            the architecture from the weights file.
+        weights: a local checkpoint file, 'random', or unset for the official weights.
+    """
+
+    name: ClassVar[str] = "clip"
+
+    def __init__(self, arch: str = "ViT-B/32", weights: str | None = None) -> None:
+        super().__init__()
+        self.arch = arch
+        # The text tower is never used; keeping only the image encoder halves the memory.
+        self.visual = load_clip(arch, weights).visual
+        resolution = int(self.visual.input_resolution)
+        self._input_spec = InputSpec(
+            frames_per_clip=None,
+            short_side_size=resolution,
+            crop_size=resolution,
+            interpolation=InterpolationMode.BICUBIC,
+            antialias=True,
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
+            default_batch_size=32,
+        )
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self._input_spec
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.visual.output_dim)
+
+    def encode(self, samples: torch.Tensor) -> torch.Tensor:
+        """`(B, 3, R, R)` normalised frames -> `(B, D)` image embeddings (not L2-normalised)."""
+        return self.visual(samples)

@@ -1,0 +1,289 @@
+"""Videos -> batches of preprocessed clip samples, decoded clip by clip inside DataLoader workers.
+
+The dataset is iterable: each (rank, worker) pair owns a disjoint set of whole videos, so every
+video is decoded and written by exactly one process. A batch is a dict:
+
+    pixels:      (B, C, H, W) or (B, C, T, H, W) uint8 samples, as the backbone's InputSpec says
+    video_index: list[int] (B), index into the run's video list
+    clip_index:  list[int] (B)
+    videos:      list[dict] describing videos whose samples start in this batch (see `_video_info`)
+    failures:    list[dict] videos that could not be decoded: index, path, stage, error
+
+Samples of several videos may share a batch; the writer reassembles them per video.
+"""
+
+import heapq
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from vfe.backbones.base import InputSpec
+from vfe.clip_grid import clip_frame_ranges, uniform_frame_indices
+from vfe.errors import VfeError
+from vfe.paths import VideoEntry, find_videos, output_path_for, resolve_output_dir
+from vfe.transforms import resize_and_center_crop
+from vfe.video import DECODERS, open_video
+
+log = logging.getLogger(__name__)
+
+
+def assign_shards(sizes: list[int], num_shards: int) -> list[list[int]]:
+    """Split item indices into `num_shards` lists of near-equal total size.
+
+    Largest first, each to the currently lightest shard (LPT), so shards finish together.
+    Deterministic: every rank computes the same split.
+    """
+    shards: list[list[int]] = [[] for _ in range(num_shards)]
+    heap = [(0, shard) for shard in range(num_shards)]
+    for index in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        load, shard = heapq.heappop(heap)
+        shards[shard].append(index)
+        heapq.heappush(heap, (load + sizes[index], shard))
+    return shards
+
+
+class _BatchBuilder:
+    """Collects samples and cuts them into batches of `batch_size` (the last may be short)."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self._chunks: list[torch.Tensor] = []
+        self._video_index: list[int] = []
+        self._clip_index: list[int] = []
+        self._videos: list[dict[str, Any]] = []
+        self._failures: list[dict[str, Any]] = []
+
+    @property
+    def num_samples(self) -> int:
+        return len(self._video_index)
+
+    def add_samples(self, pixels: torch.Tensor, video_index: int, clip_index: int) -> None:
+        self._chunks.append(pixels)
+        self._video_index += [video_index] * len(pixels)
+        self._clip_index += [clip_index] * len(pixels)
+
+    def add_video(self, info: dict[str, Any]) -> None:
+        self._videos.append(info)
+
+    def add_failure(self, failure: dict[str, Any]) -> None:
+        self._failures.append(failure)
+
+    def has_anything(self) -> bool:
+        return bool(self.num_samples or self._videos or self._failures)
+
+    def pop(self) -> dict[str, Any]:
+        """The next batch: up to `batch_size` samples, plus all pending video infos and failures."""
+        take = min(self.batch_size, self.num_samples)
+        if self._chunks:
+            pixels = self._chunks[0] if len(self._chunks) == 1 else torch.cat(self._chunks)
+        else:
+            pixels = torch.empty(0, dtype=torch.uint8)
+        self._chunks = [pixels[take:]] if take < len(pixels) else []
+        batch = {
+            "pixels": pixels[:take],
+            "video_index": self._video_index[:take],
+            "clip_index": self._clip_index[:take],
+            "videos": self._videos,
+            "failures": self._failures,
+        }
+        self._video_index = self._video_index[take:]
+        self._clip_index = self._clip_index[take:]
+        self._videos, self._failures = [], []
+        return batch
+
+
+class VideoClipDataset(IterableDataset):
+    """Yields ready batches (the DataLoader runs with `batch_size=None`); see the module doc."""
+
+    def __init__(
+        self,
+        videos: list[VideoEntry],
+        spec: InputSpec,
+        clip_len_seconds: float,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        decoder: str = "decord",
+    ) -> None:
+        self.videos = videos
+        self.spec = spec
+        self.clip_len_seconds = clip_len_seconds
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.decoder = decoder
+
+    def shard_indices(self) -> list[int]:
+        """Video indices for this (rank, DataLoader worker); all shards together cover each once."""
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        shards = assign_shards([v.size_bytes for v in self.videos], self.world_size * num_workers)
+        return shards[self.rank * num_workers + worker_id]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        builder = _BatchBuilder(self.batch_size)
+        for video_index in self.shard_indices():
+            yield from self._add_video(builder, video_index)
+        while builder.has_anything():
+            yield builder.pop()
+
+    def _add_video(self, builder: _BatchBuilder, video_index: int) -> Iterator[dict[str, Any]]:
+        entry = self.videos[video_index]
+        stage = "open"
+        # Decoders raise many exception types for broken files (DECORDError, RuntimeError,
+        # OSError, ...); any of them fails this video only, never the run.
+        try:
+            video = open_video(entry.path, self.decoder)
+            if video.num_frames < 1:
+                raise ValueError("the video has no frames")
+            clips = clip_frame_ranges(video.num_frames, video.average_fps, self.clip_len_seconds)
+            builder.add_video(self._video_info(video_index, entry, video, clips))
+            stage = "decode"
+            for clip_index, (start, stop) in enumerate(clips):
+                for frame_indices in self._sample_frame_indices(start, stop):
+                    frames = video.get_frames(frame_indices)
+                    builder.add_samples(self._to_samples(frames), video_index, clip_index)
+                    while builder.num_samples >= self.batch_size:
+                        yield builder.pop()
+        except Exception as error:
+            builder.add_failure(
+                {
+                    "index": video_index,
+                    "path": str(entry.path),
+                    "relative_path": entry.relative_path,
+                    "stage": stage,
+                    "error": f"{type(error).__name__}: {error}",
+                }
+            )
+
+    def _sample_frame_indices(self, start: int, stop: int) -> Iterator[list[int]]:
+        """Frame index lists to decode for one clip, in chunks that bound memory."""
+        if self.spec.frames_per_clip is None:
+            for chunk_start in range(start, stop, self.batch_size):
+                yield list(range(chunk_start, min(chunk_start + self.batch_size, stop)))
+        else:
+            yield uniform_frame_indices(start, stop, self.spec.frames_per_clip)
+
+    def _to_samples(self, frames: torch.Tensor) -> torch.Tensor:
+        """`(T, H, W, C)` decoded frames -> `(T, C, h, w)` image samples or `(1, C, T, h, w)`."""
+        spec = self.spec
+        images = resize_and_center_crop(
+            frames, spec.short_side_size, spec.crop_size, spec.interpolation, spec.antialias
+        )
+        if spec.frames_per_clip is None:
+            return images
+        return images.permute(1, 0, 2, 3).unsqueeze(0).contiguous()
+
+    def _video_info(
+        self, video_index: int, entry: VideoEntry, video: Any, clips: list[tuple[int, int]]
+    ) -> dict[str, Any]:
+        first = video.frame_time_ranges([start for start, _ in clips])[:, 0]
+        last = video.frame_time_ranges([stop - 1 for _, stop in clips])[:, 1]
+        if self.spec.frames_per_clip is None:
+            samples_per_clip = [stop - start for start, stop in clips]
+        else:
+            samples_per_clip = [1] * len(clips)
+        return {
+            "index": video_index,
+            "relative_path": entry.relative_path,
+            "num_clips": len(clips),
+            "samples_per_clip": samples_per_clip,
+            "fps": video.average_fps,
+            "clip_length": self.clip_len_seconds,
+            "timestamps": [[float(s), float(e)] for s, e in zip(first, last, strict=True)],
+        }
+
+
+class VideoDataModule(LightningDataModule):
+    """Finds the videos to do and feeds their clips, preprocessed as the model's InputSpec says.
+
+    Args:
+        input_dir: folder searched recursively for videos.
+        output_dir: where .npz files go (default `features/<model name>/`); videos whose .npz
+            exists are skipped unless `overwrite`.
+        clip_len: clip length in seconds.
+        batch_size: samples per forward pass (frames for image models, clips for video models);
+            default: the model's own.
+        num_workers: DataLoader worker processes that decode and resize.
+        overwrite: redo videos whose .npz already exists.
+        decoder: video decoding library.
+    """
+
+    def __init__(
+        self,
+        input_dir: Path = Path("raw_videos"),
+        output_dir: Path | None = None,
+        clip_len: float = 2.0,
+        batch_size: int | None = None,
+        num_workers: int = 2,
+        overwrite: bool = False,
+        decoder: str = "decord",
+    ) -> None:
+        super().__init__()
+        if not (math.isfinite(clip_len) and clip_len > 0):
+            raise VfeError(f"--clip_len must be a positive number of seconds, got {clip_len}")
+        if batch_size is not None and batch_size < 1:
+            raise VfeError(f"--batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise VfeError(f"--data.num_workers must be 0 or more, got {num_workers}")
+        if decoder not in DECODERS:
+            raise VfeError(
+                f"--data.decoder {decoder!r} is unknown; choose one of {sorted(DECODERS)}"
+            )
+        if not Path(input_dir).is_dir():
+            raise VfeError(f"--input_dir {str(input_dir)!r} is not a folder")
+        self.input_dir = Path(input_dir)
+        self.output_dir = output_dir
+        self.clip_len = clip_len
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.overwrite = overwrite
+        self.decoder = decoder
+        self.videos: list[VideoEntry] = []
+        self.num_skipped = 0
+
+    def setup(self, stage: str) -> None:
+        model = self.trainer.lightning_module
+        output_dir = resolve_output_dir(self.output_dir, model.name)
+        # Listed on rank 0 and broadcast: ranks that list at different moments could see
+        # different finished files and disagree on the shards.
+        listing = None
+        if self.trainer.global_rank == 0:
+            found = find_videos(self.input_dir)
+            todo = [
+                entry
+                for entry in found
+                if self.overwrite or not output_path_for(output_dir, entry.relative_path).exists()
+            ]
+            listing = (todo, len(found) - len(todo))
+        self.videos, self.num_skipped = self.trainer.strategy.broadcast(listing, src=0)
+        rank_zero_info(
+            f"vfe: {len(self.videos) + self.num_skipped} videos under {self.input_dir}, "
+            f"{self.num_skipped} already done (skipped), {len(self.videos)} to extract "
+            f"-> {output_dir}"
+        )
+
+    def predict_dataloader(self) -> DataLoader:
+        spec: InputSpec = self.trainer.lightning_module.input_spec
+        dataset = VideoClipDataset(
+            self.videos,
+            spec,
+            clip_len_seconds=self.clip_len,
+            batch_size=self.batch_size or spec.default_batch_size,
+            rank=self.trainer.global_rank,
+            world_size=self.trainer.world_size,
+            decoder=self.decoder,
+        )
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.trainer.strategy.root_device.type == "cuda",
+        )

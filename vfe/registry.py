@@ -1,0 +1,20 @@
+"""Short model names for `--model NAME`: one entry per backbone, mapped to its class path."""
+
+from vfe.errors import VfeError
+
+MODELS: dict[str, str] = {
+    "clip": "vfe.backbones.openai_clip.CLIPBackbone",
+    "slowfast": "vfe.backbones.slowfast.SlowFastBackbone",
+}
+
+
+def resolve_model(name_or_class_path: str) -> str:
+    """The class path for a short name; a dotted class path passes through unchanged."""
+    if name_or_class_path in MODELS:
+        return MODELS[name_or_class_path]
+    if "." in name_or_class_path:
+        return name_or_class_path
+    raise VfeError(
+        f"unknown model {name_or_class_path!r}; choose one of {', '.join(MODELS)} "
+        "or give a class path such as vfe.backbones.openai_clip.CLIPBackbone"
+    )

@@ -1,0 +1,215 @@
+"""Reassembles clip features from batches and writes one .npz per video, atomically.
+
+`ClipFeatureAssembler` holds only unfinished videos: per clip the running sum of its samples'
+features and their count; when every sample of a video has arrived, its clip features (the mean
+over samples) are final and the video is handed back to be written.
+"""
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+from vfe.paths import FAILURES_FILE_NAME, output_path_for, resolve_output_dir
+
+
+@dataclass
+class _PendingVideo:
+    info: dict[str, Any]
+    feature_sums: np.ndarray  # (num_clips, D) float64
+    sample_counts: np.ndarray  # (num_clips,) int64
+    samples_left: int
+
+
+@dataclass
+class FinishedVideo:
+    relative_path: str
+    arrays: dict[str, np.ndarray]
+
+
+class ClipFeatureAssembler:
+    """Turns a stream of per-sample features into per-video clip features."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, _PendingVideo] = {}
+        self._failed: set[int] = set()
+
+    @property
+    def num_pending(self) -> int:
+        return len(self._pending)
+
+    def add_video(self, info: dict[str, Any]) -> None:
+        self._pending[info["index"]] = _PendingVideo(
+            info=info,
+            feature_sums=np.empty((0, 0)),
+            sample_counts=np.zeros(info["num_clips"], dtype=np.int64),
+            samples_left=int(sum(info["samples_per_clip"])),
+        )
+
+    def drop_video(self, video_index: int) -> None:
+        """Forget a video that failed part-way; its later samples are ignored."""
+        self._pending.pop(video_index, None)
+        self._failed.add(video_index)
+
+    def add_features(
+        self, features: np.ndarray, video_index: list[int], clip_index: list[int]
+    ) -> list[FinishedVideo]:
+        """`features (B, D)` for samples of the given videos and clips; returns finished videos."""
+        touched = []
+        for row, (video, clip) in enumerate(zip(video_index, clip_index, strict=True)):
+            if video in self._failed:
+                continue
+            pending = self._pending[video]
+            if pending.feature_sums.size == 0:
+                pending.feature_sums = np.zeros(
+                    (pending.info["num_clips"], features.shape[1]), dtype=np.float64
+                )
+            pending.feature_sums[clip] += features[row]
+            pending.sample_counts[clip] += 1
+            pending.samples_left -= 1
+            if not touched or touched[-1] != video:
+                touched.append(video)
+        finished = []
+        for video in dict.fromkeys(touched):
+            pending = self._pending[video]
+            if pending.samples_left == 0:
+                del self._pending[video]
+                finished.append(self._finish(pending))
+        return finished
+
+    @staticmethod
+    def _finish(pending: _PendingVideo) -> FinishedVideo:
+        info = pending.info
+        means = pending.feature_sums / pending.sample_counts[:, None]
+        arrays = {
+            "features": means.astype(np.float32),
+            "fps": np.float64(info["fps"]),
+            "clip_length": np.float64(info["clip_length"]),
+            "timestamps": np.asarray(info["timestamps"], dtype=np.float64).reshape(-1, 2),
+        }
+        return FinishedVideo(info["relative_path"], arrays)
+
+
+def save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write `path` so that it is either absent or complete: temporary file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            np.savez(file, **arrays)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@dataclass
+class RunCounts:
+    written: int = 0
+    failed: int = 0
+    clips: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+class FeatureWriter(BasePredictionWriter):
+    """Writes `<output_dir>/<relative path>.npz` for each finished video and logs failures.
+
+    Args:
+        output_dir: default `features/<model name>/`.
+    """
+
+    def __init__(self, output_dir: Path | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.assembler = ClipFeatureAssembler()
+        self.counts = RunCounts()
+        self._resolved_output_dir = Path()
+        self._start_seconds = 0.0
+        self.total_failed = 0
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._resolved_output_dir = resolve_output_dir(self.output_dir, pl_module.name)
+        if trainer.global_rank == 0:
+            # failures.jsonl describes the latest run only; failed videos have no .npz, so every
+            # run retries them. Lightning's post-setup barrier keeps other ranks from writing
+            # failures before this.
+            (self._resolved_output_dir / FAILURES_FILE_NAME).unlink(missing_ok=True)
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.assembler = ClipFeatureAssembler()
+        self.counts = RunCounts()
+        self._start_seconds = time.perf_counter()
+
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: torch.Tensor,
+        batch_indices: Any,
+        batch: dict[str, Any],
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        for info in batch["videos"]:
+            self.assembler.add_video(info)
+        features = prediction.detach().float().cpu().numpy()
+        finished = self.assembler.add_features(features, batch["video_index"], batch["clip_index"])
+        for video in finished:
+            save_npz_atomically(
+                output_path_for(self._resolved_output_dir, video.relative_path), video.arrays
+            )
+            self.counts.written += 1
+            self.counts.clips += len(video.arrays["features"])
+        for failure in batch["failures"]:
+            self.assembler.drop_video(failure["index"])
+            self._record_failure(failure)
+
+    def _record_failure(self, failure: dict[str, Any]) -> None:
+        self.counts.failed += 1
+        record = {k: failure[k] for k in ("path", "relative_path", "stage", "error")}
+        self.counts.failures.append(record)
+        self._resolved_output_dir.mkdir(parents=True, exist_ok=True)
+        # One short line per write with O_APPEND: lines from several ranks never interleave.
+        with open(self._resolved_output_dir / FAILURES_FILE_NAME, "a", encoding="utf-8") as file:
+            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        totals = torch.tensor(
+            [
+                self.counts.written,
+                self.counts.failed,
+                self.counts.clips,
+                self.assembler.num_pending,
+            ],
+            dtype=torch.float64,
+            device=pl_module.device,
+        )
+        totals = trainer.strategy.reduce(totals, reduce_op="sum")
+        written, failed, clips, unfinished = (int(x) for x in totals.tolist())
+        self.total_failed = failed + unfinished
+        skipped = getattr(trainer.datamodule, "num_skipped", 0)
+        seconds = time.perf_counter() - self._start_seconds
+        rank_zero_info(
+            f"vfe: written {written}, skipped {skipped}, failed {failed}, clips {clips}, "
+            f"wall time {seconds:.1f} s -> {self._resolved_output_dir}"
+        )
+        if failed:
+            rank_zero_info(
+                f"vfe: {failed} video(s) failed; reasons in "
+                f"{self._resolved_output_dir / FAILURES_FILE_NAME}"
+            )
+            for failure in self.counts.failures[:20]:
+                rank_zero_info(
+                    f"  {failure['relative_path']}: {failure['stage']}: {failure['error']}"
+                )
+        if unfinished:
+            rank_zero_info(f"vfe: {unfinished} video(s) ended incomplete and were not written")
