@@ -39,7 +39,12 @@ class InputSpec:
 
 
 class Backbone(LightningModule, ABC):
-    """A headless feature extractor; `predict_step` returns `(B, feature_dim) float32` features."""
+    """A headless feature extractor; `predict_step` returns `(B, feature_dim) float32` features.
+
+    `__init__` only records the options; weights load in `configure_model` (Lightning calls it
+    at the start of `predict`), so building the CLI and `--print_config` stay instant and
+    loading errors reach the user as one line.
+    """
 
     name: ClassVar[str]
 

@@ -139,8 +139,15 @@ class CLIPBackbone(Backbone):
     def __init__(self, arch: str = "ViT-B/32", weights: str | None = None) -> None:
         super().__init__()
         self.arch = arch
+        self.weights = weights
+        self.visual: nn.Module | None = None
+        self._input_spec: InputSpec | None = None
+
+    def configure_model(self) -> None:
+        if self.visual is not None:
+            return
         # The text tower is never used; keeping only the image encoder halves the memory.
-        self.visual = load_clip(arch, weights).visual
+        self.visual = load_clip(self.arch, self.weights).visual
         resolution = int(self.visual.input_resolution)
         self._input_spec = InputSpec(
             frames_per_clip=None,
@@ -155,10 +162,12 @@ class CLIPBackbone(Backbone):
 
     @property
     def input_spec(self) -> InputSpec:
+        self.configure_model()
         return self._input_spec
 
     @property
     def feature_dim(self) -> int:
+        self.configure_model()
         return int(self.visual.output_dim)
 
     def encode(self, samples: torch.Tensor) -> torch.Tensor:

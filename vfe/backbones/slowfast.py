@@ -90,7 +90,8 @@ class SlowFastBackbone(Backbone):
 
     def __init__(self, weights: str | None = None) -> None:
         super().__init__()
-        self.model = load_slowfast(weights)
+        self.weights = weights
+        self.model: nn.Module | None = None
         self.register_buffer(
             "slow_indices",
             torch.tensor(uniform_indices(FAST_FRAMES, FAST_FRAMES // SLOW_FAST_ALPHA)),
@@ -106,6 +107,10 @@ class SlowFastBackbone(Backbone):
             std=(0.225, 0.225, 0.225),
             default_batch_size=8,
         )
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = load_slowfast(self.weights)
 
     @property
     def input_spec(self) -> InputSpec:

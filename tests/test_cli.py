@@ -1,0 +1,151 @@
+"""The command line end to end, in a subprocess, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vfe.cli import main
+
+
+def run_vfe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "vfe", "predict", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_clip_run_writes_the_npz_contract_and_resumes(
+    video_dir: Path, tiny_clip_file: Path, tmp_path: Path
+):
+    output = tmp_path / "out"
+    args = ["--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file)]
+    args += ["--input_dir", str(video_dir), "--output_dir", str(output), "--batch_size", "20"]
+    result = run_vfe(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "written 2, skipped 0, failed 0, clips 3" in result.stderr + result.stdout
+
+    moving = np.load(output / "moving.npz")
+    assert set(moving.files) >= {"features", "fps", "clip_length", "timestamps"}
+    assert moving["features"].dtype == np.float32 and moving["features"].shape == (2, 32)
+    assert moving["fps"].dtype == np.float64 and float(moving["fps"]) == 25.0
+    assert moving["clip_length"].dtype == np.float64 and float(moving["clip_length"]) == 2.0
+    assert moving["timestamps"].dtype == np.float64
+    np.testing.assert_allclose(moving["timestamps"], [[0.0, 2.0], [2.0, 3.4]], atol=1e-6)
+    short = np.load(output / "nested" / "short.npz")  # the input tree is mirrored
+    assert short["features"].shape == (1, 32)
+    np.testing.assert_allclose(short["timestamps"], [[0.0, 1.0]], atol=1e-6)
+    # Nothing but the output folder appears in the working directory (no Lightning logs).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert not list(output.rglob("*.tmp"))
+
+    before = (output / "moving.npz").stat().st_mtime_ns
+    rerun = run_vfe(*args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "written 0, skipped 2" in rerun.stderr + rerun.stdout
+    assert (output / "moving.npz").stat().st_mtime_ns == before
+
+    redo = run_vfe(*args, "--overwrite", "true", cwd=tmp_path)
+    assert "written 2, skipped 0" in redo.stderr + redo.stdout
+    assert (output / "moving.npz").stat().st_mtime_ns != before
+
+
+def test_slowfast_run_writes_2304_d_clips(slowfast_pyth_file: Path, tmp_path: Path):
+    from synthetic_videos import write_video
+
+    write_video(tmp_path / "in" / "v.mp4", num_frames=30, fps=25, height=72, width=96)
+    result = run_vfe(
+        "--model", "slowfast", "--model.weights", str(slowfast_pyth_file),
+        "--input_dir", "in", "--clip_len", "1", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    saved = np.load(tmp_path / "features" / "slowfast" / "v.npz")  # the default output folder
+    assert saved["features"].shape == (2, 2304) and saved["features"].dtype == np.float32
+    np.testing.assert_allclose(saved["timestamps"], [[0.0, 1.0], [1.0, 1.2]], atol=1e-6)
+    assert float(saved["clip_length"]) == 1.0
+
+
+def test_bad_videos_are_reported_and_the_rest_written(
+    video_dir: Path, tiny_clip_file: Path, tmp_path: Path
+):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "good.mp4").write_bytes((video_dir / "moving.mp4").read_bytes())
+    (inputs / "text.mp4").write_text("this is not a video\n")
+    (inputs / "empty.mkv").write_bytes(b"")
+    result = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", "in", "--output_dir", "out", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert (tmp_path / "out" / "good.npz").is_file()
+    records = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").open()]
+    assert sorted(r["relative_path"] for r in records) == ["empty.mkv", "text.mp4"]
+    assert all(r["stage"] and r["error"] and r["path"] for r in records)
+    assert "2 video(s) failed" in result.stderr + result.stdout
+
+
+def test_print_config_can_be_fed_back(video_dir: Path, tiny_clip_file: Path, tmp_path: Path):
+    printed = run_vfe(
+        "--config", str(Path(__file__).parents[1] / "configs" / "clip.yaml"),
+        "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", str(video_dir), "--output_dir", "out", "--print_config", cwd=tmp_path,
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    assert "vfe.backbones.openai_clip.CLIPBackbone" in printed.stdout
+    (tmp_path / "config.yaml").write_text(printed.stdout)
+    result = run_vfe("--config", "config.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "moving.npz").is_file()
+
+
+def test_usage_error_is_one_line_without_traceback(tmp_path: Path):
+    result = run_vfe("--model", "clip", "--input_dir", "nowhere", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "vfe: error: --input_dir 'nowhere' is not a folder" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "resnet"], "unknown model 'resnet'; choose one of clip, slowfast"),
+        (["--model", "clip", "--model.arch", "ViT-Z/1"], "not a CLIP architecture"),
+        (["--model", "clip", "--model.weights", "/no/file.pt"], "no such file"),
+        (["--model", "clip", "--device", "tpu"], "--device 'tpu' is not allowed"),
+        (["--model", "slowfast", "--input_dir", "{empty}"], "holds no videos"),
+        (["--model", "clip", "--clip_len", "0"], "--clip_len must be a positive"),
+    ],
+)
+def test_usage_errors(args, message, tmp_path: Path, capsys, video_dir: Path):
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("{empty}", str(tmp_path / "empty")) for a in args]
+    if "--input_dir" not in args:
+        args += ["--input_dir", str(video_dir)]
+    args += ["--output_dir", str(tmp_path / "out")]
+    if "--model.weights" not in args and "slowfast" not in args:
+        args += ["--model.weights", "random"]
+    if "slowfast" in args:
+        args += ["--model.weights", "random"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_cuda_without_gpu_is_an_error_not_a_silent_fallback(tmp_path: Path, capsys, video_dir):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--model", "clip", "--device", "cuda", "--input_dir", str(video_dir)])
+    assert exit_info.value.code == 2
+    assert "--device cuda was asked for, but PyTorch sees no CUDA GPU" in capsys.readouterr().err

@@ -1,0 +1,124 @@
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import av
+import clip
+import numpy as np
+import pytest
+import torch
+from clip.model import CLIP, convert_weights
+from conftest import extract
+from synthetic_videos import write_video
+
+from vfe.backbones import openai_clip
+from vfe.backbones.openai_clip import CLIP_ARCHS, CLIPBackbone
+from vfe.clip_grid import clip_frame_ranges
+from vfe.errors import VfeError
+
+
+def reference_clip_features(weights: Path, video: Path, clip_len: float) -> np.ndarray:
+    """CLIP's own pipeline: PIL frames -> clip.load's preprocess -> encode_image -> clip mean."""
+    model, preprocess = clip.load(str(weights), device="cpu", jit=False)
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        images = [frame.to_image() for frame in container.decode(stream)]
+    with torch.no_grad():
+        per_frame = model.encode_image(torch.stack([preprocess(image) for image in images]))
+    ranges = clip_frame_ranges(len(images), fps, clip_len)
+    return np.stack([per_frame[start:stop].mean(0).numpy() for start, stop in ranges])
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_features_match_clips_own_pipeline(video_dir: Path, tiny_clip_file: Path, tmp_path: Path):
+    model = CLIPBackbone(arch="custom", weights=str(tiny_clip_file))
+    extract(model, video_dir, tmp_path, batch_size=16)  # clips straddle batches
+    ours = np.load(tmp_path / "moving.npz")["features"]
+    reference = reference_clip_features(tiny_clip_file, video_dir / "moving.mp4", 2.0)
+    assert ours.shape == reference.shape == (2, 32)
+    assert cosine(ours, reference).min() >= 0.999
+
+
+def test_vit_b32_file_gives_512_d_features_matching_clip(tmp_path: Path):
+    torch.manual_seed(0)
+    network = CLIP(*CLIP_ARCHS["ViT-B/32"])
+    convert_weights(network)  # fp16, as OpenAI ships it
+    weights = tmp_path / "vit_b32_random.pt"
+    torch.save(network.state_dict(), weights)
+    del network
+    videos = tmp_path / "videos"
+    write_video(videos / "v.mp4", num_frames=12, fps=10, height=120, width=160, seed=3)
+    model = CLIPBackbone(arch="ViT-B/32", weights=str(weights))
+    assert model.feature_dim == 512 and model.input_spec.crop_size == 224
+    extract(model, videos, tmp_path / "out")
+    ours = np.load(tmp_path / "out" / "v.npz")["features"]
+    reference = reference_clip_features(weights, videos / "v.mp4", 2.0)
+    assert ours.shape == (1, 512)
+    assert cosine(ours, reference).min() >= 0.999
+
+
+def test_random_weights_build_the_named_architecture():
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        model = CLIPBackbone(arch="RN50", weights="random")
+        model.configure_model()
+    assert model.feature_dim == 1024
+    assert openai_clip.visual_signature(model.visual) == CLIP_ARCHS["RN50"][:5]
+
+
+def test_file_of_another_architecture_is_a_clear_error(tiny_clip_file: Path):
+    with pytest.raises(VfeError, match=r"not ViT-B/32 .*--model.arch"):
+        CLIPBackbone(arch="ViT-B/32", weights=str(tiny_clip_file)).configure_model()
+
+
+@pytest.mark.parametrize(
+    ("arch", "weights", "message"),
+    [
+        ("ViT-X/99", "random", "not a CLIP architecture; choose one of RN50"),
+        ("ViT-B/32", "/no/such/file.pt", "no such file"),
+        ("custom", None, "takes the architecture from a --model.weights file"),
+    ],
+)
+def test_bad_arch_or_weights_are_clear_errors(arch, weights, message):
+    with pytest.raises(VfeError, match=message):
+        CLIPBackbone(arch=arch, weights=weights).configure_model()
+
+
+def test_file_that_is_not_a_clip_checkpoint(tmp_path: Path):
+    not_clip = tmp_path / "other.pt"
+    torch.save({"layer.weight": torch.zeros(2)}, not_clip)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint")
+    for path in (not_clip, garbage):
+        with pytest.raises(VfeError, match="is not a CLIP checkpoint"):
+            CLIPBackbone(arch="custom", weights=str(path)).configure_model()
+
+
+def test_official_weights_come_from_clips_cache(tiny_clip_file: Path, monkeypatch):
+    asked = []
+
+    def cached_download(url: str, root: str) -> str:
+        asked.append((url, root))
+        return str(tiny_clip_file)
+
+    monkeypatch.setattr(clip.clip, "_download", cached_download)
+    model = CLIPBackbone(arch="ViT-B/32")
+    assert model.feature_dim == 32  # the file the cache handed over
+    assert asked and asked[0][0].endswith("ViT-B-32.pt")
+    assert asked[0][1] == str(Path("~/.cache/clip").expanduser())
+
+
+def test_official_weights_offline_says_how_to_run_offline(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(VfeError) as error:
+        CLIPBackbone(arch="ViT-B/16").configure_model()
+    message = str(error.value)
+    assert "ViT-B-16.pt" in message and ".cache/clip" in message and "--model.weights" in message

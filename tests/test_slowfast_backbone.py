@@ -1,0 +1,147 @@
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms._functional_tensor
+from conftest import extract
+from synthetic_videos import write_video
+
+from vfe.backbones.slowfast import SlowFastBackbone
+from vfe.clip_grid import clip_frame_ranges
+from vfe.errors import VfeError
+
+# pytorchvideo.transforms imports a torchvision module that was renamed; the reference pipeline
+# below needs it, vfe itself does not.
+sys.modules.setdefault(
+    "torchvision.transforms.functional_tensor", torchvision.transforms._functional_tensor
+)
+from pytorchvideo.models.hub import slowfast_r50  # noqa: E402
+from pytorchvideo.transforms import (  # noqa: E402
+    Normalize,
+    ShortSideScale,
+    UniformTemporalSubsample,
+)
+from torchvision.transforms import CenterCrop, Compose, Lambda  # noqa: E402
+
+
+class PackPathway(torch.nn.Module):
+    """PyTorchVideo's tutorial transform: `[slow, fast]` from `(C, T, H, W)` frames, alpha 4."""
+
+    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        slow = torch.index_select(
+            frames, 1, torch.linspace(0, frames.shape[1] - 1, frames.shape[1] // 4).long()
+        )
+        return [slow, frames]
+
+
+CANONICAL_TRANSFORM = Compose(
+    [
+        UniformTemporalSubsample(32),
+        Lambda(lambda x: x / 255.0),
+        Normalize([0.45, 0.45, 0.45], [0.225, 0.225, 0.225]),
+        ShortSideScale(size=256),
+        CenterCrop(256),
+        PackPathway(),
+    ]
+)
+
+
+def reference_features(weights: Path, video: Path, clip_len: float) -> np.ndarray:
+    """PyTorchVideo's model and canonical inference transforms on every clip of the grid."""
+    model = slowfast_r50(pretrained=False)
+    model.load_state_dict(torch.load(weights)["model_state"])
+    model.blocks[-1].proj = None
+    model.eval()
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        frames = torch.stack(
+            [torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
+        )  # (T, H, W, C)
+    features = []
+    for start, stop in clip_frame_ranges(len(frames), fps, clip_len):
+        clip = frames[start:stop].permute(3, 0, 1, 2).float()  # (C, T, H, W)
+        inputs = [pathway[None] for pathway in CANONICAL_TRANSFORM(clip)]
+        with torch.no_grad():
+            features.append(model(inputs)[0].numpy())
+    return np.stack(features)
+
+
+@pytest.fixture(scope="module")
+def slowfast_video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1.2 s at 25 fps with 1 s clips: a 25-frame clip and a 5-frame one (frames repeat)."""
+    folder = tmp_path_factory.mktemp("slowfast_videos")
+    write_video(folder / "v.mp4", num_frames=30, fps=25, height=72, width=96, seed=5)
+    return folder
+
+
+def test_features_match_pytorchvideo_canonical_pipeline(
+    slowfast_video_dir: Path, slowfast_pyth_file: Path, tmp_path: Path
+):
+    model = SlowFastBackbone(weights=str(slowfast_pyth_file))
+    extract(model, slowfast_video_dir, tmp_path, clip_len=1.0)
+    saved = np.load(tmp_path / "v.npz")
+    reference = reference_features(slowfast_pyth_file, slowfast_video_dir / "v.mp4", 1.0)
+    ours = saved["features"]
+    assert ours.shape == reference.shape == (2, 2304)
+    assert saved["features"].dtype == np.float32
+    cosine = (
+        (ours * reference).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
+    )
+    assert cosine.min() >= 0.999
+    np.testing.assert_allclose(saved["timestamps"], [[0.0, 1.0], [1.0, 1.2]], atol=1e-6)
+
+
+def test_plain_and_headless_state_dicts_load(slowfast_pyth_file: Path, tmp_path: Path):
+    state = torch.load(slowfast_pyth_file)["model_state"]
+    plain = tmp_path / "plain.pt"
+    torch.save(state, plain)
+    headless = tmp_path / "headless.pt"
+    torch.save({k: v for k, v in state.items() if ".proj." not in k}, headless)
+    expected = state["blocks.0.multipathway_blocks.0.conv.weight"]
+    for path in (plain, headless):
+        model = SlowFastBackbone(weights=str(path))
+        model.configure_model()
+        assert model.model.blocks[-1].proj is None
+        loaded = model.model.blocks[0].multipathway_blocks[0].conv.weight
+        assert torch.equal(loaded, expected)
+
+
+def test_file_that_does_not_fit_is_a_clear_error(tmp_path: Path, tiny_clip_file: Path):
+    garbage = tmp_path / "garbage.pyth"
+    garbage.write_bytes(b"\x00\x01 not a checkpoint")
+    with pytest.raises(VfeError, match="could not be read as a PyTorch checkpoint"):
+        SlowFastBackbone(weights=str(garbage)).configure_model()
+    with pytest.raises(VfeError, match="does not fit SlowFast R50"):
+        SlowFastBackbone(weights=str(tiny_clip_file)).configure_model()
+
+
+def test_official_weights_come_from_the_torch_hub_cache(
+    slowfast_pyth_file: Path, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "SLOWFAST_8x8_R50.pyth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(slowfast_pyth_file.read_bytes())
+    model = SlowFastBackbone()
+    model.configure_model()
+    key = "blocks.0.multipathway_blocks.1.conv.weight"
+    expected = torch.load(slowfast_pyth_file)["model_state"][key]
+    assert torch.equal(model.model.state_dict()[key], expected)
+
+
+def test_official_weights_offline_says_how_to_run_offline(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(VfeError) as error:
+        SlowFastBackbone().configure_model()
+    message = str(error.value)
+    assert "SLOWFAST_8x8_R50.pyth" in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert "--model.weights" in message
