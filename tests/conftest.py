@@ -66,13 +66,20 @@ def slowfast_pyth_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def extract(model: Backbone, input_dir: Path, output_dir: Path, **data_options) -> FeatureWriter:
+def extract(
+    model: Backbone,
+    input_dir: Path,
+    output_dir: Path,
+    precision: str = "32-true",
+    **data_options,
+) -> FeatureWriter:
     """Run the real predict pipeline in this process (no worker processes unless asked)."""
     data_options.setdefault("num_workers", 0)
     writer = FeatureWriter(output_dir=output_dir)
     trainer = Trainer(
         accelerator="cpu",
         devices=1,
+        precision=precision,
         logger=False,
         callbacks=[writer],
         enable_progress_bar=False,

@@ -55,3 +55,35 @@ def write_video(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
+    """An mp4 container holding only an AAC audio stream (no video stream)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = 16000
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        samples = np.zeros((1, int(rate * seconds)), dtype=np.float32)
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_faststart_video(path: Path, num_frames: int, fps: int = 25) -> Path:
+    """Like `write_video`, with the index (moov) in front, so a truncated copy still opens."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = moving_frames(num_frames, 64, 96)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.options = {"crf": "10", "preset": "veryfast"}
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

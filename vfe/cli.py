@@ -5,6 +5,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vfe.backbones.base import Backbone
@@ -74,6 +75,11 @@ class VfeCLI(LightningCLI):
             )
         if device != "auto":
             config.trainer.accelerator = device
+        if config.trainer.enable_progress_bar is not False:
+            callbacks = config.trainer.callbacks or []
+            if not any("ProgressBar" in str(cb.get("class_path", "")) for cb in callbacks):
+                callbacks.append(Namespace(class_path="vfe.progress.VideoProgressBar"))
+            config.trainer.callbacks = callbacks
         if config.get("return_predictions") is None:
             # FeatureWriter writes features as they come; keeping them would grow memory.
             config.return_predictions = False

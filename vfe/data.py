@@ -15,6 +15,7 @@ Samples of several videos may share a batch; the writer reassembles them per vid
 import heapq
 import logging
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,13 @@ def assign_shards(sizes: list[int], num_shards: int) -> list[list[int]]:
         shards[shard].append(index)
         heapq.heappush(heap, (load + sizes[index], shard))
     return shards
+
+
+def describe_error(error: BaseException, max_chars: int = 300) -> str:
+    """`Type: first line of the message`, without decord's `[time] /source/path:line:` prefixes."""
+    lines = str(error).strip().splitlines() or [""]
+    message = re.sub(r"(\[[\d:]+\] \S+:\d+: )+", "", lines[0]).strip()
+    return f"{type(error).__name__}: {message}"[:max_chars]
 
 
 class _BatchBuilder:
@@ -159,7 +167,7 @@ class VideoClipDataset(IterableDataset):
                     "path": str(entry.path),
                     "relative_path": entry.relative_path,
                     "stage": stage,
-                    "error": f"{type(error).__name__}: {error}",
+                    "error": describe_error(error),
                 }
             )
 
@@ -269,6 +277,13 @@ class VideoDataModule(LightningDataModule):
             f"{self.num_skipped} already done (skipped), {len(self.videos)} to extract "
             f"-> {output_dir}"
         )
+
+    def num_videos_for_rank(self, rank: int) -> int:
+        """How many of the listed videos the given rank decodes (for progress display)."""
+        workers = max(1, self.num_workers)
+        sizes = [video.size_bytes for video in self.videos]
+        shards = assign_shards(sizes, self.trainer.world_size * workers)
+        return sum(len(shard) for shard in shards[rank * workers : (rank + 1) * workers])
 
     def predict_dataloader(self) -> DataLoader:
         spec: InputSpec = self.trainer.lightning_module.input_spec

@@ -20,6 +20,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from vfe.paths import FAILURES_FILE_NAME, output_path_for, resolve_output_dir
 
+TEMPORARY_SUFFIX = ".vfe-tmp"
+
 
 @dataclass
 class _PendingVideo:
@@ -101,7 +103,7 @@ class ClipFeatureAssembler:
 def save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write `path` so that it is either absent or complete: temporary file, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
         with open(temporary, "wb") as file:
             np.savez(file, **arrays)
@@ -143,6 +145,10 @@ class FeatureWriter(BasePredictionWriter):
             # run retries them. Lightning's post-setup barrier keeps other ranks from writing
             # failures before this.
             (self._resolved_output_dir / FAILURES_FILE_NAME).unlink(missing_ok=True)
+            # A killed run can leave temporaries behind; they are never valid outputs.
+            if self._resolved_output_dir.is_dir():
+                for stale in self._resolved_output_dir.rglob(f".*{TEMPORARY_SUFFIX}"):
+                    stale.unlink(missing_ok=True)
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.assembler = ClipFeatureAssembler()

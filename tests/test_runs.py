@@ -1,0 +1,200 @@
+"""Production-run behaviour: bad input, kill and resume, DDP, mixed precision, memory."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import extract
+from synthetic_videos import (
+    write_audio_only,
+    write_faststart_video,
+    write_video,
+)
+from test_cli import run_vfe
+
+from vfe.backbones.openai_clip import CLIPBackbone
+from vfe.backbones.slowfast import SlowFastBackbone
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def bad_input_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Broken files of every kind beside good ones with awkward names and lengths."""
+    folder = tmp_path_factory.mktemp("bad_input")
+    work = tmp_path_factory.mktemp("bad_input_sources")
+    front_index = write_faststart_video(work / "front.mp4", 100).read_bytes()
+    back_index = write_video(work / "back.mp4", 100).read_bytes()
+    damaged = bytearray(front_index)
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 2000] = bytes(2000)
+    broken = {
+        "zero bytes.mp4": b"",
+        "text.mkv": b"this is not a video\n",
+        "truncated, index at end.mp4": back_index[: len(back_index) // 2],
+        "truncated, index in front.mp4": front_index[: len(front_index) // 2],
+        "garbage mid-file.mp4": bytes(damaged),
+    }
+    for name, data in broken.items():
+        (folder / name).write_bytes(data)
+    write_audio_only(folder / "audio only.mp4")
+    write_video(folder / "één frame ü.mp4", num_frames=1)
+    write_video(folder / "half second.mp4", num_frames=12, fps=25)
+    write_video(folder / "a" / "same.mp4", num_frames=30, seed=1)
+    write_video(folder / "b" / "same.mp4", num_frames=30, seed=2)
+    (folder / "notes.txt").write_text("not a video extension: ignored")
+    return folder
+
+
+BROKEN = {
+    "zero bytes.mp4",
+    "text.mkv",
+    "truncated, index at end.mp4",
+    "truncated, index in front.mp4",
+    "garbage mid-file.mp4",
+    "audio only.mp4",
+}
+GOOD = {"één frame ü.npz": 1, "half second.npz": 1, "a/same.npz": 1, "b/same.npz": 1}
+
+
+def test_bad_input_never_stops_a_run(bad_input_dir: Path, tiny_clip_file: Path, tmp_path: Path):
+    result = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", str(bad_input_dir), "--output_dir", "out", "--data.num_workers", "2",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    output = tmp_path / "out"
+    records = [json.loads(line) for line in (output / "failures.jsonl").open(encoding="utf-8")]
+    assert {r["relative_path"] for r in records} == BROKEN
+    assert all(r["stage"] in {"open", "decode"} and r["error"] for r in records)
+    written = {p.relative_to(output).as_posix() for p in output.rglob("*.npz")}
+    assert written == set(GOOD)
+    for name, num_clips in GOOD.items():
+        assert np.load(output / name)["features"].shape == (num_clips, 32)
+    same_a, same_b = np.load(output / "a/same.npz"), np.load(output / "b/same.npz")
+    assert not np.allclose(same_a["features"], same_b["features"])  # two videos, two outputs
+    assert sorted(p.name for p in output.rglob(".*")) == []  # no stray temporary files
+    assert "6 video(s) failed" in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_is_a_failure(tmp_path: Path, tiny_clip_file: Path):
+    inputs = tmp_path / "in"
+    write_video(inputs / "locked.mp4", num_frames=10)
+    (inputs / "locked.mp4").chmod(0)
+    result = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", "in", "--output_dir", "out", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "locked.mp4" in (tmp_path / "out" / "failures.jsonl").read_text()
+
+
+def test_killed_run_resumes_without_redoing_finished_videos(
+    slowfast_pyth_file: Path, tmp_path: Path
+):
+    for index in range(5):
+        write_video(tmp_path / "in" / f"v{index}.mp4", num_frames=25, seed=index)
+    output = tmp_path / "out"
+    args = [
+        sys.executable, "-m", "vfe", "predict", "--model", "slowfast",
+        "--model.weights", str(slowfast_pyth_file), "--input_dir", "in", "--output_dir", "out",
+        "--clip_len", "1", "--data.num_workers", "0", "--batch_size", "1",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not list(output.glob("*.npz")) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    done_before = {p.name: p.stat().st_mtime_ns for p in output.glob("*.npz")}
+    assert 1 <= len(done_before) < 5, "the run should have been killed part-way"
+
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout + result.stderr
+    assert f"written {5 - len(done_before)}, skipped {len(done_before)}, failed 0" in summary
+    after = {p.name: p.stat().st_mtime_ns for p in output.glob("*.npz")}
+    assert sorted(after) == [f"v{i}.npz" for i in range(5)]
+    assert all(after[name] == mtime for name, mtime in done_before.items())  # not redone
+    for name in after:
+        assert np.load(output / name)["features"].shape == (1, 2304)
+    assert not [p for p in output.iterdir() if p.name.startswith(".")]
+
+
+def test_ddp_two_processes_equal_one_process(tiny_clip_file: Path, tmp_path: Path):
+    for index, num_frames in enumerate([85, 30, 60, 12, 1]):
+        write_video(tmp_path / "in" / f"v{index}.mp4", num_frames=num_frames, seed=index)
+    common = [
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", "in", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar",
+        "false", "--data.num_workers", "1",
+    ]  # fmt: skip
+    single = run_vfe(*common, "--output_dir", "one", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    double = run_vfe(
+        *common, "--output_dir", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert double.returncode == 0, double.stderr
+    assert "written 5, skipped 0, failed 0, clips 7" in double.stdout + double.stderr
+    for index in range(5):
+        one = np.load(tmp_path / "one" / f"v{index}.npz")
+        two = np.load(tmp_path / "two" / f"v{index}.npz")
+        np.testing.assert_allclose(two["features"], one["features"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(two["timestamps"], one["timestamps"])
+
+
+@pytest.mark.parametrize("backbone", ["clip", "slowfast"])
+def test_bf16_mixed_matches_fp32(
+    backbone, tiny_clip_file: Path, slowfast_pyth_file: Path, tmp_path: Path
+):
+    write_video(tmp_path / "in" / "v.mp4", num_frames=25, seed=3)
+    features = {}
+    for precision in ("32-true", "bf16-mixed"):
+        if backbone == "clip":
+            model = CLIPBackbone(arch="custom", weights=str(tiny_clip_file))
+        else:
+            model = SlowFastBackbone(weights=str(slowfast_pyth_file))
+        extract(model, tmp_path / "in", tmp_path / precision, precision=precision, clip_len=0.5)
+        features[precision] = np.load(tmp_path / precision / "v.npz")["features"]
+    assert features["bf16-mixed"].dtype == np.float32
+    assert features["bf16-mixed"].shape == features["32-true"].shape
+    assert not np.array_equal(features["bf16-mixed"], features["32-true"])  # bf16 did run
+    assert cosine(features["bf16-mixed"], features["32-true"]).min() >= 0.99
+
+
+PEAK_RSS = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, capture_output=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def test_peak_memory_does_not_grow_with_video_length(tiny_clip_file: Path, tmp_path: Path):
+    peaks = {}
+    for minutes in (1, 10):
+        folder = tmp_path / f"in{minutes}"
+        write_video(folder / "long.mp4", num_frames=minutes * 60 * 10, fps=10, height=48, width=64)
+        command = [
+            sys.executable, "-c", PEAK_RSS, sys.executable, "-m", "vfe", "predict",
+            "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+            "--input_dir", str(folder), "--output_dir", str(tmp_path / f"out{minutes}"),
+            "--data.num_workers", "0", "--trainer.enable_progress_bar", "false",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        peaks[minutes] = int(result.stdout.split()[-1])  # KiB
+        clips = np.load(tmp_path / f"out{minutes}" / "long.npz")["features"].shape[0]
+        assert clips == minutes * 30
+    assert peaks[10] <= 1.2 * peaks[1], peaks
