@@ -7,8 +7,9 @@ over samples) are final and the video is handed back to be written.
 
 import json
 import os
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from vfe.paths import FAILURES_FILE_NAME, output_path_for, resolve_output_dir
 
 TEMPORARY_SUFFIX = ".vfe-tmp"
+MAX_FAILURES_SHOWN = 20
 
 
 @dataclass
@@ -119,7 +121,6 @@ class RunCounts:
     written: int = 0
     failed: int = 0
     clips: int = 0
-    failures: list[dict[str, Any]] = field(default_factory=list)
 
 
 class FeatureWriter(BasePredictionWriter):
@@ -182,7 +183,6 @@ class FeatureWriter(BasePredictionWriter):
     def _record_failure(self, failure: dict[str, Any]) -> None:
         self.counts.failed += 1
         record = {k: failure[k] for k in ("path", "relative_path", "stage", "error")}
-        self.counts.failures.append(record)
         self._resolved_output_dir.mkdir(parents=True, exist_ok=True)
         # One short line per write with O_APPEND: lines from several ranks never interleave.
         with open(self._resolved_output_dir / FAILURES_FILE_NAME, "a", encoding="utf-8") as file:
@@ -208,14 +208,16 @@ class FeatureWriter(BasePredictionWriter):
             f"vfe: written {written}, skipped {skipped}, failed {failed}, clips {clips}, "
             f"wall time {seconds:.1f} s -> {self._resolved_output_dir}"
         )
-        if failed:
-            rank_zero_info(
-                f"vfe: {failed} video(s) failed; reasons in "
-                f"{self._resolved_output_dir / FAILURES_FILE_NAME}"
-            )
-            for failure in self.counts.failures[:20]:
-                rank_zero_info(
-                    f"  {failure['relative_path']}: {failure['stage']}: {failure['error']}"
-                )
+        if failed and trainer.is_global_zero:
+            # Every rank has appended its failures by now (the reduce above waits for all).
+            failures_file = self._resolved_output_dir / FAILURES_FILE_NAME
+            print(f"vfe: {failed} video(s) failed; reasons in {failures_file}", file=sys.stderr)
+            with open(failures_file, encoding="utf-8") as file:
+                for line in list(file)[:MAX_FAILURES_SHOWN]:
+                    record = json.loads(line)
+                    reason = f"{record['stage']}: {record['error']}"
+                    print(f"  {record['relative_path']}: {reason}", file=sys.stderr)
+            if failed > MAX_FAILURES_SHOWN:
+                print(f"  ... and {failed - MAX_FAILURES_SHOWN} more", file=sys.stderr)
         if unfinished:
             rank_zero_info(f"vfe: {unfinished} video(s) ended incomplete and were not written")
