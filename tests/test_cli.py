@@ -149,3 +149,16 @@ def test_cuda_without_gpu_is_an_error_not_a_silent_fallback(tmp_path: Path, caps
         main(["predict", "--model", "clip", "--device", "cuda", "--input_dir", str(video_dir)])
     assert exit_info.value.code == 2
     assert "--device cuda was asked for, but PyTorch sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_console_script_is_the_same_command(tmp_path: Path):
+    script = Path(sys.executable).parent / "vfe"
+    result = subprocess.run(
+        [str(script), "predict", "--model", "slowfast", "--input_dir", "nowhere"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "vfe: error: --input_dir 'nowhere' is not a folder" in result.stderr

@@ -119,3 +119,17 @@ def test_undecodable_file_becomes_a_failure_record(tmp_path: Path, video_dir: Pa
     failures = [f for b in batches for f in b["failures"]]
     assert [(f["relative_path"], f["stage"]) for f in failures] == [("broken.mp4", "open")]
     assert sum(len(b["pixels"]) for b in batches) == 25
+
+
+def test_repeated_frame_indices_are_decoded_once(video_dir: Path, monkeypatch):
+    from vfe.video import DecordVideo
+
+    video = DecordVideo(video_dir / "moving.mp4")
+    asked = []
+    original = video._reader.get_batch
+    monkeypatch.setattr(video._reader, "get_batch", lambda idx: asked.append(idx) or original(idx))
+    frames = video.get_frames([0, 0, 3, 3, 3, 7])
+    assert asked == [[0, 3, 7]]
+    assert frames.shape == (6, 64, 96, 3)
+    assert torch.equal(frames[0], frames[1]) and torch.equal(frames[2], frames[4])
+    assert not torch.equal(frames[0], frames[5])
