@@ -10,7 +10,7 @@ from lightning.pytorch import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from synthetic_videos import write_video
+from vfe.synthetic import write_video
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 

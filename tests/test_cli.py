@@ -61,7 +61,7 @@ def test_clip_run_writes_the_npz_contract_and_resumes(
 
 
 def test_slowfast_run_writes_2304_d_clips(slowfast_pyth_file: Path, tmp_path: Path):
-    from synthetic_videos import write_video
+    from vfe.synthetic import write_video
 
     write_video(tmp_path / "in" / "v.mp4", num_frames=30, fps=25, height=72, width=96)
     result = run_vfe(

@@ -9,12 +9,12 @@ import pytest
 import torch
 from clip.model import CLIP, convert_weights
 from conftest import extract
-from synthetic_videos import write_video
 
 from vfe.backbones import openai_clip
 from vfe.backbones.openai_clip import CLIP_ARCHS, CLIPBackbone
 from vfe.clip_grid import clip_frame_ranges
 from vfe.errors import VfeError
+from vfe.synthetic import write_video
 
 
 def reference_clip_features(weights: Path, video: Path, clip_len: float) -> np.ndarray:

@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import extract
-from synthetic_videos import (
-    write_audio_only,
-    write_faststart_video,
-    write_video,
-)
 from test_cli import run_vfe
 
 from vfe.backbones.openai_clip import CLIPBackbone
 from vfe.backbones.slowfast import SlowFastBackbone
+from vfe.synthetic import (
+    write_audio_only,
+    write_faststart_video,
+    write_video,
+)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torchvision.transforms._functional_tensor
 from conftest import extract
-from synthetic_videos import write_video
 
 from vfe.backbones.slowfast import SlowFastBackbone
 from vfe.clip_grid import clip_frame_ranges
 from vfe.errors import VfeError
+from vfe.synthetic import write_video
 
 # pytorchvideo.transforms imports a torchvision module that was renamed; the reference pipeline
 # below needs it, vfe itself does not.

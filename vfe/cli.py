@@ -98,6 +98,12 @@ def rewrite_model_names(args: list[str]) -> list[str]:
 
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; exit 1 if any video failed, 2 with a one-line message on a usage error."""
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["bench"]:
+        from vfe.bench import main as bench_main
+
+        bench_main(argv[1:])
+        return
     # Expected for an IterableDataset (the writer does not need batch indices) and an upstream
     # deprecation inside Lightning: neither is actionable for a user.
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")

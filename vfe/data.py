@@ -8,6 +8,7 @@ video is decoded and written by exactly one process. A batch is a dict:
     clip_index:  list[int] (B)
     videos:      list[dict] describing videos whose samples start in this batch (see `_video_info`)
     failures:    list[dict] videos that could not be decoded: index, path, stage, error
+    decode_seconds, preprocess_seconds: worker time spent on this batch's samples (for benchmarks)
 
 Samples of several videos may share a batch; the writer reassembles them per video.
 """
@@ -16,6 +17,7 @@ import heapq
 import logging
 import math
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,8 @@ class _BatchBuilder:
         self._clip_index: list[int] = []
         self._videos: list[dict[str, Any]] = []
         self._failures: list[dict[str, Any]] = []
+        self.decode_seconds = 0.0
+        self.preprocess_seconds = 0.0
 
     @property
     def num_samples(self) -> int:
@@ -100,10 +104,13 @@ class _BatchBuilder:
             "clip_index": self._clip_index[:take],
             "videos": self._videos,
             "failures": self._failures,
+            "decode_seconds": self.decode_seconds,
+            "preprocess_seconds": self.preprocess_seconds,
         }
         self._video_index = self._video_index[take:]
         self._clip_index = self._clip_index[take:]
         self._videos, self._failures = [], []
+        self.decode_seconds = self.preprocess_seconds = 0.0
         return batch
 
 
@@ -156,8 +163,13 @@ class VideoClipDataset(IterableDataset):
             stage = "decode"
             for clip_index, (start, stop) in enumerate(clips):
                 for frame_indices in self._sample_frame_indices(start, stop):
+                    started = time.perf_counter()
                     frames = video.get_frames(frame_indices)
-                    builder.add_samples(self._to_samples(frames), video_index, clip_index)
+                    decoded = time.perf_counter()
+                    samples = self._to_samples(frames)
+                    builder.decode_seconds += decoded - started
+                    builder.preprocess_seconds += time.perf_counter() - decoded
+                    builder.add_samples(samples, video_index, clip_index)
                     while builder.num_samples >= self.batch_size:
                         yield builder.pop()
         except Exception as error:

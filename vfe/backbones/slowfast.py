@@ -110,7 +110,9 @@ class SlowFastBackbone(Backbone):
 
     def configure_model(self) -> None:
         if self.model is None:
-            self.model = load_slowfast(self.weights)
+            # channels-last 3D lets oneDNN/cuDNN pick faster convolutions (0.95 -> 0.68 s per
+            # clip on a 2-core CPU); the arithmetic is the same.
+            self.model = load_slowfast(self.weights).to(memory_format=torch.channels_last_3d)
 
     @property
     def input_spec(self) -> InputSpec:
@@ -122,6 +124,9 @@ class SlowFastBackbone(Backbone):
 
     def encode(self, samples: torch.Tensor) -> torch.Tensor:
         """`(B, 3, 32, 256, 256)` normalised clips -> `(B, 2304)`."""
-        slow = samples.index_select(2, self.slow_indices)
+        fast = samples.contiguous(memory_format=torch.channels_last_3d)
+        slow = fast.index_select(2, self.slow_indices).contiguous(
+            memory_format=torch.channels_last_3d
+        )
         # The model overwrites the list it is given, so build a new one per call.
-        return self.model([slow, samples])
+        return self.model([slow, fast])

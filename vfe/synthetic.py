@@ -1,4 +1,4 @@
-"""Synthetic test videos with known content, frame count and frame rate, written with PyAV."""
+"""Synthetic videos with known content, frame count and frame rate; writing needs PyAV."""
 
 from fractions import Fraction
 from pathlib import Path
