@@ -34,13 +34,15 @@ def test_shards_are_balanced_by_size_largest_first():
 
 def test_batch_builder_cuts_exact_batches_and_keeps_order():
     builder = _BatchBuilder(batch_size=4)
-    builder.add_samples(torch.arange(3).view(3, 1), video_index=0, clip_index=0)
+    builder.add_samples(torch.arange(3).view(3, 1), 0, 0, [0.0, 0.1, 0.2], [0.1, 0.2, 0.3])
     builder.add_video({"index": 0})
-    builder.add_samples(torch.arange(3, 9).view(6, 1), video_index=1, clip_index=2)
+    builder.add_samples(torch.arange(3, 9).view(6, 1), 1, 2, [4.0] * 6, [6.0] * 6)
     builder.add_failure({"index": 7})
     first = builder.pop()
     assert first["pixels"].flatten().tolist() == [0, 1, 2, 3]
     assert first["video_index"] == [0, 0, 0, 1] and first["clip_index"] == [0, 0, 0, 2]
+    assert first["start_seconds"] == [0.0, 0.1, 0.2, 4.0]
+    assert first["end_seconds"] == [0.1, 0.2, 0.3, 6.0]
     assert first["videos"] == [{"index": 0}] and first["failures"] == [{"index": 7}]
     second = builder.pop()
     assert second["pixels"].flatten().tolist() == [4, 5, 6, 7]
@@ -71,6 +73,12 @@ def test_find_videos_empty_or_missing_folder(tmp_path: Path):
         find_videos(tmp_path / "missing")
 
 
+def sample_rows(batches: list[dict]) -> list[tuple[int, int, float, float]]:
+    """(video_index, clip_index, start_seconds, end_seconds) of every sample, in order."""
+    keys = ("video_index", "clip_index", "start_seconds", "end_seconds")
+    return [row for b in batches for row in zip(*(b[k] for k in keys), strict=True)]
+
+
 def _all_batches(dataset):
     return list(iter(dataset))
 
@@ -85,7 +93,9 @@ def test_image_spec_yields_every_frame_of_every_clip(video_dir: Path):
     assert all(len(b["pixels"]) <= 32 for b in batches)
     infos = {info["relative_path"]: info for b in batches for info in b["videos"]}
     assert infos["moving.mp4"]["samples_per_clip"] == [50, 35]
-    assert infos["moving.mp4"]["timestamps"] == [[0.0, 2.0], [2.0, 3.4]]
+    moving = [row for row in sample_rows(batches) if row[0] == 0]
+    assert [row[2] for row in moving] == pytest.approx([i / 25 for i in range(85)], abs=1e-6)
+    assert [row[3] for row in moving] == pytest.approx([(i + 1) / 25 for i in range(85)], abs=1e-6)
     assert infos["nested/short.mp4"]["num_clips"] == 1
 
 
@@ -94,6 +104,8 @@ def test_video_spec_yields_one_sample_per_clip(video_dir: Path):
     batches = _all_batches(VideoClipDataset(videos, VIDEO_SPEC, 2.0, batch_size=2))
     pixels = torch.cat([b["pixels"] for b in batches])
     assert pixels.shape == (3, 3, 8, 16, 16)  # 2 clips + 1 clip, (C, T, H, W) each
+    spans = [(video, start, end) for video, _, start, end in sample_rows(batches)]
+    assert spans == [(0, 0.0, 2.0), (0, 2.0, 3.4), (1, 0.0, 1.0)]
     assert [len(b["pixels"]) for b in batches] == [2, 1]
 
 
@@ -128,8 +140,11 @@ def test_repeated_frame_indices_are_decoded_once(video_dir: Path, monkeypatch):
     asked = []
     original = video._reader.get_batch
     monkeypatch.setattr(video._reader, "get_batch", lambda idx: asked.append(idx) or original(idx))
-    frames = video.get_frames([0, 0, 3, 3, 3, 7])
+    decoded = video.get_frames([0, 0, 3, 3, 3, 7])
+    frames = decoded.frames
     assert asked == [[0, 3, 7]]
     assert frames.shape == (6, 64, 96, 3)
+    assert decoded.start_seconds.tolist() == [0.0, 0.0, 0.12, 0.12, 0.12, 0.28]
+    assert decoded.end_seconds.tolist() == [0.04, 0.04, 0.16, 0.16, 0.16, 0.32]
     assert torch.equal(frames[0], frames[1]) and torch.equal(frames[2], frames[4])
     assert not torch.equal(frames[0], frames[5])

@@ -6,6 +6,8 @@ video is decoded and written by exactly one process. A batch is a dict:
     pixels:      (B, C, H, W) or (B, C, T, H, W) uint8 samples, as the backbone's InputSpec says
     video_index: list[int] (B), index into the run's video list
     clip_index:  list[int] (B)
+    start_seconds, end_seconds: list[float] (B), presentation start of each sample's first
+                 frame and end of its last frame (a clip spans its samples' min start, max end)
     videos:      list[dict] describing videos whose samples start in this batch (see `_video_info`)
     failures:    list[dict] videos that could not be decoded: index, path, stage, error
     decode_seconds, preprocess_seconds: worker time spent on this batch's samples (for benchmarks)
@@ -32,7 +34,7 @@ from vfe.clip_grid import clip_frame_ranges, uniform_frame_indices
 from vfe.errors import VfeError
 from vfe.paths import VideoEntry, find_videos, output_path_for, resolve_output_dir
 from vfe.transforms import resize_and_center_crop
-from vfe.video import DECODERS, open_video
+from vfe.video import check_decoder, open_video
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,8 @@ class _BatchBuilder:
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
         self._chunks: list[torch.Tensor] = []
-        self._video_index: list[int] = []
-        self._clip_index: list[int] = []
+        # Per sample: (video_index, clip_index, start_seconds, end_seconds).
+        self._sample_info: list[tuple[int, int, float, float]] = []
         self._videos: list[dict[str, Any]] = []
         self._failures: list[dict[str, Any]] = []
         self.decode_seconds = 0.0
@@ -74,12 +76,22 @@ class _BatchBuilder:
 
     @property
     def num_samples(self) -> int:
-        return len(self._video_index)
+        return len(self._sample_info)
 
-    def add_samples(self, pixels: torch.Tensor, video_index: int, clip_index: int) -> None:
+    def add_samples(
+        self,
+        pixels: torch.Tensor,
+        video_index: int,
+        clip_index: int,
+        start_seconds: list[float],
+        end_seconds: list[float],
+    ) -> None:
+        """`pixels (N, ...)` samples of one clip, with each sample's time span in seconds."""
         self._chunks.append(pixels)
-        self._video_index += [video_index] * len(pixels)
-        self._clip_index += [clip_index] * len(pixels)
+        self._sample_info += [
+            (video_index, clip_index, start, end)
+            for start, end in zip(start_seconds, end_seconds, strict=True)
+        ]
 
     def add_video(self, info: dict[str, Any]) -> None:
         self._videos.append(info)
@@ -98,17 +110,18 @@ class _BatchBuilder:
         else:
             pixels = torch.empty(0, dtype=torch.uint8)
         self._chunks = [pixels[take:]] if take < len(pixels) else []
+        taken, self._sample_info = self._sample_info[:take], self._sample_info[take:]
         batch = {
             "pixels": pixels[:take],
-            "video_index": self._video_index[:take],
-            "clip_index": self._clip_index[:take],
+            "video_index": [info[0] for info in taken],
+            "clip_index": [info[1] for info in taken],
+            "start_seconds": [info[2] for info in taken],
+            "end_seconds": [info[3] for info in taken],
             "videos": self._videos,
             "failures": self._failures,
             "decode_seconds": self.decode_seconds,
             "preprocess_seconds": self.preprocess_seconds,
         }
-        self._video_index = self._video_index[take:]
-        self._clip_index = self._clip_index[take:]
         self._videos, self._failures = [], []
         self.decode_seconds = self.preprocess_seconds = 0.0
         return batch
@@ -126,6 +139,7 @@ class VideoClipDataset(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         decoder: str = "decord",
+        decode_device: str = "cpu",
     ) -> None:
         self.videos = videos
         self.spec = spec
@@ -134,6 +148,7 @@ class VideoClipDataset(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.decoder = decoder
+        self.decode_device = decode_device
 
     def shard_indices(self) -> list[int]:
         """Video indices for this (rank, DataLoader worker); all shards together cover each once."""
@@ -155,7 +170,7 @@ class VideoClipDataset(IterableDataset):
         # Decoders raise many exception types for broken files (DECORDError, RuntimeError,
         # OSError, ...); any of them fails this video only, never the run.
         try:
-            video = open_video(entry.path, self.decoder)
+            video = open_video(entry.path, self.decoder, self.decode_device)
             if video.num_frames < 1:
                 raise ValueError("the video has no frames")
             clips = clip_frame_ranges(video.num_frames, video.average_fps, self.clip_len_seconds)
@@ -164,12 +179,18 @@ class VideoClipDataset(IterableDataset):
             for clip_index, (start, stop) in enumerate(clips):
                 for frame_indices in self._sample_frame_indices(start, stop):
                     started = time.perf_counter()
-                    frames = video.get_frames(frame_indices)
-                    decoded = time.perf_counter()
-                    samples = self._to_samples(frames)
-                    builder.decode_seconds += decoded - started
-                    builder.preprocess_seconds += time.perf_counter() - decoded
-                    builder.add_samples(samples, video_index, clip_index)
+                    decoded = video.get_frames(frame_indices)
+                    decoded_at = time.perf_counter()
+                    samples = self._to_samples(decoded.frames)
+                    builder.decode_seconds += decoded_at - started
+                    builder.preprocess_seconds += time.perf_counter() - decoded_at
+                    if self.spec.frames_per_clip is None:  # one sample per frame
+                        starts, ends = decoded.start_seconds, decoded.end_seconds
+                    else:  # one sample per clip: its first and last frame
+                        starts, ends = decoded.start_seconds[:1], decoded.end_seconds[-1:]
+                    builder.add_samples(
+                        samples, video_index, clip_index, starts.tolist(), ends.tolist()
+                    )
                     while builder.num_samples >= self.batch_size:
                         yield builder.pop()
         except Exception as error:
@@ -204,8 +225,6 @@ class VideoClipDataset(IterableDataset):
     def _video_info(
         self, video_index: int, entry: VideoEntry, video: Any, clips: list[tuple[int, int]]
     ) -> dict[str, Any]:
-        first = video.frame_time_ranges([start for start, _ in clips])[:, 0]
-        last = video.frame_time_ranges([stop - 1 for _, stop in clips])[:, 1]
         if self.spec.frames_per_clip is None:
             samples_per_clip = [stop - start for start, stop in clips]
         else:
@@ -217,7 +236,6 @@ class VideoClipDataset(IterableDataset):
             "samples_per_clip": samples_per_clip,
             "fps": video.average_fps,
             "clip_length": self.clip_len_seconds,
-            "timestamps": [[float(s), float(e)] for s, e in zip(first, last, strict=True)],
         }
 
 
@@ -233,7 +251,9 @@ class VideoDataModule(LightningDataModule):
             default: the model's own.
         num_workers: DataLoader worker processes that decode and resize.
         overwrite: redo videos whose .npz already exists.
-        decoder: video decoding library.
+        decoder: video decoding library: decord (CPU) or torchcodec (CPU or CUDA; needs FFmpeg).
+        decode_device: cpu, or cuda to decode with NVDEC on the model's GPU (torchcodec only;
+            decoding then runs in the main process, so num_workers must be 0).
     """
 
     def __init__(
@@ -245,6 +265,7 @@ class VideoDataModule(LightningDataModule):
         num_workers: int = 2,
         overwrite: bool = False,
         decoder: str = "decord",
+        decode_device: str = "cpu",
     ) -> None:
         super().__init__()
         if not (math.isfinite(clip_len) and clip_len > 0):
@@ -253,9 +274,11 @@ class VideoDataModule(LightningDataModule):
             raise VfeError(f"--batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:
             raise VfeError(f"--data.num_workers must be 0 or more, got {num_workers}")
-        if decoder not in DECODERS:
+        check_decoder(decoder, decode_device)
+        if decode_device == "cuda" and num_workers != 0:
             raise VfeError(
-                f"--data.decoder {decoder!r} is unknown; choose one of {sorted(DECODERS)}"
+                "--data.decode_device cuda decodes in the main process (CUDA cannot run in "
+                f"forked DataLoader workers): set --data.num_workers 0, not {num_workers}"
             )
         if not Path(input_dir).is_dir():
             raise VfeError(f"--input_dir {str(input_dir)!r} is not a folder")
@@ -266,6 +289,7 @@ class VideoDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.overwrite = overwrite
         self.decoder = decoder
+        self.decode_device = decode_device
         self.videos: list[VideoEntry] = []
         self.num_skipped = 0
 
@@ -299,6 +323,15 @@ class VideoDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         spec: InputSpec = self.trainer.lightning_module.input_spec
+        root_device = self.trainer.strategy.root_device
+        decode_device = "cpu"
+        if self.decode_device == "cuda":
+            if root_device.type != "cuda":
+                raise VfeError(
+                    f"--data.decode_device cuda decodes on the model's GPU, but the model runs on "
+                    f"{root_device}; use --device cuda or --data.decode_device cpu"
+                )
+            decode_device = str(root_device)
         dataset = VideoClipDataset(
             self.videos,
             spec,
@@ -307,10 +340,11 @@ class VideoDataModule(LightningDataModule):
             rank=self.trainer.global_rank,
             world_size=self.trainer.world_size,
             decoder=self.decoder,
+            decode_device=decode_device,
         )
         return DataLoader(
             dataset,
             batch_size=None,
             num_workers=self.num_workers,
-            pin_memory=self.trainer.strategy.root_device.type == "cuda",
+            pin_memory=root_device.type == "cuda" and decode_device == "cpu",
         )

@@ -30,6 +30,8 @@ class _PendingVideo:
     info: dict[str, Any]
     feature_sums: np.ndarray  # (num_clips, D) float64
     sample_counts: np.ndarray  # (num_clips,) int64
+    clip_starts: np.ndarray  # (num_clips,) float64, min over samples
+    clip_ends: np.ndarray  # (num_clips,) float64, max over samples
     samples_left: int
 
 
@@ -55,6 +57,8 @@ class ClipFeatureAssembler:
             info=info,
             feature_sums=np.empty((0, 0)),
             sample_counts=np.zeros(info["num_clips"], dtype=np.int64),
+            clip_starts=np.full(info["num_clips"], np.inf),
+            clip_ends=np.full(info["num_clips"], -np.inf),
             samples_left=int(sum(info["samples_per_clip"])),
         )
 
@@ -64,11 +68,17 @@ class ClipFeatureAssembler:
         self._failed.add(video_index)
 
     def add_features(
-        self, features: np.ndarray, video_index: list[int], clip_index: list[int]
+        self,
+        features: np.ndarray,
+        video_index: list[int],
+        clip_index: list[int],
+        start_seconds: list[float],
+        end_seconds: list[float],
     ) -> list[FinishedVideo]:
-        """`features (B, D)` for samples of the given videos and clips; returns finished videos."""
+        """`features (B, D)` of samples with their video, clip and time span; returns finished."""
         touched = []
-        for row, (video, clip) in enumerate(zip(video_index, clip_index, strict=True)):
+        rows = zip(video_index, clip_index, start_seconds, end_seconds, strict=True)
+        for row, (video, clip, start, end) in enumerate(rows):
             if video in self._failed:
                 continue
             pending = self._pending[video]
@@ -78,6 +88,8 @@ class ClipFeatureAssembler:
                 )
             pending.feature_sums[clip] += features[row]
             pending.sample_counts[clip] += 1
+            pending.clip_starts[clip] = min(pending.clip_starts[clip], start)
+            pending.clip_ends[clip] = max(pending.clip_ends[clip], end)
             pending.samples_left -= 1
             if not touched or touched[-1] != video:
                 touched.append(video)
@@ -97,7 +109,7 @@ class ClipFeatureAssembler:
             "features": means.astype(np.float32),
             "fps": np.float64(info["fps"]),
             "clip_length": np.float64(info["clip_length"]),
-            "timestamps": np.asarray(info["timestamps"], dtype=np.float64).reshape(-1, 2),
+            "timestamps": np.stack([pending.clip_starts, pending.clip_ends], axis=1),
         }
         return FinishedVideo(info["relative_path"], arrays)
 
@@ -169,7 +181,13 @@ class FeatureWriter(BasePredictionWriter):
         for info in batch["videos"]:
             self.assembler.add_video(info)
         features = prediction.detach().float().cpu().numpy()
-        finished = self.assembler.add_features(features, batch["video_index"], batch["clip_index"])
+        finished = self.assembler.add_features(
+            features,
+            batch["video_index"],
+            batch["clip_index"],
+            batch["start_seconds"],
+            batch["end_seconds"],
+        )
         for video in finished:
             save_npz_atomically(
                 output_path_for(self._resolved_output_dir, video.relative_path), video.arrays
