@@ -16,7 +16,6 @@ Samples of several videos may share a batch; the writer reassembles them per vid
 """
 
 import heapq
-import logging
 import math
 import os
 import re
@@ -36,8 +35,6 @@ from vfe.errors import VfeError
 from vfe.paths import VideoEntry, find_videos, output_path_for, resolve_output_dir
 from vfe.transforms import resize_and_center_crop
 from vfe.video import check_decoder, open_video
-
-log = logging.getLogger(__name__)
 
 
 def assign_shards(sizes: list[int], num_shards: int) -> list[list[int]]:
@@ -240,10 +237,13 @@ class VideoClipDataset(IterableDataset):
         }
 
 
+WORKER_NICENESS = 10
+
+
 def _lower_worker_priority(worker_id: int) -> None:
-    """Decoding is the small share of the work: at a lower priority it fills the cycles the
-    model leaves idle instead of preempting the model's threads."""
-    os.nice(int(os.environ.get("VFE_WORKER_NICENESS", "10")))
+    """Where workers and the model share cores, decoding (the smaller share of the work) should
+    fill the cycles the model leaves idle rather than preempt the model's threads."""
+    os.nice(WORKER_NICENESS)
 
 
 class VideoDataModule(LightningDataModule):
