@@ -164,20 +164,25 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
     return {"wall_seconds": wall, "stage_seconds": stages, "device": str(model.device)}
 
 
-def measure_decode(options: dict[str, Any]) -> dict[str, Any]:
-    from torch.utils.data import DataLoader
-
+def _bench_dataset(options: dict[str, Any], spec: Any) -> Any:
+    """The pipeline's own dataset over the set's videos, on one process."""
     from vfe.data import VideoClipDataset
     from vfe.paths import find_videos
 
-    spec = build_backbone(options["model"]).input_spec
-    dataset = VideoClipDataset(
+    return VideoClipDataset(
         find_videos(Path(options["videos"])),
         spec,
         CLIP_LEN_SECONDS,
         batch_size=options["batch_size"] or spec.default_batch_size,
         decoder=options["decoder"],
     )
+
+
+def measure_decode(options: dict[str, Any]) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+
+    spec = build_backbone(options["model"]).input_spec
+    dataset = _bench_dataset(options, spec)
     loader = DataLoader(dataset, batch_size=None, num_workers=options["num_workers"])
     started = time.perf_counter()
     samples = sum(len(batch["pixels"]) for batch in loader)
@@ -185,24 +190,10 @@ def measure_decode(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_model(options: dict[str, Any]) -> dict[str, Any]:
-    """predict_step on the set's own preprocessed batches, decoded beforehand and kept in memory.
-
-    Real frames, not random ones: the model's speed depends a little on the data (random
-    pixels ran CLIP ~7% faster than video frames here).
-    """
-    from vfe.data import VideoClipDataset
-    from vfe.paths import find_videos
-
+    """predict_step on the batches the pipeline would feed it, decoded beforehand, in memory."""
     device = _device(options["device"])
     model = build_backbone(options["model"]).to(device)
-    spec = model.input_spec
-    dataset = VideoClipDataset(
-        find_videos(Path(options["videos"])),
-        spec,
-        CLIP_LEN_SECONDS,
-        batch_size=options["batch_size"] or spec.default_batch_size,
-        decoder=options["decoder"],
-    )
+    dataset = _bench_dataset(options, model.input_spec)
     batches = [{"pixels": batch["pixels"].to(device)} for batch in dataset if len(batch["pixels"])]
     with torch.inference_mode(), _autocast(device, options["precision"]):
         model.predict_step(batches[0], 0)  # warm-up
