@@ -44,7 +44,11 @@ GFLOP_PER_SAMPLE = {"clip": 8.8, "slowfast": 131.0}
 
 def make_videos(videos_dir: Path, seconds: float) -> dict[str, Path]:
     """Generate (once) `VIDEOS_PER_SET` H.264 videos per resolution; returns set -> folder."""
-    from vfe.synthetic import write_video
+    try:
+        from vfe.synthetic import write_video
+    except ImportError as error:
+        message = f"vfe bench needs PyAV and matplotlib: pip install -e '.[bench]' ({error})"
+        raise VfeError(message) from error
 
     folders = {}
     for name, (height, width) in VIDEO_SETS.items():
