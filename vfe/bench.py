@@ -213,6 +213,7 @@ def measure_model(options: dict[str, Any]) -> dict[str, Any]:
 def measure_baseline(options: dict[str, Any]) -> dict[str, Any]:
     """The original scripts' way: one video at a time, no workers, fp32."""
     import decord
+    from clip.clip import _transform as clip_preprocess
     from PIL import Image
     from torch.nn import functional as F
 
@@ -220,6 +221,7 @@ def measure_baseline(options: dict[str, Any]) -> dict[str, Any]:
 
     device = _device(options["device"])
     model = build_backbone(options["model"]).to(device)
+    preprocess = clip_preprocess(model.input_spec.crop_size)  # what clip.load returns
     started = time.perf_counter()
     for entry in find_videos(Path(options["videos"])):
         reader = decord.VideoReader(str(entry.path))
@@ -229,9 +231,6 @@ def measure_baseline(options: dict[str, Any]) -> dict[str, Any]:
             frames = reader.get_batch(list(range(start, stop))).asnumpy()
             with torch.no_grad():
                 if options["model"] == "clip":
-                    import clip
-
-                    preprocess = clip.clip._transform(model.input_spec.crop_size)
                     images = torch.stack([preprocess(Image.fromarray(f)) for f in frames])
                     per_frame = [
                         model.visual(images[i : i + 32].to(device))
