@@ -1,16 +1,27 @@
-"""Shared fixtures: synthetic videos and random-weight checkpoints saved to files."""
+"""Shared fixtures: synthetic videos and random-weight checkpoints saved to files, the
+real-world corpus, and the reference decode every decoder is compared with."""
 
+import json
+import math
+import os
+import subprocess
 import sys
 import warnings
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from vfe.synthetic import write_video
+from vfe.errors import VfeError
+from vfe.synthetic import REAL_WORLD_VIDEOS, ffmpeg_encoders, write_real_world_videos, write_video
+from vfe.video import check_decoder
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
@@ -88,3 +99,113 @@ def extract(
     datamodule = VideoDataModule(input_dir=input_dir, output_dir=output_dir, **data_options)
     trainer.predict(model, datamodule=datamodule, return_predictions=False)
     return writer
+
+
+@dataclass
+class ReferenceDecode:
+    """What a sequential FFmpeg decode presents: frames in display orientation, and each
+    frame's time from the first, taken from the FFmpeg command line (`ffprobe`)."""
+
+    frames: list[np.ndarray]  # (H, W, 3) uint8 each
+    times: list[Fraction]  # seconds from the first frame
+    duration: Fraction  # last time + last frame's duration
+
+    def clip_frames(self, clip_len: Fraction) -> list[list[int]]:
+        """The contract's clips: frames starting in [i*L, (i+1)*L); an empty window holds the
+        frame on screen at its start. Written independently of `vfe.clip_grid`."""
+        num_clips = math.floor(self.times[-1] / clip_len) + 1
+        clips = []
+        for i in range(num_clips):
+            inside = [k for k, t in enumerate(self.times) if i * clip_len <= t < (i + 1) * clip_len]
+            if not inside:
+                inside = [max(k for k, t in enumerate(self.times) if t < i * clip_len)]
+            clips.append(inside)
+        return clips
+
+
+def reference_decode(path: Path) -> ReferenceDecode:
+    """PyAV's plain sequential decode (`container.decode`) for pixels, ffprobe for times."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = []
+        for frame in container.decode(stream):
+            array = frame.to_ndarray(format="rgb24")
+            frames.append(np.rot90(array, k=frame.rotation // 90) if frame.rotation else array)
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+         "stream=time_base:frame=best_effort_timestamp,pkt_duration,duration", "-of", "json",
+         str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    info = json.loads(probe.stdout)
+    time_base = Fraction(info["streams"][0]["time_base"])
+    ticks, durations = [], []
+    for record in info["frames"]:
+        duration = int(record.get("duration", record.get("pkt_duration", 0)))
+        tick = record.get("best_effort_timestamp")
+        if tick is None:  # the command line places such a frame after its predecessor
+            tick = ticks[-1] + durations[-1]
+        ticks.append(int(tick))
+        durations.append(duration)
+    assert len(ticks) == len(frames), (path, len(ticks), len(frames))
+    times = [(tick - ticks[0]) * time_base for tick in ticks]
+    return ReferenceDecode(frames, times, times[-1] + durations[-1] * time_base)
+
+
+needs_ffmpeg_cli = pytest.mark.skipif(
+    not ffmpeg_encoders(), reason="needs the ffmpeg command line (apt-get install ffmpeg)"
+)
+
+
+@pytest.fixture(scope="session")
+def real_world_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The awkward files of `vfe.synthetic.REAL_WORLD_VIDEOS` this ffmpeg can write."""
+    if not ffmpeg_encoders():
+        pytest.skip("needs the ffmpeg command line (apt-get install ffmpeg)")
+    return write_real_world_videos(tmp_path_factory.mktemp("real_world"))
+
+
+@pytest.fixture(scope="session")
+def references(real_world_videos: dict[str, Path]) -> dict[str, ReferenceDecode]:
+    return {name: reference_decode(path) for name, path in real_world_videos.items()}
+
+
+# decoder -> file -> "exact" (every frame and time equal the reference) or how it goes wrong.
+EXACT = "exact"
+DECODER_RESULTS: dict[str, dict[str, str]] = {
+    "pyav": dict.fromkeys(REAL_WORLD_VIDEOS, EXACT),
+    "torchcodec": dict.fromkeys(REAL_WORLD_VIDEOS, EXACT),
+    "decord": {
+        **dict.fromkeys(REAL_WORLD_VIDEOS, EXACT),
+        "edit_list_cut.mp4": "wrong frame count",  # shows the hidden pre-roll
+        "broadcast.ts": "wrong frames",
+        "xvid_bframes.avi": "wrong times",
+        "av1.mp4": "cannot open",
+    },
+}
+
+
+def decoder_available(decoder: str) -> bool:
+    try:
+        check_decoder(decoder)
+    except VfeError:
+        return False
+    return True
+
+
+def run_vfe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m vfe predict ARGS` in a subprocess, as a user runs it."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "vfe", "predict", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two `(N, D)` arrays."""
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))

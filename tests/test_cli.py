@@ -1,7 +1,6 @@
 """The command line end to end, in a subprocess, as a user runs it."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,20 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_vfe
 
 from vfe.cli import main
-
-
-def run_vfe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "vfe", "predict", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def test_clip_run_writes_the_npz_contract_and_resumes(

@@ -1,37 +1,32 @@
 import urllib.error
 import urllib.request
+from fractions import Fraction
 from pathlib import Path
 
-import av
 import clip
 import numpy as np
 import pytest
 import torch
 from clip.model import CLIP, convert_weights
-from conftest import extract
+from conftest import cosine, extract, reference_decode, run_vfe
+from PIL import Image
 
 from vfe.backbones import openai_clip
 from vfe.backbones.openai_clip import CLIP_ARCHS, CLIPBackbone
-from vfe.clip_grid import clip_frame_ranges
 from vfe.errors import VfeError
 from vfe.synthetic import write_video
 
 
 def reference_clip_features(weights: Path, video: Path, clip_len: float) -> np.ndarray:
-    """CLIP's own pipeline: PIL frames -> clip.load's preprocess -> encode_image -> clip mean."""
+    """CLIP's own pipeline on what a sequential FFmpeg decode presents: PIL frames ->
+    `clip.load`'s preprocess -> `encode_image`, averaged over each contract window's frames."""
     model, preprocess = clip.load(str(weights), device="cpu", jit=False)
-    with av.open(str(video)) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate)
-        images = [frame.to_image() for frame in container.decode(stream)]
+    decoded = reference_decode(video)
+    images = [Image.fromarray(np.ascontiguousarray(frame)) for frame in decoded.frames]
     with torch.no_grad():
         per_frame = model.encode_image(torch.stack([preprocess(image) for image in images]))
-    ranges = clip_frame_ranges(len(images), fps, clip_len)
-    return np.stack([per_frame[start:stop].mean(0).numpy() for start, stop in ranges])
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    clips = decoded.clip_frames(Fraction(str(clip_len)))
+    return np.stack([per_frame[frames].mean(0).numpy() for frames in clips])
 
 
 def test_features_match_clips_own_pipeline(video_dir: Path, tiny_clip_file: Path, tmp_path: Path):
@@ -122,3 +117,30 @@ def test_official_weights_offline_says_how_to_run_offline(tmp_path: Path, monkey
         CLIPBackbone(arch="ViT-B/16").configure_model()
     message = str(error.value)
     assert "ViT-B-16.pt" in message and ".cache/clip" in message and "--model.weights" in message
+
+
+def test_clip_run_over_real_world_files_matches_clips_pipeline_on_ffmpeg_frames(
+    real_world_videos: dict[str, Path], references, tiny_clip_file: Path, tmp_path: Path
+):
+    """The frame-exact issue's acceptance: one CLI run over the awkward files writes every one,
+    each clip equal to OpenAI CLIP's own pipeline over the frames FFmpeg presents in the
+    clip's window, with the contract's timestamps and fps."""
+    folder = next(iter(real_world_videos.values())).parent
+    result = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", str(folder), "--output_dir", "out", "--batch_size", "16",
+        "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"written {len(real_world_videos)}, skipped 0, failed 0" in result.stdout + result.stderr
+    for name, path in real_world_videos.items():
+        saved = np.load((tmp_path / "out" / name).with_suffix(".npz"))
+        reference = reference_clip_features(tiny_clip_file, path, 2.0)
+        assert saved["features"].shape == reference.shape, name
+        assert cosine(saved["features"], reference).min() >= 0.999, name
+        decoded = references[name]
+        windows = [
+            [float(2 * i), float(min(2 * i + 2, decoded.duration))] for i in range(len(reference))
+        ]
+        np.testing.assert_array_equal(saved["timestamps"], windows, err_msg=name)
+        assert float(saved["fps"]) == float(len(decoded.frames) / decoded.duration), name

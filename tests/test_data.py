@@ -1,10 +1,14 @@
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import DECODER_RESULTS, EXACT, decoder_available
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import InputSpec
+from vfe.clip_grid import uniform_indices
 from vfe.data import VideoClipDataset, _BatchBuilder, assign_shards
 from vfe.errors import VfeError
 from vfe.paths import find_videos, output_path_for
@@ -34,19 +38,19 @@ def test_shards_are_balanced_by_size_largest_first():
 
 def test_batch_builder_cuts_exact_batches_and_keeps_order():
     builder = _BatchBuilder(batch_size=4)
-    builder.add_samples(torch.arange(3).view(3, 1), 0, 0, [0.0, 0.1, 0.2], [0.1, 0.2, 0.3])
     builder.add_video({"index": 0})
-    builder.add_samples(torch.arange(3, 9).view(6, 1), 1, 2, [4.0] * 6, [6.0] * 6)
+    builder.add_samples(torch.arange(3).view(3, 1), 0, [0, 0, 1])
+    builder.add_end({"index": 0})
+    builder.add_samples(torch.arange(3, 9).view(6, 1), 1, [2] * 6)
     builder.add_failure({"index": 7})
     first = builder.pop()
     assert first["pixels"].flatten().tolist() == [0, 1, 2, 3]
-    assert first["video_index"] == [0, 0, 0, 1] and first["clip_index"] == [0, 0, 0, 2]
-    assert first["start_seconds"] == [0.0, 0.1, 0.2, 4.0]
-    assert first["end_seconds"] == [0.1, 0.2, 0.3, 6.0]
-    assert first["videos"] == [{"index": 0}] and first["failures"] == [{"index": 7}]
+    assert first["video_index"] == [0, 0, 0, 1] and first["clip_index"] == [0, 0, 1, 2]
+    assert first["videos"] == [{"index": 0}] and first["ends"] == [{"index": 0}]
+    assert first["failures"] == [{"index": 7}]
     second = builder.pop()
     assert second["pixels"].flatten().tolist() == [4, 5, 6, 7]
-    assert second["videos"] == [] and second["failures"] == []
+    assert second["videos"] == second["ends"] == second["failures"] == []
     assert builder.pop()["pixels"].flatten().tolist() == [8]
     assert not builder.has_anything()
 
@@ -73,30 +77,39 @@ def test_find_videos_empty_or_missing_folder(tmp_path: Path):
         find_videos(tmp_path / "missing")
 
 
-def sample_rows(batches: list[dict]) -> list[tuple[int, int, float, float]]:
-    """(video_index, clip_index, start_seconds, end_seconds) of every sample, in order."""
-    keys = ("video_index", "clip_index", "start_seconds", "end_seconds")
-    return [row for b in batches for row in zip(*(b[k] for k in keys), strict=True)]
-
-
 def _all_batches(dataset):
     return list(iter(dataset))
+
+
+def samples_by_clip(batches: list[dict], video_index: int) -> dict[int, list[torch.Tensor]]:
+    """clip index -> the samples of that clip, in order, for one video."""
+    clips: dict[int, list[torch.Tensor]] = {}
+    for batch in batches:
+        pairs = zip(batch["video_index"], batch["clip_index"], strict=True)
+        for row, (video, clip) in enumerate(pairs):
+            if video == video_index:
+                clips.setdefault(clip, []).append(batch["pixels"][row])
+    return clips
+
+
+def ends_by_path(batches: list[dict], videos) -> dict[str, dict]:
+    return {videos[e["index"]].relative_path: e for b in batches for e in b["ends"]}
 
 
 def test_image_spec_yields_every_frame_of_every_clip(video_dir: Path):
     videos = find_videos(video_dir)
     batches = _all_batches(VideoClipDataset(videos, IMAGE_SPEC, 2.0, batch_size=32))
-    samples = sum(len(b["pixels"]) for b in batches)
-    assert samples == 85 + 25
+    assert sum(len(b["pixels"]) for b in batches) == 85 + 25
     assert all(b["pixels"].shape[1:] == (3, 16, 16) for b in batches if len(b["pixels"]))
     assert all(b["pixels"].dtype == torch.uint8 for b in batches)
     assert all(len(b["pixels"]) <= 32 for b in batches)
-    infos = {info["relative_path"]: info for b in batches for info in b["videos"]}
-    assert infos["moving.mp4"]["samples_per_clip"] == [50, 35]
-    moving = [row for row in sample_rows(batches) if row[0] == 0]
-    assert [row[2] for row in moving] == pytest.approx([i / 25 for i in range(85)], abs=1e-6)
-    assert [row[3] for row in moving] == pytest.approx([(i + 1) / 25 for i in range(85)], abs=1e-6)
-    assert infos["nested/short.mp4"]["num_clips"] == 1
+    clips = samples_by_clip(batches, 0)
+    assert {clip: len(samples) for clip, samples in clips.items()} == {0: 50, 1: 35}
+    ends = ends_by_path(batches, videos)
+    assert ends["moving.mp4"]["num_samples"] == 85 and ends["moving.mp4"]["num_clips"] == 2
+    assert ends["moving.mp4"]["timestamps"] == [[0.0, 2.0], [2.0, 3.4]]
+    assert ends["moving.mp4"]["fps"] == 25.0 and ends["moving.mp4"]["num_frames"] == 85
+    assert ends["nested/short.mp4"]["num_clips"] == 1
 
 
 def test_video_spec_yields_one_sample_per_clip(video_dir: Path):
@@ -104,9 +117,61 @@ def test_video_spec_yields_one_sample_per_clip(video_dir: Path):
     batches = _all_batches(VideoClipDataset(videos, VIDEO_SPEC, 2.0, batch_size=2))
     pixels = torch.cat([b["pixels"] for b in batches])
     assert pixels.shape == (3, 3, 8, 16, 16)  # 2 clips + 1 clip, (C, T, H, W) each
-    spans = [(video, start, end) for video, _, start, end in sample_rows(batches)]
-    assert spans == [(0, 0.0, 2.0), (0, 2.0, 3.4), (1, 0.0, 1.0)]
+    rows = [(v, c) for b in batches for v, c in zip(b["video_index"], b["clip_index"], strict=True)]
+    assert rows == [(0, 0), (0, 1), (1, 0)]
     assert [len(b["pixels"]) for b in batches] == [2, 1]
+
+
+def raw_pixels(frames, short_side_size, crop_size, interpolation, antialias):
+    """Stands in for resizing, so samples are the decoded frames themselves."""
+    return frames.permute(0, 3, 1, 2).contiguous()
+
+
+FRAME_SPEC = InputSpec(None, 1, 1, InterpolationMode.BICUBIC, True, (0.5,) * 3, (0.5,) * 3, 7)
+CLIP8_SPEC = InputSpec(8, 1, 1, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,) * 3, 3)
+
+
+@pytest.mark.parametrize("decoder", sorted(DECODER_RESULTS))
+@pytest.mark.parametrize("spec", [FRAME_SPEC, CLIP8_SPEC], ids=["every frame", "8 per clip"])
+def test_every_frame_fed_to_the_model_is_the_ffmpeg_frame_of_its_clip(
+    spec, decoder, real_world_videos, references, monkeypatch
+):
+    """On every awkward file a decoder claims: the samples of clip i are exactly the frames a
+    sequential FFmpeg decode presents in [i*L, (i+1)*L) (all, or 8 spread uniformly)."""
+    if not decoder_available(decoder):
+        pytest.skip(f"{decoder} cannot run here")
+    monkeypatch.setattr("vfe.data.resize_and_center_crop", raw_pixels)
+    clip_len = Fraction(2)
+    folder = next(iter(real_world_videos.values())).parent
+    claimed = [e for e in find_videos(folder) if DECODER_RESULTS[decoder][e.relative_path] == EXACT]
+    for entry in claimed:  # one video per dataset: frame sizes differ (rotation)
+        dataset = VideoClipDataset(
+            [entry], spec, 2.0, batch_size=spec.default_batch_size, decoder=decoder
+        )
+        batches = _all_batches(dataset)
+        assert not [f for b in batches for f in b["failures"]]
+        (end,) = [e for b in batches for e in b["ends"]]
+        reference = references[entry.relative_path]
+        expected_clips = reference.clip_frames(clip_len)
+        clips = samples_by_clip(batches, 0)
+        assert sorted(clips) == list(range(len(expected_clips))), entry.relative_path
+        for clip, frame_indices in enumerate(expected_clips):
+            if spec.frames_per_clip is None:
+                expected = [reference.frames[k] for k in frame_indices]
+                got = [sample.permute(1, 2, 0).numpy() for sample in clips[clip]]
+            else:
+                picks = uniform_indices(len(frame_indices), spec.frames_per_clip)
+                expected = [reference.frames[frame_indices[p]] for p in picks]
+                (sample,) = clips[clip]
+                got = list(sample.permute(1, 2, 3, 0).numpy())  # (C, T, H, W) -> frames
+            assert len(got) == len(expected), (entry.relative_path, clip)
+            for a, b in zip(got, expected, strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"{entry.relative_path} clip {clip}")
+        duration = reference.duration
+        windows = [[float(i * clip_len), float(min((i + 1) * clip_len, duration))]
+                   for i in range(len(expected_clips))]  # fmt: skip
+        assert end["timestamps"] == windows, entry.relative_path
+        assert end["fps"] == pytest.approx(float(len(reference.frames) / duration), rel=1e-12)
 
 
 @pytest.mark.parametrize(("world_size", "num_workers"), [(1, 1), (2, 1), (2, 3), (3, 2)])
@@ -131,20 +196,3 @@ def test_undecodable_file_becomes_a_failure_record(tmp_path: Path, video_dir: Pa
     failures = [f for b in batches for f in b["failures"]]
     assert [(f["relative_path"], f["stage"]) for f in failures] == [("broken.mp4", "open")]
     assert sum(len(b["pixels"]) for b in batches) == 25
-
-
-def test_repeated_frame_indices_are_decoded_once(video_dir: Path, monkeypatch):
-    from vfe.video import DecordVideo
-
-    video = DecordVideo(video_dir / "moving.mp4")
-    asked = []
-    original = video._reader.get_batch
-    monkeypatch.setattr(video._reader, "get_batch", lambda idx: asked.append(idx) or original(idx))
-    decoded = video.get_frames([0, 0, 3, 3, 3, 7])
-    frames = decoded.frames
-    assert asked == [[0, 3, 7]]
-    assert frames.shape == (6, 64, 96, 3)
-    assert decoded.start_seconds.tolist() == [0.0, 0.0, 0.12, 0.12, 0.12, 0.28]
-    assert decoded.end_seconds.tolist() == [0.04, 0.04, 0.16, 0.16, 0.16, 0.32]
-    assert torch.equal(frames[0], frames[1]) and torch.equal(frames[2], frames[4])
-    assert not torch.equal(frames[0], frames[5])

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import extract
-from test_cli import run_vfe
+from conftest import cosine, extract, run_vfe
 
 from vfe.backbones.openai_clip import CLIPBackbone
 from vfe.backbones.slowfast import SlowFastBackbone
@@ -20,10 +19,6 @@ from vfe.synthetic import (
     write_faststart_video,
     write_video,
 )
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 @pytest.fixture(scope="module")

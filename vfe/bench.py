@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import os
 import resource
 import subprocess
@@ -23,14 +24,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vfe.clip_grid import clip_frame_ranges, uniform_frame_indices
+from vfe.clip_grid import clip_length_fraction
 from vfe.errors import VfeError
 from vfe.registry import MODELS
+from vfe.video import DECODERS, DEFAULT_DECODER
 
 VIDEO_SETS = {"720p": (720, 1280), "240p": (240, 320)}
 VIDEOS_PER_SET = 2
@@ -64,23 +67,23 @@ def make_videos(videos_dir: Path, seconds: float) -> dict[str, Path]:
 
 
 def video_workload(folder: Path, frames_per_clip: int | None) -> dict[str, float]:
-    """Duration, clips and frames the pipeline decodes for the videos in `folder`."""
+    """Duration, clips, decoded frames and model samples for the (constant-rate) videos in
+    `folder`, from their headers."""
+    import av
+
     from vfe.paths import find_videos
-    from vfe.video import open_video
 
     seconds = clips = frames = samples = 0.0
+    clip_len = clip_length_fraction(CLIP_LEN_SECONDS)
     for entry in find_videos(folder):
-        video = open_video(entry.path)
-        ranges = clip_frame_ranges(video.num_frames, video.average_fps, CLIP_LEN_SECONDS)
-        seconds += video.num_frames / video.average_fps
-        clips += len(ranges)
-        for start, stop in ranges:
-            if frames_per_clip is None:
-                frames += stop - start
-                samples += stop - start
-            else:
-                frames += len(set(uniform_frame_indices(start, stop, frames_per_clip)))
-                samples += 1
+        with av.open(str(entry.path)) as container:
+            stream = container.streams.video[0]
+            num_frames, fps = stream.frames, Fraction(stream.average_rate)
+        num_clips = math.floor((num_frames - 1) / fps / clip_len) + 1
+        seconds += float(num_frames / fps)
+        clips += num_clips
+        frames += num_frames  # every frame is decoded, whatever the backbone samples
+        samples += num_frames if frames_per_clip is None else num_clips
     return {"video_seconds": seconds, "clips": clips, "frames": frames, "samples": samples}
 
 
@@ -225,9 +228,11 @@ def measure_baseline(options: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     for entry in find_videos(Path(options["videos"])):
         reader = decord.VideoReader(str(entry.path))
-        ranges = clip_frame_ranges(len(reader), reader.get_avg_fps(), CLIP_LEN_SECONDS)
+        # The original scripts' grid: round(clip_len * fps) frames per clip.
+        step = round(CLIP_LEN_SECONDS * reader.get_avg_fps())
         features = []
-        for start, stop in ranges:
+        for start in range(0, len(reader), step):
+            stop = min(start + step, len(reader))
             frames = reader.get_batch(list(range(start, stop))).asnumpy()
             with torch.no_grad():
                 if options["model"] == "clip":
@@ -340,7 +345,19 @@ def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
                 row = _benchmark_row(options, work, set_name, args)
                 rows.append(row)
                 _print_row(row)
+                # Written after every row, so a run cut short still leaves its figures.
+                report = {"machine": _machine(), "rows": rows}
+                Path(args.output_json).write_text(json.dumps(report, indent=2))
     return rows
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def _benchmark_row(
@@ -438,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=None)
-    parser.add_argument("--decoder", default="decord")
+    parser.add_argument("--decoder", default=DEFAULT_DECODER, choices=list(DECODERS))
     parser.add_argument("--no_baseline", action="store_true")
     parser.add_argument("--output_json", default="bench.json")
     parser.add_argument("--output_png", default="bench.png")
@@ -451,13 +468,6 @@ def main(argv: list[str] | None = None) -> None:
     except VfeError as error:
         print(f"vfe bench: error: {error}", file=sys.stderr)
         sys.exit(2)
-    machine = {
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch_threads": torch.get_num_threads(),
-    }
-    Path(args.output_json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
     write_chart(rows, Path(args.output_png))
     print(f"vfe bench: results in {args.output_json} and {args.output_png}")
 

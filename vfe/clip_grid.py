@@ -1,34 +1,82 @@
 """Clip grid math: which frames form each clip, and which frames a backbone samples from a clip.
 
-A video of `num_frames` decoded frames at average frame rate `fps` is cut into clips of
-`F = round(clip_len_seconds * fps)` frames; clip i covers frames `[i*F, min((i+1)*F, num_frames))`.
-The last clip may be shorter and is kept.
+Clips are windows of presentation time (the contract's Clips section). With L = clip_len and
+t_k the exact time of frame k from the first frame, clip i holds the frames with
+i*L <= t_k < (i+1)*L. A window in which no frame starts (a gap in a variable-frame-rate file)
+holds the frame on screen at its start, i.e. the last frame before it. Clips run from 0 to
+floor(t_last / L). All times are `Fraction`s, so no clip boundary depends on float rounding.
 """
 
 import math
+from collections.abc import Iterable
+from fractions import Fraction
 
+import numpy as np
 import torch
 
 from vfe.errors import VfeError
 
+# Bumped whenever the rule above changes, so files made under another rule can be told apart.
+GRID_VERSION = 2
 
-def frames_per_clip(clip_len_seconds: float, fps: float) -> int:
-    """Number of frames in a full clip: `round(clip_len_seconds * fps)`, at least 1."""
+
+def clip_length_fraction(clip_len_seconds: float) -> Fraction:
+    """`clip_len` as the exact decimal the user typed: 0.1 -> 1/10, not the nearest double."""
     if not (math.isfinite(clip_len_seconds) and clip_len_seconds > 0):
         raise VfeError(f"clip_len must be a positive number of seconds, got {clip_len_seconds!r}")
-    if not (math.isfinite(fps) and fps > 0):
-        raise VfeError(f"the video reports an unusable frame rate: {fps!r} fps")
-    return max(1, round(clip_len_seconds * fps))
+    return Fraction(repr(float(clip_len_seconds)))
 
 
-def clip_frame_ranges(
-    num_frames: int, fps: float, clip_len_seconds: float
-) -> list[tuple[int, int]]:
-    """`[(start_frame, stop_frame), ...]`, stop exclusive, covering all `num_frames` frames."""
-    if num_frames < 0:
-        raise ValueError(f"num_frames must be >= 0, got {num_frames}")
-    step = frames_per_clip(clip_len_seconds, fps)
-    return [(start, min(start + step, num_frames)) for start in range(0, num_frames, step)]
+class ClipAssigner:
+    """Assigns frames, fed one by one in presentation order, to clips.
+
+    `add(t)` returns `(clip_index, held_clips)`: the clip the frame starts in, and the empty
+    windows before it (between the previous frame's clip and this one), which hold the previous
+    frame. After the last frame, `num_clips` is floor(t_last / L) + 1.
+    """
+
+    def __init__(self, clip_len: Fraction) -> None:
+        self.clip_len = clip_len
+        self.num_clips = 0
+        self._last_time: Fraction | None = None
+
+    def add(self, time_seconds: Fraction) -> tuple[int, range]:
+        if self._last_time is not None and time_seconds <= self._last_time:
+            raise ValueError(
+                f"frame times must increase: {float(time_seconds)} s after "
+                f"{float(self._last_time)} s"
+            )
+        if self._last_time is None and time_seconds != 0:
+            raise ValueError(f"the first frame must be at time 0, not {float(time_seconds)} s")
+        self._last_time = time_seconds
+        clip_index = math.floor(time_seconds / self.clip_len)
+        held = range(self.num_clips, clip_index)
+        self.num_clips = clip_index + 1
+        return clip_index, held
+
+
+def clip_frame_indices(times_seconds: Iterable[Fraction], clip_len: Fraction) -> list[list[int]]:
+    """Frame indices of each clip, for frames at `times_seconds` (first 0, increasing)."""
+    assigner = ClipAssigner(clip_len)
+    clips: list[list[int]] = []
+    for frame_index, time_seconds in enumerate(times_seconds):
+        clip_index, held = assigner.add(time_seconds)
+        clips.extend([frame_index - 1] for _ in held)
+        if clip_index == len(clips):
+            clips.append([])
+        clips[clip_index].append(frame_index)
+    return clips
+
+
+def clip_windows(num_clips: int, clip_len: Fraction, duration_seconds: Fraction) -> np.ndarray:
+    """`(num_clips, 2) float64`: `[i*L, min((i+1)*L, duration)]` in seconds from the first frame."""
+    return np.array(
+        [
+            [float(i * clip_len), float(min((i + 1) * clip_len, duration_seconds))]
+            for i in range(num_clips)
+        ],
+        dtype=np.float64,
+    ).reshape(num_clips, 2)
 
 
 def uniform_indices(num_items: int, num_samples: int) -> list[int]:
@@ -43,8 +91,3 @@ def uniform_indices(num_items: int, num_samples: int) -> list[int]:
         )
     positions = torch.linspace(0, num_items - 1, num_samples).clamp(0, num_items - 1)
     return positions.long().tolist()
-
-
-def uniform_frame_indices(start_frame: int, stop_frame: int, num_samples: int) -> list[int]:
-    """`num_samples` frame indices spread evenly over the clip `[start_frame, stop_frame)`."""
-    return [start_frame + i for i in uniform_indices(stop_frame - start_frame, num_samples)]

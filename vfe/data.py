@@ -1,18 +1,22 @@
-"""Videos -> batches of preprocessed clip samples, decoded clip by clip inside DataLoader workers.
+"""Videos -> batches of preprocessed clip samples, decoded once, sequentially, inside workers.
 
 The dataset is iterable: each (rank, worker) pair owns a disjoint set of whole videos, so every
-video is decoded and written by exactly one process. A batch is a dict:
+video is decoded and written by exactly one process. Each video is decoded in one pass in
+presentation order and its frames are grouped into clips of presentation time as they stream
+(`vfe.clip_grid`), so memory holds at most one clip. A batch is a dict:
 
     pixels:      (B, C, H, W) or (B, C, T, H, W) uint8 samples, as the backbone's InputSpec says
-    video_index: list[int] (B), index into the run's video list
+    video_index: list[int] (B), index into the run's video list (lists, not tensors: they stay
+                 on the host when Lightning moves the batch to the model's device)
     clip_index:  list[int] (B)
-    start_seconds, end_seconds: list[float] (B), presentation start of each sample's first
-                 frame and end of its last frame (a clip spans its samples' min start, max end)
-    videos:      list[dict] describing videos whose samples start in this batch (see `_video_info`)
+    videos:      list[dict] videos whose decoding started: index, relative_path
+    ends:        list[dict] videos fully decoded: index, num_samples, num_clips, num_frames, fps,
+                 clip_length, timestamps ((num_clips, 2) float64 clip windows in seconds)
     failures:    list[dict] videos that could not be decoded: index, path, stage, error
     decode_seconds, preprocess_seconds: worker time spent on this batch's samples (for benchmarks)
 
-Samples of several videos may share a batch; the writer reassembles them per video.
+Samples of several videos may share a batch, and a video's end may arrive before its last
+samples; the writer reassembles them per video.
 """
 
 import heapq
@@ -30,11 +34,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vfe.backbones.base import InputSpec
-from vfe.clip_grid import clip_frame_ranges, uniform_frame_indices
+from vfe.clip_grid import ClipAssigner, clip_length_fraction, clip_windows, uniform_indices
 from vfe.errors import VfeError
 from vfe.paths import VideoEntry, find_videos, output_path_for, resolve_output_dir
 from vfe.transforms import resize_and_center_crop
-from vfe.video import check_decoder, open_video
+from vfe.video import DEFAULT_DECODER, Frame, check_decoder, open_video
 
 
 def assign_shards(sizes: list[int], num_shards: int) -> list[list[int]]:
@@ -59,70 +63,80 @@ def describe_error(error: BaseException, max_chars: int = 300) -> str:
     return f"{type(error).__name__}: {message}"[:max_chars]
 
 
+def default_decode_threads(num_workers: int) -> int:
+    """FFmpeg threads per decoding process: the cores shared out over the workers (1 when
+    decoding in the main process, whose cores the model needs)."""
+    if num_workers == 0:
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) // num_workers)
+
+
 class _BatchBuilder:
     """Collects samples and cuts them into batches of `batch_size` (the last may be short)."""
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
         self._chunks: list[torch.Tensor] = []
-        # Per sample: (video_index, clip_index, start_seconds, end_seconds).
-        self._sample_info: list[tuple[int, int, float, float]] = []
+        self._video_index: list[int] = []
+        self._clip_index: list[int] = []
         self._videos: list[dict[str, Any]] = []
+        self._ends: list[dict[str, Any]] = []
         self._failures: list[dict[str, Any]] = []
         self.decode_seconds = 0.0
         self.preprocess_seconds = 0.0
 
     @property
     def num_samples(self) -> int:
-        return len(self._sample_info)
+        return len(self._clip_index)
 
-    def add_samples(
-        self,
-        pixels: torch.Tensor,
-        video_index: int,
-        clip_index: int,
-        start_seconds: list[float],
-        end_seconds: list[float],
-    ) -> None:
-        """`pixels (N, ...)` samples of one clip, with each sample's time span in seconds."""
+    def add_samples(self, pixels: torch.Tensor, video_index: int, clip_index: list[int]) -> None:
+        """`pixels (N, ...)` samples of one video, sample n belonging to `clip_index[n]`."""
         self._chunks.append(pixels)
-        self._sample_info += [
-            (video_index, clip_index, start, end)
-            for start, end in zip(start_seconds, end_seconds, strict=True)
-        ]
+        self._video_index += [video_index] * len(clip_index)
+        self._clip_index += clip_index
 
     def add_video(self, info: dict[str, Any]) -> None:
         self._videos.append(info)
+
+    def add_end(self, end: dict[str, Any]) -> None:
+        self._ends.append(end)
 
     def add_failure(self, failure: dict[str, Any]) -> None:
         self._failures.append(failure)
 
     def has_anything(self) -> bool:
-        return bool(self.num_samples or self._videos or self._failures)
+        return bool(self.num_samples or self._videos or self._ends or self._failures)
 
     def pop(self) -> dict[str, Any]:
-        """The next batch: up to `batch_size` samples, plus all pending video infos and failures."""
+        """The next batch: up to `batch_size` samples, plus all pending records."""
         take = min(self.batch_size, self.num_samples)
         if self._chunks:
             pixels = self._chunks[0] if len(self._chunks) == 1 else torch.cat(self._chunks)
         else:
             pixels = torch.empty(0, dtype=torch.uint8)
         self._chunks = [pixels[take:]] if take < len(pixels) else []
-        taken, self._sample_info = self._sample_info[:take], self._sample_info[take:]
         batch = {
             "pixels": pixels[:take],
-            "video_index": [info[0] for info in taken],
-            "clip_index": [info[1] for info in taken],
-            "start_seconds": [info[2] for info in taken],
-            "end_seconds": [info[3] for info in taken],
+            "video_index": self._video_index[:take],
+            "clip_index": self._clip_index[:take],
             "videos": self._videos,
+            "ends": self._ends,
             "failures": self._failures,
             "decode_seconds": self.decode_seconds,
             "preprocess_seconds": self.preprocess_seconds,
         }
-        self._videos, self._failures = [], []
+        del self._video_index[:take], self._clip_index[:take]
+        self._videos, self._ends, self._failures = [], [], []
         self.decode_seconds = self.preprocess_seconds = 0.0
         return batch
+
+
+class _FileError(Exception):
+    """A decoding library failed on the file itself; `stage` says where."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(describe_error(error))
+        self.stage = stage
 
 
 class VideoClipDataset(IterableDataset):
@@ -136,17 +150,20 @@ class VideoClipDataset(IterableDataset):
         batch_size: int,
         rank: int = 0,
         world_size: int = 1,
-        decoder: str = "decord",
+        decoder: str = DEFAULT_DECODER,
         decode_device: str = "cpu",
+        decode_threads: int = 1,
     ) -> None:
         self.videos = videos
         self.spec = spec
         self.clip_len_seconds = clip_len_seconds
+        self.clip_len = clip_length_fraction(clip_len_seconds)
         self.batch_size = batch_size
         self.rank = rank
         self.world_size = world_size
         self.decoder = decoder
         self.decode_device = decode_device
+        self.decode_threads = decode_threads
 
     def shard_indices(self) -> list[int]:
         """Video indices for this (rank, DataLoader worker); all shards together cover each once."""
@@ -158,83 +175,166 @@ class VideoClipDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         builder = _BatchBuilder(self.batch_size)
         for video_index in self.shard_indices():
-            yield from self._add_video(builder, video_index)
+            try:
+                yield from self._add_video(builder, video_index)
+            except _FileError as error:
+                entry = self.videos[video_index]
+                builder.add_failure(
+                    {
+                        "index": video_index,
+                        "path": str(entry.path),
+                        "relative_path": entry.relative_path,
+                        "stage": error.stage,
+                        "error": str(error),
+                    }
+                )
         while builder.has_anything():
             yield builder.pop()
 
     def _add_video(self, builder: _BatchBuilder, video_index: int) -> Iterator[dict[str, Any]]:
+        """Decode one video, adding its samples and finally its end record to `builder`."""
         entry = self.videos[video_index]
-        stage = "open"
-        # Decoders raise many exception types for broken files (DECORDError, RuntimeError,
-        # OSError, ...); any of them fails this video only, never the run.
+        started = time.perf_counter()
+        # Decoders raise many exception types for broken files (av.error.*, DECORDError,
+        # RuntimeError, OSError, ...); only the library calls are guarded, so a bug in vfe
+        # itself still stops the run.
         try:
-            video = open_video(entry.path, self.decoder, self.decode_device)
-            if video.num_frames < 1:
-                raise ValueError("the video has no frames")
-            clips = clip_frame_ranges(video.num_frames, video.average_fps, self.clip_len_seconds)
-            builder.add_video(self._video_info(video_index, entry, video, clips))
-            stage = "decode"
-            for clip_index, (start, stop) in enumerate(clips):
-                for frame_indices in self._sample_frame_indices(start, stop):
-                    started = time.perf_counter()
-                    decoded = video.get_frames(frame_indices)
-                    decoded_at = time.perf_counter()
-                    samples = self._to_samples(decoded.frames)
-                    builder.decode_seconds += decoded_at - started
-                    builder.preprocess_seconds += time.perf_counter() - decoded_at
-                    if self.spec.frames_per_clip is None:  # one sample per frame
-                        starts, ends = decoded.start_seconds, decoded.end_seconds
-                    else:  # one sample per clip: its first and last frame
-                        starts, ends = decoded.start_seconds[:1], decoded.end_seconds[-1:]
-                    builder.add_samples(
-                        samples, video_index, clip_index, starts.tolist(), ends.tolist()
-                    )
-                    while builder.num_samples >= self.batch_size:
-                        yield builder.pop()
+            video = open_video(entry.path, self.decoder, self.decode_device, self.decode_threads)
         except Exception as error:
-            builder.add_failure(
-                {
-                    "index": video_index,
-                    "path": str(entry.path),
-                    "relative_path": entry.relative_path,
-                    "stage": stage,
-                    "error": describe_error(error),
-                }
-            )
-
-    def _sample_frame_indices(self, start: int, stop: int) -> Iterator[list[int]]:
-        """Frame index lists to decode for one clip, in chunks that bound memory."""
-        if self.spec.frames_per_clip is None:
-            for chunk_start in range(start, stop, self.batch_size):
-                yield list(range(chunk_start, min(chunk_start + self.batch_size, stop)))
-        else:
-            yield uniform_frame_indices(start, stop, self.spec.frames_per_clip)
-
-    def _to_samples(self, frames: torch.Tensor) -> torch.Tensor:
-        """`(T, H, W, C)` decoded frames -> `(T, C, h, w)` image samples or `(1, C, T, h, w)`."""
-        spec = self.spec
-        images = resize_and_center_crop(
-            frames, spec.short_side_size, spec.crop_size, spec.interpolation, spec.antialias
+            raise _FileError("open", error) from error
+        builder.add_video({"index": video_index, "relative_path": entry.relative_path})
+        builder.decode_seconds += time.perf_counter() - started
+        assigner = ClipAssigner(self.clip_len)
+        emitter = _ImageSamples(self, builder, video_index)
+        if self.spec.frames_per_clip is not None:
+            emitter = _ClipSamples(self, builder, video_index)
+        frames = video.frames()
+        num_frames, last = 0, None
+        while True:
+            started = time.perf_counter()
+            try:
+                frame = next(frames, None)
+            except Exception as error:
+                raise _FileError("decode", error) from error
+            builder.decode_seconds += time.perf_counter() - started
+            if frame is None:
+                break
+            num_frames, last = num_frames + 1, frame
+            clip_index, held = assigner.add(frame.time_seconds)
+            emitter.add(frame, clip_index, held)
+            while builder.num_samples >= self.batch_size:
+                yield builder.pop()
+        if last is None:
+            raise _FileError("decode", ValueError("the video has no frames"))
+        emitter.finish()
+        duration = last.time_seconds + last.duration_seconds
+        builder.add_end(
+            {
+                "index": video_index,
+                "num_samples": emitter.num_samples,
+                "num_clips": assigner.num_clips,
+                "num_frames": num_frames,
+                "fps": float(num_frames / duration) if duration else math.nan,
+                "clip_length": self.clip_len_seconds,
+                # A list, not an array: the DataLoader would make an array a tensor, and
+                # Lightning would move it to the model's device.
+                "timestamps": clip_windows(assigner.num_clips, self.clip_len, duration).tolist(),
+            }
         )
-        if spec.frames_per_clip is None:
-            return images
-        return images.permute(1, 0, 2, 3).unsqueeze(0).contiguous()
+        while builder.num_samples >= self.batch_size:
+            yield builder.pop()
 
-    def _video_info(
-        self, video_index: int, entry: VideoEntry, video: Any, clips: list[tuple[int, int]]
-    ) -> dict[str, Any]:
-        if self.spec.frames_per_clip is None:
-            samples_per_clip = [stop - start for start, stop in clips]
-        else:
-            samples_per_clip = [1] * len(clips)
-        return {
-            "index": video_index,
-            "relative_path": entry.relative_path,
-            "num_clips": len(clips),
-            "samples_per_clip": samples_per_clip,
-            "fps": video.average_fps,
-            "clip_length": self.clip_len_seconds,
-        }
+    def to_samples(self, builder: _BatchBuilder, frames: list[Frame]) -> torch.Tensor:
+        """Decoded frames -> `(T, C, h, w)` uint8, resized and cropped as the spec says."""
+        started = time.perf_counter()
+        try:
+            images = [frame.rgb() for frame in frames]
+        except Exception as error:  # colour conversion of a broken frame
+            raise _FileError("decode", error) from error
+        converted = time.perf_counter()
+        spec = self.spec
+        # Consecutive frames of one size are resized together; a stream may change size.
+        groups: list[list[torch.Tensor]] = []
+        for image in images:
+            if groups and groups[-1][0].shape == image.shape:
+                groups[-1].append(image)
+            else:
+                groups.append([image])
+        samples = torch.cat(
+            [
+                resize_and_center_crop(
+                    torch.stack(group),
+                    spec.short_side_size,
+                    spec.crop_size,
+                    spec.interpolation,
+                    spec.antialias,
+                )
+                for group in groups
+            ]
+        )
+        builder.decode_seconds += converted - started
+        builder.preprocess_seconds += time.perf_counter() - converted
+        return samples
+
+
+class _ImageSamples:
+    """Every frame of a clip is one `(C, H, W)` sample; frames are sent in chunks of batch_size
+    as they arrive, so a clip is never held whole."""
+
+    def __init__(self, dataset: VideoClipDataset, builder: _BatchBuilder, video_index: int):
+        self.dataset, self.builder, self.video_index = dataset, builder, video_index
+        self.num_samples = 0
+        self._pending: list[tuple[int, Frame]] = []
+        self._previous: Frame | None = None
+
+    def add(self, frame: Frame, clip_index: int, held: range) -> None:
+        self._pending += [(held_clip, self._previous) for held_clip in held]
+        self._pending.append((clip_index, frame))
+        self._previous = frame
+        if len(self._pending) >= self.dataset.batch_size:
+            self.finish()
+
+    def finish(self) -> None:
+        if not self._pending:
+            return
+        clips = [clip_index for clip_index, _ in self._pending]
+        pixels = self.dataset.to_samples(self.builder, [frame for _, frame in self._pending])
+        self.builder.add_samples(pixels, self.video_index, clips)
+        self.num_samples += len(clips)
+        self._pending = []
+
+
+class _ClipSamples:
+    """`frames_per_clip` frames spread uniformly over a clip form one `(C, T, H, W)` sample; a
+    clip's frames are held (undecoded to RGB) until the next clip starts."""
+
+    def __init__(self, dataset: VideoClipDataset, builder: _BatchBuilder, video_index: int):
+        self.dataset, self.builder, self.video_index = dataset, builder, video_index
+        self.num_samples = 0
+        self._clip_index = 0
+        self._frames: list[Frame] = []
+
+    def add(self, frame: Frame, clip_index: int, held: range) -> None:
+        if clip_index != self._clip_index:
+            previous = self._frames[-1]
+            self._emit(self._clip_index, self._frames)
+            for held_clip in held:
+                self._emit(held_clip, [previous])
+            self._clip_index, self._frames = clip_index, []
+        self._frames.append(frame)
+
+    def finish(self) -> None:
+        self._emit(self._clip_index, self._frames)
+        self._frames = []
+
+    def _emit(self, clip_index: int, frames: list[Frame]) -> None:
+        picks = uniform_indices(len(frames), self.dataset.spec.frames_per_clip)
+        distinct = sorted(set(picks))
+        images = self.dataset.to_samples(self.builder, [frames[i] for i in distinct])
+        rows = [distinct.index(i) for i in picks]
+        sample = images[rows].permute(1, 0, 2, 3).unsqueeze(0).contiguous()
+        self.builder.add_samples(sample, self.video_index, [clip_index])
+        self.num_samples += 1
 
 
 WORKER_NICENESS = 10
@@ -258,9 +358,13 @@ class VideoDataModule(LightningDataModule):
             default: the model's own.
         num_workers: DataLoader worker processes that decode and resize.
         overwrite: redo videos whose .npz already exists.
-        decoder: video decoding library: decord (CPU) or torchcodec (CPU or CUDA; needs FFmpeg).
+        decoder: video decoding library: pyav (frame-exact on every file type vfe was checked
+            on), decord or torchcodec (CPU or CUDA; needs FFmpeg); README: "Which files are
+            exact".
         decode_device: cpu, or cuda to decode with NVDEC on the model's GPU (torchcodec only;
             decoding then runs in the main process, so num_workers must be 0).
+        decode_threads: FFmpeg decoding threads per decoding process; default: the available
+            cores divided by num_workers (1 with num_workers 0).
     """
 
     def __init__(
@@ -271,8 +375,9 @@ class VideoDataModule(LightningDataModule):
         batch_size: int | None = None,
         num_workers: int = 2,
         overwrite: bool = False,
-        decoder: str = "decord",
+        decoder: str = DEFAULT_DECODER,
         decode_device: str = "cpu",
+        decode_threads: int | None = None,
     ) -> None:
         super().__init__()
         if not (math.isfinite(clip_len) and clip_len > 0):
@@ -281,6 +386,10 @@ class VideoDataModule(LightningDataModule):
             raise VfeError(f"--batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:
             raise VfeError(f"--data.num_workers must be 0 or more, got {num_workers}")
+        if decode_threads is not None and decode_threads < 0:
+            raise VfeError(
+                f"--data.decode_threads must be 0 (FFmpeg decides) or more, got {decode_threads}"
+            )
         check_decoder(decoder, decode_device)
         if decode_device == "cuda" and num_workers != 0:
             raise VfeError(
@@ -297,6 +406,9 @@ class VideoDataModule(LightningDataModule):
         self.overwrite = overwrite
         self.decoder = decoder
         self.decode_device = decode_device
+        self.decode_threads = (
+            default_decode_threads(num_workers) if decode_threads is None else decode_threads
+        )
         self.videos: list[VideoEntry] = []
         self.num_skipped = 0
 
@@ -348,6 +460,7 @@ class VideoDataModule(LightningDataModule):
             world_size=self.trainer.world_size,
             decoder=self.decoder,
             decode_device=decode_device,
+            decode_threads=self.decode_threads,
         )
         return DataLoader(
             dataset,

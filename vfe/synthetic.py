@@ -1,5 +1,6 @@
 """Synthetic videos with known content, frame count and frame rate; writing needs PyAV."""
 
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -87,3 +88,66 @@ def write_faststart_video(path: Path, num_frames: int, fps: int = 25) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+# Files made the way real datasets are made, each a case some decoder gets wrong (README:
+# "Which files are exact"). name -> ffmpeg arguments after `-f lavfi -i testsrc2=...` (or, for
+# cuts, from an intermediate source), and the encoder it needs.
+_TESTSRC = "testsrc2=size=96x64:rate={rate}"
+_X264 = ["-c:v", "libx264", "-g", "12", "-bf", "2", "-pix_fmt", "yuv420p"]
+# 20 frames 1/30 s apart, 20 frames 3/30 s apart, a 2.5 s gap, 20 frames 1/30 s apart.
+VFR_FRAME_DURATIONS = [1] * 20 + [3] * 19 + [3 + 75] + [1] * 20
+REAL_WORLD_VIDEOS: dict[str, tuple[str, str, list[str]]] = {
+    # name: (encoder needed, source rate, output options)
+    "edit_list_cut.mp4": ("libx264", "25", []),  # built by a stream-copy cut, see below
+    "broadcast.ts": ("libx264", "25", ["-t", "3", *_X264, "-f", "mpegts"]),
+    "xvid_bframes.avi": ("libxvid", "25", ["-t", "3", "-c:v", "libxvid", "-bf", "2", "-g", "12"]),
+    "phone_x265.mp4": (
+        "libx265",
+        "25",
+        ["-t", "3", "-c:v", "libx265", "-x265-params", "log-level=error", "-pix_fmt", "yuv420p"],
+    ),
+    "av1.mp4": ("libsvtav1", "25", ["-t", "2.5", "-c:v", "libsvtav1", "-preset", "12"]),
+    "vfr_gap.mkv": ("", "30", []),  # written by PyAV, see below
+    "ntsc_29.97.mp4": ("libx264", "30000/1001", ["-t", "3", *_X264]),
+    "rotated_90.mp4": ("libx264", "25", []),  # rotation metadata on a stream copy, see below
+}
+
+
+def ffmpeg_encoders() -> set[str]:
+    """Video encoders of the `ffmpeg` command line here (empty without one)."""
+    try:
+        listing = subprocess.run(
+            ["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return set()
+    return {line.split()[1] for line in listing.splitlines() if line.startswith(" V")}
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def write_real_world_videos(folder: Path) -> dict[str, Path]:
+    """Write the `REAL_WORLD_VIDEOS` whose encoder the `ffmpeg` CLI here has; name -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    encoders = ffmpeg_encoders()
+    written = {}
+    source = folder / ".source.mp4"  # 4 s of H.264 with B-frames, for the stream copies
+    _ffmpeg("-f", "lavfi", "-i", _TESTSRC.format(rate=25), "-t", "4", *_X264, str(source))
+    for name, (encoder, rate, options) in REAL_WORLD_VIDEOS.items():
+        if encoder and encoder not in encoders:
+            continue
+        path = folder / name
+        if name == "vfr_gap.mkv":  # a phone or screen recording: frames when something changes
+            write_video(path, 60, 30, frame_durations=VFR_FRAME_DURATIONS)
+        elif name == "edit_list_cut.mp4":  # how moment-retrieval datasets cut clips
+            _ffmpeg("-ss", "1.5", "-i", str(source), "-t", "2", "-c", "copy", str(path))
+        elif name == "rotated_90.mp4":  # a phone held upright
+            _ffmpeg("-i", str(source), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(path))
+        else:
+            _ffmpeg("-f", "lavfi", "-i", _TESTSRC.format(rate=rate), *options, str(path))
+        written[name] = path
+    source.unlink()
+    return written

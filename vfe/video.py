@@ -1,98 +1,94 @@
-"""Opening videos and decoding chosen frames; one class per decoding library.
+"""Decoded frames in presentation order, the same view whatever the decoding library.
 
-Every decoder gives the same view of a video: `num_frames`, `average_fps`, and
-`get_frames(indices)` -> `DecodedFrames`: `(T, H, W, 3) uint8` RGB frames with each frame's
-presentation start and end in seconds.
+A decoder opens a file (errors from the file itself propagate unchanged, so the dataset can
+record them) and streams every frame once, in presentation order, with its exact time from the
+first frame. The libraries differ in which files they get right: see the README's table.
 """
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
+from importlib import import_module
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 
 from vfe.errors import VfeError
 
 
-@dataclass
-class DecodedFrames:
-    frames: torch.Tensor  # (T, H, W, 3) uint8, on the decoder's device
-    start_seconds: np.ndarray  # (T,) float64 presentation time of each frame
-    end_seconds: np.ndarray  # (T,) float64 start + duration
+class DecodeError(Exception):
+    """The file decoded only part-way (truncated, corrupt packets): never a shortened output."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One presented frame. `rgb()` converts on demand, so frames a backbone does not sample
+    cost no colour conversion."""
+
+    time_seconds: Fraction  # presentation time from the video's first frame
+    duration_seconds: Fraction  # how long it stays on screen (the nominal frame duration, or
+    # 0, where the file does not say)
+    rgb: Callable[[], torch.Tensor]  # -> (H, W, 3) uint8, display orientation
 
 
 class Video(Protocol):
-    """An opened video; frames are decoded only when asked for."""
+    """An opened video whose frames are decoded only while iterating."""
 
-    num_frames: int
-    average_fps: float
-
-    def get_frames(self, indices: list[int]) -> DecodedFrames:
-        """Frames at `indices` (ascending, repeats allowed); each distinct frame decoded once."""
+    def frames(self) -> Iterator[Frame]:
+        """Every frame once, in presentation order; times strictly increase from 0."""
         ...
 
 
-def _expand_repeats(indices: list[int], unique: list[int], decoded: DecodedFrames) -> DecodedFrames:
-    if unique == list(indices):
-        return decoded
-    position = {frame_index: row for row, frame_index in enumerate(unique)}
-    rows = [position[i] for i in indices]
-    return DecodedFrames(
-        decoded.frames[rows], decoded.start_seconds[rows], decoded.end_seconds[rows]
-    )
+class Timeline:
+    """Turns raw timestamps into exact times from the first frame that strictly increase.
+
+    Where a file gives no usable timestamp for a frame (missing, or not after the previous
+    frame's), the frame follows the previous one by that frame's duration, as the FFmpeg command
+    line does; `num_repaired` counts those frames.
+    """
+
+    def __init__(self, nominal_frame_duration: Fraction) -> None:
+        self.nominal_frame_duration = nominal_frame_duration
+        self.num_repaired = 0
+        self._first: Fraction | None = None
+        self._previous: Fraction | None = None
+        self._previous_duration = Fraction(0)
+
+    def place(
+        self, raw_seconds: Fraction | None, raw_duration: Fraction | None
+    ) -> tuple[Fraction, Fraction]:
+        """`(time from the first frame, duration)` of the next frame, both in seconds."""
+        if self._previous is not None and (raw_seconds is None or raw_seconds <= self._previous):
+            if not self._previous_duration:
+                raise DecodeError(
+                    f"a frame after {float(self._previous - self._first)} s has no usable "
+                    "timestamp and the file gives no frame duration to place it by"
+                )
+            raw_seconds = self._previous + self._previous_duration
+            self.num_repaired += 1
+        elif raw_seconds is None:  # the first frame
+            raw_seconds = Fraction(0)
+        if self._first is None:
+            self._first = raw_seconds
+        duration = raw_duration if raw_duration else self.nominal_frame_duration
+        self._previous, self._previous_duration = raw_seconds, duration
+        return raw_seconds - self._first, duration
 
 
-class DecordVideo:
-    """A video read with decord on the CPU. Raises on open for files decord cannot parse."""
-
-    def __init__(self, path: Path, device: str = "cpu", num_threads: int = 1) -> None:
-        import decord
-
-        if device != "cpu":
-            raise VfeError(f"the decord decoder runs on the CPU only, not {device!r}")
-        # FFmpeg's per-file warnings would otherwise flood stderr on large runs.
-        decord.logging.set_level(decord.logging.QUIET)
-        self._reader = decord.VideoReader(str(path), num_threads=num_threads)
-        self.num_frames = len(self._reader)
-        self.average_fps = float(self._reader.get_avg_fps())
-
-    def get_frames(self, indices: list[int]) -> DecodedFrames:
-        unique = sorted(set(indices))
-        frames = torch.from_numpy(self._reader.get_batch(unique).asnumpy())
-        # decord keeps times as float32; rounding to microseconds removes its noise
-        # (3.4000000953674316 -> 3.4) without losing real precision.
-        times = np.round(self._reader.get_frame_timestamp(unique).astype(np.float64), 6)
-        return _expand_repeats(indices, unique, DecodedFrames(frames, times[:, 0], times[:, 1]))
-
-
-class TorchcodecVideo:
-    """A video read with torchcodec, on the CPU or (NVDEC) on a CUDA device; needs FFmpeg."""
-
-    def __init__(self, path: Path, device: str = "cpu", num_threads: int = 1) -> None:
-        from torchcodec.decoders import VideoDecoder
-
-        self._decoder = VideoDecoder(
-            str(path),
-            dimension_order="NHWC",
-            num_ffmpeg_threads=num_threads,
-            device=device,
-            seek_mode="exact",
-        )
-        metadata = self._decoder.metadata
-        self.num_frames = int(metadata.num_frames)
-        self.average_fps = float(metadata.average_fps)
-
-    def get_frames(self, indices: list[int]) -> DecodedFrames:
-        unique = sorted(set(indices))
-        batch = self._decoder.get_frames_at(unique)
-        start = np.round(batch.pts_seconds.double().numpy(), 6)
-        end = np.round((batch.pts_seconds + batch.duration_seconds).double().numpy(), 6)
-        return _expand_repeats(indices, unique, DecodedFrames(batch.data, start, end))
-
-
-DECODERS: dict[str, type] = {"decord": DecordVideo, "torchcodec": TorchcodecVideo}
+# name -> "module:class"; imported on use, so a missing optional library only matters if chosen.
+DECODERS: dict[str, str] = {
+    "pyav": "vfe.decoders.pyav:PyAVVideo",
+    "decord": "vfe.decoders.decord:DecordVideo",
+    "torchcodec": "vfe.decoders.torchcodec:TorchcodecVideo",
+}
+DEFAULT_DECODER = "pyav"
 DECODE_DEVICES = ("cpu", "cuda")
+
+
+def _decoder_class(decoder: str) -> type:
+    module_name, class_name = DECODERS[decoder].split(":")
+    return getattr(import_module(module_name), class_name)
 
 
 def check_decoder(decoder: str, device: str = "cpu") -> None:
@@ -101,20 +97,20 @@ def check_decoder(decoder: str, device: str = "cpu") -> None:
         raise VfeError(f"--data.decoder {decoder!r} is unknown; choose one of {sorted(DECODERS)}")
     if device not in DECODE_DEVICES:
         raise VfeError(f"--data.decode_device {device!r} is unknown; choose cpu or cuda")
-    if device == "cuda" and decoder != "torchcodec":
-        raise VfeError(f"--data.decode_device cuda needs --data.decoder torchcodec, not {decoder}")
-    if decoder == "torchcodec":
-        try:
-            import torchcodec.decoders  # noqa: F401
-        except (ImportError, RuntimeError, OSError) as error:
-            raise VfeError(
-                "--data.decoder torchcodec needs the torchcodec package and a system FFmpeg "
-                f"4-7 (pip install torchcodec; apt-get install ffmpeg): {error}"
-            ) from error
+    try:
+        decoder_class = _decoder_class(decoder)
+    except (ImportError, RuntimeError, OSError) as error:
+        raise VfeError(
+            f"--data.decoder {decoder} cannot be loaded here ({error}); "
+            "install what the README's decoder table names for it"
+        ) from error
+    decoder_class.check(device)
 
 
-def open_video(path: Path, decoder: str = "decord", device: str = "cpu") -> Video:
+def open_video(
+    path: Path, decoder: str = DEFAULT_DECODER, device: str = "cpu", num_threads: int = 1
+) -> Video:
     """Open `path` with the named decoder; errors from the file itself propagate unchanged."""
     if decoder not in DECODERS:
         raise VfeError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
-    return DECODERS[decoder](path, device=device)
+    return _decoder_class(decoder)(path, device=device, num_threads=num_threads)

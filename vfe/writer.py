@@ -1,15 +1,16 @@
 """Reassembles clip features from batches and writes one .npz per video, atomically.
 
 `ClipFeatureAssembler` holds only unfinished videos: per clip the running sum of its samples'
-features and their count; when every sample of a video has arrived, its clip features (the mean
-over samples) are final and the video is handed back to be written.
+features and their count. A video is finished when its end record (clip count, windows, fps)
+has arrived and so have all the samples it announces; its clip features (the mean over samples)
+are then final and the video is handed back to be written.
 """
 
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,29 @@ MAX_FAILURES_SHOWN = 20
 @dataclass
 class _PendingVideo:
     info: dict[str, Any]
-    feature_sums: np.ndarray  # (num_clips, D) float64
-    sample_counts: np.ndarray  # (num_clips,) int64
-    clip_starts: np.ndarray  # (num_clips,) float64, min over samples
-    clip_ends: np.ndarray  # (num_clips,) float64, max over samples
-    samples_left: int
+    feature_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (clips, D) f64
+    sample_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (clips,)
+    samples_seen: int = 0
+    end: dict[str, Any] | None = None
+
+    def add(self, features: np.ndarray, clip_index: np.ndarray) -> None:
+        """`features (N, D)` of samples of clips `clip_index (N,)`."""
+        needed = int(clip_index.max()) + 1
+        if needed > len(self.sample_counts):  # clips arrive in order: grow geometrically
+            capacity = max(needed, 2 * len(self.sample_counts))
+            sums = np.zeros((capacity, features.shape[1]), dtype=np.float64)
+            counts = np.zeros(capacity, dtype=np.int64)
+            if len(self.sample_counts):
+                sums[: len(self.feature_sums)] = self.feature_sums
+                counts[: len(self.sample_counts)] = self.sample_counts
+            self.feature_sums, self.sample_counts = sums, counts
+        np.add.at(self.feature_sums, clip_index, features)
+        self.sample_counts += np.bincount(clip_index, minlength=len(self.sample_counts))
+        self.samples_seen += len(clip_index)
+
+    @property
+    def complete(self) -> bool:
+        return self.end is not None and self.samples_seen == self.end["num_samples"]
 
 
 @dataclass
@@ -53,14 +72,7 @@ class ClipFeatureAssembler:
         return len(self._pending)
 
     def add_video(self, info: dict[str, Any]) -> None:
-        self._pending[info["index"]] = _PendingVideo(
-            info=info,
-            feature_sums=np.empty((0, 0)),
-            sample_counts=np.zeros(info["num_clips"], dtype=np.int64),
-            clip_starts=np.full(info["num_clips"], np.inf),
-            clip_ends=np.full(info["num_clips"], -np.inf),
-            samples_left=int(sum(info["samples_per_clip"])),
-        )
+        self._pending[info["index"]] = _PendingVideo(info)
 
     def drop_video(self, video_index: int) -> None:
         """Forget a video that failed part-way; its later samples are ignored."""
@@ -68,50 +80,45 @@ class ClipFeatureAssembler:
         self._failed.add(video_index)
 
     def add_features(
-        self,
-        features: np.ndarray,
-        video_index: list[int],
-        clip_index: list[int],
-        start_seconds: list[float],
-        end_seconds: list[float],
+        self, features: np.ndarray, video_index: np.ndarray, clip_index: np.ndarray
     ) -> list[FinishedVideo]:
-        """`features (B, D)` of samples with their video, clip and time span; returns finished."""
-        touched = []
-        rows = zip(video_index, clip_index, start_seconds, end_seconds, strict=True)
-        for row, (video, clip, start, end) in enumerate(rows):
+        """`features (B, D)` of samples with their video and clip; returns finished videos."""
+        finished = []
+        for video in np.unique(video_index).tolist():
             if video in self._failed:
                 continue
+            rows = video_index == video
             pending = self._pending[video]
-            if pending.feature_sums.size == 0:
-                pending.feature_sums = np.zeros(
-                    (pending.info["num_clips"], features.shape[1]), dtype=np.float64
-                )
-            pending.feature_sums[clip] += features[row]
-            pending.sample_counts[clip] += 1
-            pending.clip_starts[clip] = min(pending.clip_starts[clip], start)
-            pending.clip_ends[clip] = max(pending.clip_ends[clip], end)
-            pending.samples_left -= 1
-            if not touched or touched[-1] != video:
-                touched.append(video)
-        finished = []
-        for video in dict.fromkeys(touched):
-            pending = self._pending[video]
-            if pending.samples_left == 0:
-                del self._pending[video]
-                finished.append(self._finish(pending))
+            pending.add(features[rows], clip_index[rows])
+            if pending.complete:
+                finished.append(self._finish(video))
         return finished
 
-    @staticmethod
-    def _finish(pending: _PendingVideo) -> FinishedVideo:
-        info = pending.info
-        means = pending.feature_sums / pending.sample_counts[:, None]
+    def add_end(self, end: dict[str, Any]) -> list[FinishedVideo]:
+        """A video's end record (see `vfe.data`); returns it finished if its samples are in."""
+        if end["index"] in self._failed:
+            return []
+        pending = self._pending[end["index"]]
+        pending.end = end
+        return [self._finish(end["index"])] if pending.complete else []
+
+    def _finish(self, video_index: int) -> FinishedVideo:
+        pending = self._pending.pop(video_index)
+        end = pending.end
+        num_clips = end["num_clips"]
+        counts = pending.sample_counts[:num_clips]
+        if len(pending.sample_counts) > num_clips and pending.sample_counts[num_clips:].any():
+            raise RuntimeError(f"video {video_index}: samples beyond its {num_clips} clips")
+        if not counts.all():
+            raise RuntimeError(f"video {video_index}: clips without samples: {counts.tolist()}")
+        means = pending.feature_sums[:num_clips] / counts[:, None]
         arrays = {
             "features": means.astype(np.float32),
-            "fps": np.float64(info["fps"]),
-            "clip_length": np.float64(info["clip_length"]),
-            "timestamps": np.stack([pending.clip_starts, pending.clip_ends], axis=1),
+            "fps": np.float64(end["fps"]),
+            "clip_length": np.float64(end["clip_length"]),
+            "timestamps": np.asarray(end["timestamps"], dtype=np.float64),
         }
-        return FinishedVideo(info["relative_path"], arrays)
+        return FinishedVideo(pending.info["relative_path"], arrays)
 
 
 def save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -182,12 +189,10 @@ class FeatureWriter(BasePredictionWriter):
             self.assembler.add_video(info)
         features = prediction.detach().float().cpu().numpy()
         finished = self.assembler.add_features(
-            features,
-            batch["video_index"],
-            batch["clip_index"],
-            batch["start_seconds"],
-            batch["end_seconds"],
+            features, np.asarray(batch["video_index"]), np.asarray(batch["clip_index"])
         )
+        for end in batch["ends"]:
+            finished += self.assembler.add_end(end)
         for video in finished:
             save_npz_atomically(
                 output_path_for(self._resolved_output_dir, video.relative_path), video.arrays

@@ -1,0 +1,1 @@
+"""One module per decoding library; `vfe.video` names them and opens videos with them."""

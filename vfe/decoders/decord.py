@@ -1,0 +1,55 @@
+"""decord (the original design's decoder): fast on clean H.264 MP4, wrong on many real files.
+
+It reads edit-list MP4s, MPEG-TS, packed-B-frame AVI and VFR Matroska wrongly without an error
+(README: "Which files are exact"); kept for runs that depend on its earlier output.
+"""
+
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from vfe.errors import VfeError
+from vfe.video import Frame, Timeline
+
+# Frames decoded per call: sequential reads without holding a whole video.
+CHUNK_FRAMES = 16
+
+
+def seconds_fraction(seconds: float) -> Fraction:
+    """A float time in seconds as a Fraction, to the microsecond (the libraries' own precision
+    is float32 or float64 seconds, so nothing finer is real)."""
+    return Fraction(round(seconds * 1_000_000), 1_000_000)
+
+
+class DecordVideo:
+    """A video read with decord on the CPU. Raises on open for files decord cannot parse."""
+
+    @staticmethod
+    def check(device: str) -> None:
+        if device != "cpu":
+            raise VfeError(f"--data.decode_device {device} needs --data.decoder torchcodec")
+
+    def __init__(self, path: Path, device: str = "cpu", num_threads: int = 1) -> None:
+        import decord
+
+        self.check(device)
+        # FFmpeg's per-file warnings would otherwise flood stderr on large runs.
+        decord.logging.set_level(decord.logging.QUIET)
+        self._reader = decord.VideoReader(str(path), num_threads=num_threads)
+        fps = self._reader.get_avg_fps()
+        self._nominal = seconds_fraction(1 / fps) if fps > 0 else Fraction(0)
+
+    def frames(self) -> Iterator[Frame]:
+        timeline = Timeline(self._nominal)
+        num_frames = len(self._reader)
+        for chunk_start in range(0, num_frames, CHUNK_FRAMES):
+            indices = list(range(chunk_start, min(chunk_start + CHUNK_FRAMES, num_frames)))
+            images = torch.from_numpy(self._reader.get_batch(indices).asnumpy())
+            times = self._reader.get_frame_timestamp(indices).tolist()
+            for image, (start, end) in zip(images, times, strict=True):
+                time_seconds, duration = timeline.place(
+                    seconds_fraction(start), seconds_fraction(end - start)
+                )
+                yield Frame(time_seconds, duration, lambda image=image: image)
