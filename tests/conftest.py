@@ -17,8 +17,6 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 from vfe.errors import VfeError
 from vfe.synthetic import REAL_WORLD_VIDEOS, ffmpeg_encoders, write_real_world_videos, write_video
 from vfe.video import check_decoder

@@ -1,6 +1,7 @@
 """The command line end to end, in a subprocess, as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 import torch
 from conftest import run_vfe
 
-from vfe.cli import main
+from vfe.cli import main, rewrite_model_names, warn_if_bf16_is_emulated
+from vfe.writer import TEMPORARY_SUFFIX
 
 
 def test_clip_run_writes_the_npz_contract_and_resumes(
@@ -35,7 +37,7 @@ def test_clip_run_writes_the_npz_contract_and_resumes(
     np.testing.assert_allclose(short["timestamps"], [[0.0, 1.0]], atol=1e-6)
     # Nothing but the output folder appears in the working directory (no Lightning logs).
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    assert not list(output.rglob("*.tmp"))
+    assert not [p for p in output.rglob("*") if p.name.endswith(TEMPORARY_SUFFIX)]
 
     before = (output / "moving.npz").stat().st_mtime_ns
     rerun = run_vfe(*args, cwd=tmp_path)
@@ -43,7 +45,7 @@ def test_clip_run_writes_the_npz_contract_and_resumes(
     assert "written 0, skipped 2" in rerun.stderr + rerun.stdout
     assert (output / "moving.npz").stat().st_mtime_ns == before
 
-    redo = run_vfe(*args, "--overwrite", "true", cwd=tmp_path)
+    redo = run_vfe(*args, "--overwrite", "true", cwd=tmp_path)  # the older spelling works too
     assert "written 2, skipped 0" in redo.stderr + redo.stdout
     assert (output / "moving.npz").stat().st_mtime_ns != before
 
@@ -150,3 +152,99 @@ def test_console_script_is_the_same_command(tmp_path: Path):
     )
     assert result.returncode == 2
     assert "vfe: error: --input_dir 'nowhere' is not a folder" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model", "clip"], ["--model", "vfe.backbones.openai_clip.CLIPBackbone"]),
+        (["--model=slowfast"], ["--model=vfe.backbones.slowfast.SlowFastBackbone"]),
+        (["--model", "CLIPBackbone"], ["--model", "vfe.backbones.openai_clip.CLIPBackbone"]),
+        (
+            ["--model.arch", "custom", "--clip_len", "1", "--model", "clip"],
+            ["--model", "vfe.backbones.openai_clip.CLIPBackbone", "--model.arch", "custom",
+             "--clip_len", "1"],
+        ),
+        (["--model.help", "clip"], ["--model.help", "vfe.backbones.openai_clip.CLIPBackbone"]),
+        (["--model", "my.pkg.Backbone"], ["--model", "my.pkg.Backbone"]),
+    ],
+)  # fmt: skip
+def test_model_names_are_resolved_wherever_they_are_typed(args, expected):
+    assert rewrite_model_names(args) == expected
+
+
+def test_short_model_name_inside_a_config_file(video_dir, tiny_clip_file, tmp_path: Path):
+    (tmp_path / "my.yaml").write_text(
+        f"model: clip\ninput_dir: {video_dir}\noutput_dir: out\n"
+        f"trainer:\n  enable_progress_bar: false\n"
+    )
+    result = run_vfe(
+        "--config", "my.yaml", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "out" / "moving.npz")["features"].shape == (2, 32)
+
+
+def test_options_before_the_model_name_and_a_plain_overwrite_flag(
+    video_dir, tiny_clip_file, tmp_path: Path
+):
+    args = [
+        "--model.arch", "custom", "--model.weights", str(tiny_clip_file), "--model", "clip",
+        "--input_dir", str(video_dir), "--output_dir", "out", "--overwrite",
+    ]  # fmt: skip
+    result = run_vfe(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "written 2" in result.stdout + result.stderr
+
+
+def test_runs_are_quiet_unless_verbose(video_dir, tiny_clip_file, tmp_path: Path):
+    args = [
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", str(video_dir), "--output_dir", "out", "--trainer.enable_progress_bar",
+        "false",
+    ]  # fmt: skip
+    quiet = run_vfe(*args, cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    lines = [line for line in (quiet.stdout + quiet.stderr).splitlines() if line.strip()]
+    assert all(line.startswith(("vfe:", "  ")) for line in lines), lines
+    verbose = run_vfe(*args, "--overwrite", "--verbose", cwd=tmp_path)
+    assert "GPU available" in verbose.stdout + verbose.stderr
+
+
+def test_help_is_headed_vfe_and_finds_backbone_options(tmp_path: Path):
+    result = run_vfe("--help", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("usage: vfe")
+    backbone = run_vfe("--model.help", "clip", cwd=tmp_path)
+    assert backbone.returncode == 0, backbone.stderr
+    assert "--model.arch ARCH" in backbone.stdout and "ViT-L/14" in backbone.stdout
+
+
+def test_bf16_without_native_support_warns_with_the_faster_choice(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    warn_if_bf16_is_emulated("bf16-mixed", "cpu")
+    message = capsys.readouterr().err
+    assert "no native bf16" in message and "--trainer.precision 32-true" in message
+    warn_if_bf16_is_emulated("32-true", "cpu")
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("problem", ["a file", "read-only"])
+def test_unusable_output_folder_is_one_line_before_any_work(problem, video_dir, tmp_path: Path):
+    if problem == "a file":
+        (tmp_path / "out").write_text("not a folder")
+        expected = "is not a folder"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        (tmp_path / "out").mkdir(mode=0o555)
+        expected = "is not writable"
+    result = run_vfe(
+        "--model", "clip", "--model.weights", "/no/such/weights.pt", "--input_dir",
+        str(video_dir), "--output_dir", "out/features", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and expected in result.stderr
+    assert "no such file" not in result.stderr  # stopped before the model was loaded

@@ -167,6 +167,18 @@ def test_bad_decoder_choices_are_clear_errors(decoder, device, message):
         check_decoder(decoder, device)
 
 
+def test_torchcodec_without_ffmpeg_libraries_fails_at_start(monkeypatch):
+    pytest.importorskip("torchcodec")
+    import torchcodec._internally_replaced_utils as loading
+
+    def no_ffmpeg():
+        raise RuntimeError("Could not load libtorchcodec. Likely causes:\n  1. FFmpeg ...")
+
+    monkeypatch.setattr(loading, "load_core_libraries", no_ffmpeg)
+    with pytest.raises(VfeError, match=r"apt-get install ffmpeg.*Could not load libtorchcodec"):
+        check_decoder("torchcodec")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_nvdec_streaming_matches_cpu_decoding(real_world_videos, references):
     if not decoder_available("torchcodec"):

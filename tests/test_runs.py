@@ -193,3 +193,102 @@ def test_peak_memory_does_not_grow_with_video_length(tiny_clip_file: Path, tmp_p
         clips = np.load(tmp_path / f"out{minutes}" / "long.npz")["features"].shape[0]
         assert clips == minutes * 30
     assert peaks[10] <= 1.2 * peaks[1], peaks
+
+
+@pytest.mark.parametrize(
+    ("spec_kind", "batch_size"), [("frames", 16), ("clips", 2)], ids=["every frame", "32/clip"]
+)
+def test_frames_held_do_not_grow_with_video_length(spec_kind, batch_size, tmp_path, monkeypatch):
+    """A 6,000-frame video is never held whole: each conversion call gets at most one chunk of
+    `batch_size` frames (every-frame backbones) or one clip's frames (clip backbones)."""
+    from torchvision.transforms import InterpolationMode
+
+    from vfe.backbones.base import InputSpec
+    from vfe.data import VideoClipDataset
+    from vfe.paths import find_videos
+
+    write_video(tmp_path / "in" / "long.mp4", num_frames=6000, fps=25, height=16, width=16)
+    frames_per_clip = None if spec_kind == "frames" else 32
+    spec = InputSpec(
+        frames_per_clip, 8, 8, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,) * 3, 4
+    )
+    held, original = [], VideoClipDataset.to_samples
+    monkeypatch.setattr(
+        VideoClipDataset,
+        "to_samples",
+        lambda self, builder, frames: held.append(len(frames)) or original(self, builder, frames),
+    )
+    dataset = VideoClipDataset(find_videos(tmp_path / "in"), spec, 2.0, batch_size=batch_size)
+    samples = sum(len(batch["pixels"]) for batch in dataset)
+    assert samples == (6000 if frames_per_clip is None else 120)
+    assert max(held) == (batch_size if frames_per_clip is None else 32)
+
+
+def test_linked_folders_are_searched_and_broken_links_reported(
+    tiny_clip_file: Path, tmp_path: Path
+):
+    inputs, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    write_video(inputs / "here.mp4", num_frames=10)
+    write_video(elsewhere / "linked.mp4", num_frames=10)
+    (inputs / "more").symlink_to(elsewhere, target_is_directory=True)
+    (inputs / "loop").symlink_to(inputs, target_is_directory=True)  # must not recurse forever
+    (inputs / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")
+    result = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", "in", "--output_dir", "out", "--trainer.enable_progress_bar", "false",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in tmp_path.rglob("*.npz"))
+    assert written == ["here.npz", "more/linked.npz"]
+    (record,) = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").open()]
+    assert record["relative_path"] == "gone.mp4" and record["stage"] == "open"
+
+
+def test_failures_of_other_runs_are_kept(tmp_path: Path, tiny_clip_file: Path):
+    """A second run into the same folder (concurrent or later) neither deletes nor reports the
+    first run's failure records."""
+    write_video(tmp_path / "in" / "ok.mp4", num_frames=10)
+    (tmp_path / "in" / "bad.mp4").write_text("not a video")
+    output = tmp_path / "out"
+    output.mkdir()
+    other = {"relative_path": "x.mp4", "stage": "decode", "error": "E", "run": "another-run"}
+    (output / "failures.jsonl").write_text(json.dumps(other) + "\n")
+    result = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", "in", "--output_dir", "out", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    records = [json.loads(line) for line in (output / "failures.jsonl").open()]
+    assert records[0] == other
+    assert records[1]["relative_path"] == "bad.mp4" and records[1]["run"] != "another-run"
+    assert "bad.mp4" in result.stderr and "x.mp4" not in result.stderr
+
+
+def test_sigterm_stops_after_the_batch_and_the_same_command_resumes(
+    tiny_clip_file: Path, tmp_path: Path
+):
+    for index in range(6):
+        write_video(tmp_path / "in" / f"v{index}.mp4", num_frames=250, seed=index)
+    output = tmp_path / "out"
+    args = [
+        sys.executable, "-m", "vfe", "predict", "--model", "clip", "--model.arch", "custom",
+        "--model.weights", str(tiny_clip_file), "--input_dir", "in", "--output_dir", "out",
+        "--data.num_workers", "1", "--batch_size", "4", "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not list(output.glob("*.npz")) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr.decode()
+    assert "stopped by SIGTERM" in stderr.decode() and "Traceback" not in stderr.decode()
+    done = sorted(p.name for p in output.glob("*.npz"))
+    assert 1 <= len(done) < 6
+    assert not [p for p in output.iterdir() if p.name.startswith(".")]  # no partial file
+    rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"skipped {len(done)}" in rerun.stdout + rerun.stderr
+    assert len(list(output.glob("*.npz"))) == 6

@@ -1,10 +1,13 @@
 """`vfe predict ...`: LightningCLI with the seed's plain flags and short model names."""
 
+import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -12,7 +15,7 @@ from vfe.backbones.base import Backbone
 from vfe.data import VideoDataModule
 from vfe.errors import VfeError
 from vfe.registry import resolve_model
-from vfe.writer import FeatureWriter
+from vfe.writer import FeatureWriter, StoppedBySignal
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -48,7 +51,20 @@ class VfeCLI(LightningCLI):
             "--device", type=str, default="auto", help="where the model runs: auto, cpu or cuda"
         )
         parser.add_argument(
-            "--overwrite", type=bool, default=False, help="redo videos whose .npz already exists"
+            "--overwrite",
+            type=bool,
+            nargs="?",
+            const=True,
+            default=False,
+            help="redo videos whose .npz exists (also those made with other settings)",
+        )
+        parser.add_argument(
+            "--verbose",
+            type=bool,
+            nargs="?",
+            const=True,
+            default=False,
+            help="also show Lightning's and the libraries' own messages",
         )
         for source, target in (
             ("input_dir", "data.input_dir"),
@@ -75,6 +91,7 @@ class VfeCLI(LightningCLI):
             )
         if device != "auto":
             config.trainer.accelerator = device
+        warn_if_bf16_is_emulated(str(config.trainer.precision), device)
         if config.trainer.enable_progress_bar is not False:
             callbacks = config.trainer.callbacks or []
             if not any("ProgressBar" in str(cb.get("class_path", "")) for cb in callbacks):
@@ -85,15 +102,79 @@ class VfeCLI(LightningCLI):
             config.return_predictions = False
 
 
+NAME_OPTIONS = ("--model", "--model.help")
+
+
+def _resolve_config_model(config_text: str) -> str | None:
+    """A yaml config with `model: clip` (or `class_path: clip`) rewritten to class paths; None
+    when nothing needs rewriting."""
+    config = yaml.safe_load(config_text)
+    if not isinstance(config, dict) or "model" not in config:
+        return None
+    model = config["model"]
+    if isinstance(model, str):
+        config["model"] = {"class_path": resolve_model(model)}
+    elif isinstance(model, dict) and isinstance(model.get("class_path"), str):
+        config["model"] = {**model, "class_path": resolve_model(model["class_path"])}
+    else:
+        return None
+    if config["model"] == model:
+        return None
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def warn_if_bf16_is_emulated(precision: str, device: str) -> None:
+    """bf16 on a CPU without native bf16 (AVX512-BF16 / AMX) is emulated: many times slower."""
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if "bf16" in precision and on_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print(
+            f"vfe: warning: this CPU has no native bf16, so --trainer.precision {precision} is "
+            "emulated and runs several times slower than fp32; use --trainer.precision 32-true",
+            file=sys.stderr,
+        )
+
+
 def rewrite_model_names(args: list[str]) -> list[str]:
-    """`--model clip` / `--model=clip` -> the registered class path."""
+    """Short model names -> registered class paths, wherever users type them.
+
+    `--model clip` / `--model=clip` / `--model.help clip`, a `model: clip` inside a `--config`
+    file, and `--model` given after `--model.*` options (the parser needs the class first).
+    """
     rewritten = list(args)
     for position, arg in enumerate(rewritten):
-        if arg == "--model" and position + 1 < len(rewritten):
+        name, has_value, value = arg.partition("=")
+        if name in NAME_OPTIONS and has_value:
+            rewritten[position] = f"{name}={resolve_model(value)}"
+        elif arg in NAME_OPTIONS and position + 1 < len(rewritten):
             rewritten[position + 1] = resolve_model(rewritten[position + 1])
-        elif arg.startswith("--model="):
-            rewritten[position] = "--model=" + resolve_model(arg.split("=", 1)[1])
+        elif arg == "--config" and position + 1 < len(rewritten):
+            config_path = Path(rewritten[position + 1])
+            if config_path.is_file():
+                resolved = _resolve_config_model(config_path.read_text())
+                if resolved is not None:  # jsonargparse takes yaml text in place of a path
+                    rewritten[position + 1] = resolved
+    # The class must come before its options: move `--model X` in front of the first
+    # `--model.*` that precedes it.
+    for position, arg in enumerate(rewritten):
+        if arg == "--model" or arg.startswith("--model="):
+            size = 2 if arg == "--model" else 1
+            first_option = next(
+                (i for i, a in enumerate(rewritten[:position]) if a.startswith("--model.")), None
+            )
+            if first_option is not None:
+                moved = rewritten[position : position + size]
+                del rewritten[position : position + size]
+                rewritten[first_option:first_option] = moved
+            break
     return rewritten
+
+
+def quiet_libraries() -> None:
+    """Hide what users cannot act on: Lightning's device and tip lines, upstream deprecations."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\..*` is deprecated")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
 
 def main(args: list[str] | None = None) -> None:
@@ -104,10 +185,17 @@ def main(args: list[str] | None = None) -> None:
 
         bench_main(argv[1:])
         return
+    if argv[:1] == ["info"]:
+        from vfe.info import main as info_main
+
+        info_main(argv[1:])
+        return
     # Expected for an IterableDataset (the writer does not need batch indices) and an upstream
     # deprecation inside Lightning: neither is actionable for a user.
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    if not any(arg in ("--verbose", "--verbose=true") for arg in argv):
+        quiet_libraries()
     try:
         if args is None:
             # Rewritten in place so DDP's launcher, which re-runs sys.argv, sees class paths.
@@ -118,12 +206,17 @@ def main(args: list[str] | None = None) -> None:
             datamodule_class=VideoDataModule,
             save_config_callback=None,
             trainer_defaults={"logger": False, "enable_model_summary": False},
+            seed_everything_default=False,  # inference: nothing random to seed
+            parser_kwargs={"prog": "vfe"},
             auto_configure_optimizers=False,
             args=None if args is None else rewrite_model_names(args),
         )
     except VfeError as error:
         print(f"vfe: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except StoppedBySignal as stop:
+        print(f"vfe: {stop}", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     writers = [cb for cb in cli.trainer.callbacks if isinstance(cb, FeatureWriter)]
     if any(writer.total_failed for writer in writers):
         sys.exit(1)

@@ -9,7 +9,8 @@ presentation order and its frames are grouped into clips of presentation time as
     video_index: list[int] (B), index into the run's video list (lists, not tensors: they stay
                  on the host when Lightning moves the batch to the model's device)
     clip_index:  list[int] (B)
-    videos:      list[dict] videos whose decoding started: index, relative_path
+    videos:      list[dict] videos whose decoding started: index, relative_path, size_bytes,
+                 mtime_ns
     ends:        list[dict] videos fully decoded: index, num_samples, num_clips, num_frames, fps,
                  clip_length, timestamps ((num_clips, 2) float64 clip windows in seconds)
     failures:    list[dict] videos that could not be decoded: index, path, stage, error
@@ -23,6 +24,7 @@ import heapq
 import math
 import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,15 +32,23 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vfe.backbones.base import InputSpec
-from vfe.clip_grid import ClipAssigner, clip_length_fraction, clip_windows, uniform_indices
+from vfe.clip_grid import (
+    GRID_VERSION,
+    ClipAssigner,
+    clip_length_fraction,
+    clip_windows,
+    uniform_indices,
+)
 from vfe.errors import VfeError
-from vfe.paths import VideoEntry, find_videos, output_path_for, resolve_output_dir
+from vfe.messages import say
+from vfe.paths import VideoEntry, check_output_dir, find_videos, resolve_output_dir
+from vfe.provenance import run_provenance
+from vfe.resume import plan_run
 from vfe.transforms import resize_and_center_crop
-from vfe.video import DEFAULT_DECODER, Frame, check_decoder, open_video
+from vfe.video import DEFAULT_DECODER, Frame, check_decoder, decoder_version, open_video
 
 
 def assign_shards(sizes: list[int], num_shards: int) -> list[list[int]]:
@@ -202,7 +212,14 @@ class VideoClipDataset(IterableDataset):
             video = open_video(entry.path, self.decoder, self.decode_device, self.decode_threads)
         except Exception as error:
             raise _FileError("open", error) from error
-        builder.add_video({"index": video_index, "relative_path": entry.relative_path})
+        builder.add_video(
+            {
+                "index": video_index,
+                "relative_path": entry.relative_path,
+                "size_bytes": entry.size_bytes,
+                "mtime_ns": entry.mtime_ns,
+            }
+        )
         builder.decode_seconds += time.perf_counter() - started
         assigner = ClipAssigner(self.clip_len)
         emitter = _ImageSamples(self, builder, video_index)
@@ -340,10 +357,13 @@ class _ClipSamples:
 WORKER_NICENESS = 10
 
 
-def _lower_worker_priority(worker_id: int) -> None:
+def _init_worker(worker_id: int) -> None:
     """Where workers and the model share cores, decoding (the smaller share of the work) should
-    fill the cycles the model leaves idle rather than preempt the model's threads."""
+    fill the cycles the model leaves idle rather than preempt the model's threads. SIGTERM (sent
+    to the whole process group by schedulers) is the main process's to act on: it stops after
+    the batch in hand and then shuts the workers down."""
     os.nice(WORKER_NICENESS)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class VideoDataModule(LightningDataModule):
@@ -398,6 +418,8 @@ class VideoDataModule(LightningDataModule):
             )
         if not Path(input_dir).is_dir():
             raise VfeError(f"--input_dir {str(input_dir)!r} is not a folder")
+        if output_dir is not None:
+            check_output_dir(Path(output_dir))
         self.input_dir = Path(input_dir)
         self.output_dir = output_dir
         self.clip_len = clip_len
@@ -411,24 +433,42 @@ class VideoDataModule(LightningDataModule):
         )
         self.videos: list[VideoEntry] = []
         self.num_skipped = 0
+        self.run_id = ""
 
     def setup(self, stage: str) -> None:
-        model = self.trainer.lightning_module
+        output_dir = resolve_output_dir(self.output_dir, self.trainer.lightning_module.name)
+        check_output_dir(output_dir)
+
+    def provenance(self) -> dict[str, Any]:
+        """The data settings each feature file records (`vfe.provenance`)."""
+        return {
+            "clip_length": self.clip_len,
+            "grid_version": GRID_VERSION,
+            "decoder": self.decoder,
+            "decoder_version": decoder_version(self.decoder),
+        }
+
+    def _list_videos(self) -> None:
+        """Rank 0 lists the videos and decides what to skip; every rank gets its answer.
+
+        Runs once the model is loaded (its weights' sha256 is part of what a file must match).
+        Listed on one rank: ranks that list at different moments could see different finished
+        files and disagree on the shards.
+        """
+        trainer = self.trainer
+        model = trainer.lightning_module
         output_dir = resolve_output_dir(self.output_dir, model.name)
-        # Listed on rank 0 and broadcast: ranks that list at different moments could see
-        # different finished files and disagree on the shards.
-        listing = None
-        if self.trainer.global_rank == 0:
-            found = find_videos(self.input_dir)
-            todo = [
-                entry
-                for entry in found
-                if self.overwrite or not output_path_for(output_dir, entry.relative_path).exists()
-            ]
-            listing = (todo, len(found) - len(todo))
-        self.videos, self.num_skipped = self.trainer.strategy.broadcast(listing, src=0)
-        rank_zero_info(
-            f"vfe: {len(self.videos) + self.num_skipped} videos under {self.input_dir}, "
+        plan = None
+        if trainer.global_rank == 0:
+            wanted = run_provenance(model, self.provenance(), trainer.precision)
+            plan = plan_run(find_videos(self.input_dir), output_dir, self.overwrite, wanted)
+            plan.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        plan = trainer.strategy.broadcast(plan, src=0)
+        if plan.problem:  # raised on every rank, so none waits for the others
+            raise VfeError(plan.problem)
+        self.videos, self.num_skipped, self.run_id = plan.todo, plan.num_skipped, plan.run_id
+        say(
+            f"{len(self.videos) + self.num_skipped} videos under {self.input_dir}, "
             f"{self.num_skipped} already done (skipped), {len(self.videos)} to extract "
             f"-> {output_dir}"
         )
@@ -441,6 +481,7 @@ class VideoDataModule(LightningDataModule):
         return sum(len(shard) for shard in shards[rank * workers : (rank + 1) * workers])
 
     def predict_dataloader(self) -> DataLoader:
+        self._list_videos()
         spec: InputSpec = self.trainer.lightning_module.input_spec
         root_device = self.trainer.strategy.root_device
         decode_device = "cpu"
@@ -467,5 +508,5 @@ class VideoDataModule(LightningDataModule):
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=root_device.type == "cuda" and decode_device == "cpu",
-            worker_init_fn=_lower_worker_priority,
+            worker_init_fn=_init_worker,
         )

@@ -1,5 +1,6 @@
 """Where inputs are found and where each video's output goes."""
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +17,13 @@ FAILURES_FILE_NAME = "failures.jsonl"
 
 @dataclass(frozen=True)
 class VideoEntry:
-    """One input video: its absolute path, its path relative to the input folder, its size."""
+    """One input video: its absolute path, its path relative to the input folder, its size and
+    modification time (a broken symbolic link has size and time 0 and fails to open)."""
 
     path: Path
     relative_path: str
     size_bytes: int
+    mtime_ns: int = 0
 
 
 def default_output_dir(model_name: str) -> Path:
@@ -36,20 +39,53 @@ def output_path_for(output_dir: Path, relative_path: str) -> Path:
     return (output_dir / relative_path).with_suffix(".npz")
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """Fail before any work if the output folder cannot be created or written."""
+    existing = Path(output_dir)
+    while not existing.exists():
+        if existing.is_symlink():
+            raise VfeError(f"output folder {str(output_dir)!r}: {str(existing)!r} is a broken link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise VfeError(f"output folder {str(output_dir)!r}: {str(existing)!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise VfeError(f"output folder {str(output_dir)!r}: {str(existing)!r} is not writable")
+
+
+def _walk(input_dir: Path) -> list[Path]:
+    """Every file under `input_dir`, following linked folders once each (no loops)."""
+    found = []
+    seen = set()
+    for folder, subfolders, files in os.walk(input_dir, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            subfolders.clear()
+            continue
+        seen.add(real)
+        found += [Path(folder) / name for name in files]
+    return found
+
+
 def find_videos(input_dir: Path) -> list[VideoEntry]:
     """Video files under `input_dir` (recursive, by extension, case-insensitive), sorted by path.
 
-    Two videos that would write the same .npz (`a.mp4` and `a.mkv` side by side) are an error:
-    one would silently overwrite the other.
+    Linked folders are searched; a video that is a broken link is listed (and fails to open,
+    so it is reported). Two videos that would write the same .npz (`a.mp4` and `a.mkv` side by
+    side) are an error: one would silently overwrite the other.
     """
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise VfeError(f"--input_dir {str(input_dir)!r} is not a folder")
     entries = []
-    for path in sorted(input_dir.rglob("*")):
-        if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file():
-            relative = path.relative_to(input_dir).as_posix()
-            entries.append(VideoEntry(path.resolve(), relative, path.stat().st_size))
+    for path in sorted(_walk(input_dir)):
+        if path.suffix.lower() not in VIDEO_EXTENSIONS:
+            continue
+        relative = path.relative_to(input_dir).as_posix()
+        if not path.exists():  # a broken link: listed so that the run reports it
+            entries.append(VideoEntry(path.absolute(), relative, 0, 0))
+        elif path.is_file():
+            stat = path.stat()
+            entries.append(VideoEntry(path.absolute(), relative, stat.st_size, stat.st_mtime_ns))
     if not entries:
         raise VfeError(
             f"--input_dir {str(input_dir)!r} holds no videos (looked recursively for "

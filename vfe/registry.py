@@ -12,6 +12,9 @@ def resolve_model(name_or_class_path: str) -> str:
     """The class path for a short name; a dotted class path passes through unchanged."""
     if name_or_class_path in MODELS:
         return MODELS[name_or_class_path]
+    by_class_name = {path.rsplit(".", 1)[1]: path for path in MODELS.values()}
+    if name_or_class_path in by_class_name:  # `--model CLIPBackbone`
+        return by_class_name[name_or_class_path]
     if "." in name_or_class_path:
         return name_or_class_path
     raise VfeError(

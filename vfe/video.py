@@ -107,6 +107,17 @@ def check_decoder(decoder: str, device: str = "cpu") -> None:
     decoder_class.check(device)
 
 
+def decoder_version(decoder: str) -> str:
+    """The version of the library behind a decoder name (recorded in provenance)."""
+    from importlib import metadata
+
+    package = {"pyav": "av"}.get(decoder, decoder)
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def open_video(
     path: Path, decoder: str = DEFAULT_DECODER, device: str = "cpu", num_threads: int = 1
 ) -> Video:

@@ -6,6 +6,7 @@ has arrived and so have all the samples it announces; its clip features (the mea
 are then final and the video is handed back to be written.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -18,11 +19,14 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_info
 
+from vfe.messages import say
 from vfe.paths import FAILURES_FILE_NAME, output_path_for, resolve_output_dir
+from vfe.provenance import PROVENANCE_KEY, encode, run_provenance, video_provenance
 
 TEMPORARY_SUFFIX = ".vfe-tmp"
+# A temporary is written and renamed within seconds; one this old belongs to a killed run.
+STALE_TEMPORARY_SECONDS = 600
 MAX_FAILURES_SHOWN = 20
 
 
@@ -58,6 +62,7 @@ class _PendingVideo:
 class FinishedVideo:
     relative_path: str
     arrays: dict[str, np.ndarray]
+    info: dict[str, Any]  # the video's start record (see `vfe.data`)
 
 
 class ClipFeatureAssembler:
@@ -118,7 +123,7 @@ class ClipFeatureAssembler:
             "clip_length": np.float64(end["clip_length"]),
             "timestamps": np.asarray(end["timestamps"], dtype=np.float64),
         }
-        return FinishedVideo(pending.info["relative_path"], arrays)
+        return FinishedVideo(pending.info["relative_path"], arrays, pending.info)
 
 
 def save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -133,6 +138,10 @@ def save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+class StoppedBySignal(Exception):
+    """SIGTERM (a scheduler's stop) arrived: the run stopped after the batch in hand."""
 
 
 @dataclass
@@ -156,24 +165,28 @@ class FeatureWriter(BasePredictionWriter):
         self.counts = RunCounts()
         self._resolved_output_dir = Path()
         self._start_seconds = 0.0
+        self._run_id = ""
+        self._run_provenance: dict[str, Any] = {}
         self.total_failed = 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._resolved_output_dir = resolve_output_dir(self.output_dir, pl_module.name)
-        if trainer.global_rank == 0:
-            # failures.jsonl describes the latest run only; failed videos have no .npz, so every
-            # run retries them. Lightning's post-setup barrier keeps other ranks from writing
-            # failures before this.
-            (self._resolved_output_dir / FAILURES_FILE_NAME).unlink(missing_ok=True)
-            # A killed run can leave temporaries behind; they are never valid outputs.
-            if self._resolved_output_dir.is_dir():
-                for stale in self._resolved_output_dir.rglob(f".*{TEMPORARY_SUFFIX}"):
-                    stale.unlink(missing_ok=True)
+        if trainer.global_rank == 0 and self._resolved_output_dir.is_dir():
+            # A killed run can leave temporaries behind; they are never valid outputs. Only old
+            # ones go: a run writing into the same folder right now owns the fresh ones.
+            oldest_kept = time.time() - STALE_TEMPORARY_SECONDS
+            for stale in self._resolved_output_dir.rglob(f".*{TEMPORARY_SUFFIX}"):
+                with contextlib.suppress(FileNotFoundError):  # its run renamed it meanwhile
+                    if stale.stat().st_mtime < oldest_kept:
+                        stale.unlink()
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.assembler = ClipFeatureAssembler()
         self.counts = RunCounts()
         self._start_seconds = time.perf_counter()
+        datamodule = trainer.datamodule
+        self._run_id = getattr(datamodule, "run_id", "")
+        self._run_provenance = run_provenance(pl_module, datamodule.provenance(), trainer.precision)
 
     def write_on_batch_end(
         self,
@@ -194,18 +207,32 @@ class FeatureWriter(BasePredictionWriter):
         for end in batch["ends"]:
             finished += self.assembler.add_end(end)
         for video in finished:
+            info = video.info
+            record = {
+                **self._run_provenance,
+                **video_provenance(info["size_bytes"], info["mtime_ns"]),
+            }
             save_npz_atomically(
-                output_path_for(self._resolved_output_dir, video.relative_path), video.arrays
+                output_path_for(self._resolved_output_dir, video.relative_path),
+                {**video.arrays, PROVENANCE_KEY: encode(record)},
             )
             self.counts.written += 1
             self.counts.clips += len(video.arrays["features"])
         for failure in batch["failures"]:
             self.assembler.drop_video(failure["index"])
             self._record_failure(failure)
+        if trainer.received_sigterm:
+            # Lightning only notes the signal during predict. Every finished video is on disk
+            # (atomically); unfinished ones leave nothing, so the same command resumes.
+            raise StoppedBySignal(
+                f"stopped by SIGTERM; {self.counts.written} video(s) written by this process "
+                "before it; run the same command again to resume"
+            )
 
     def _record_failure(self, failure: dict[str, Any]) -> None:
         self.counts.failed += 1
         record = {k: failure[k] for k in ("path", "relative_path", "stage", "error")}
+        record |= {"run": self._run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self._resolved_output_dir.mkdir(parents=True, exist_ok=True)
         # One short line per write with O_APPEND: lines from several ranks never interleave.
         with open(self._resolved_output_dir / FAILURES_FILE_NAME, "a", encoding="utf-8") as file:
@@ -227,20 +254,27 @@ class FeatureWriter(BasePredictionWriter):
         self.total_failed = failed + unfinished
         skipped = getattr(trainer.datamodule, "num_skipped", 0)
         seconds = time.perf_counter() - self._start_seconds
-        rank_zero_info(
-            f"vfe: written {written}, skipped {skipped}, failed {failed}, clips {clips}, "
+        say(
+            f"written {written}, skipped {skipped}, failed {failed}, clips {clips}, "
             f"wall time {seconds:.1f} s -> {self._resolved_output_dir}"
         )
         if failed and trainer.is_global_zero:
             # Every rank has appended its failures by now (the reduce above waits for all).
             failures_file = self._resolved_output_dir / FAILURES_FILE_NAME
             print(f"vfe: {failed} video(s) failed; reasons in {failures_file}", file=sys.stderr)
-            with open(failures_file, encoding="utf-8") as file:
-                for line in list(file)[:MAX_FAILURES_SHOWN]:
-                    record = json.loads(line)
-                    reason = f"{record['stage']}: {record['error']}"
-                    print(f"  {record['relative_path']}: {reason}", file=sys.stderr)
+            records = [r for r in read_failures(failures_file) if r.get("run") == self._run_id]
+            for record in records[:MAX_FAILURES_SHOWN]:
+                reason = f"{record['stage']}: {record['error']}"
+                print(f"  {record['relative_path']}: {reason}", file=sys.stderr)
             if failed > MAX_FAILURES_SHOWN:
                 print(f"  ... and {failed - MAX_FAILURES_SHOWN} more", file=sys.stderr)
         if unfinished:
-            rank_zero_info(f"vfe: {unfinished} video(s) ended incomplete and were not written")
+            say(f"{unfinished} video(s) ended incomplete and were not written")
+
+
+def read_failures(failures_file: Path) -> list[dict[str, Any]]:
+    """The records of `failures.jsonl` (every run appends its own, marked with its `run`)."""
+    if not failures_file.exists():
+        return []
+    with open(failures_file, encoding="utf-8") as file:
+        return [json.loads(line) for line in file if line.strip()]

@@ -57,6 +57,29 @@ class Backbone(LightningModule, ABC):
     def feature_dim(self) -> int: ...
 
     @abstractmethod
+    def weights_record(self) -> dict[str, str]:
+        """`{"arch", "weights", "weights_sha256"}` of the loaded network (after configure_model)."""
+
+    def provenance(self) -> dict[str, Any]:
+        """What this backbone contributes to each file's provenance (`vfe.provenance`)."""
+        spec = self.input_spec
+        preprocessing = {
+            "frames_per_clip": spec.frames_per_clip,
+            "short_side_size": spec.short_side_size,
+            "crop_size": spec.crop_size,
+            "interpolation": spec.interpolation.value,
+            "antialias": spec.antialias,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+        }
+        return {
+            "model": f"{type(self).__module__}.{type(self).__qualname__}",
+            **self.weights_record(),
+            "feature_dim": self.feature_dim,
+            "preprocessing": preprocessing,
+        }
+
+    @abstractmethod
     def encode(self, samples: torch.Tensor) -> torch.Tensor:
         """Normalised float samples `(B, C, H, W)` or `(B, C, T, H, W)` -> `(B, feature_dim)`."""
 
@@ -66,5 +89,6 @@ class Backbone(LightningModule, ABC):
             # A batch may carry only failure reports.
             return torch.zeros(0, self.feature_dim, device=pixels.device)
         spec = self.input_spec
-        samples = normalize(pixels, spec.mean, spec.std, channel_dim=1)
+        # In the module's own dtype: under `bf16-true` / `16-true` the weights are half precision.
+        samples = normalize(pixels, spec.mean, spec.std, channel_dim=1).to(self.dtype)
         return self.encode(samples).float()

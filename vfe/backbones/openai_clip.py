@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import Backbone, InputSpec
-from vfe.backbones.weights import RANDOM, resolve_weights_file
+from vfe.backbones.weights import RANDOM, resolve_weights_file, weights_record
 from vfe.errors import VfeError
 
 # `clip` imports pkg_resources, which warns on every run; the pin setuptools<81 keeps it working.
@@ -108,8 +108,16 @@ def load_clip(arch: str, weights: str | None) -> CLIP:
     return model.float().eval()
 
 
+CLIP_CACHE = Path("~/.cache/clip")
+
+
+def official_file(arch: str) -> Path:
+    """Where `clip.load(arch)` keeps OpenAI's file."""
+    return CLIP_CACHE.expanduser() / Path(clip.clip._MODELS[arch]).name
+
+
 def _load_official(arch: str) -> CLIP:
-    cache = Path("~/.cache/clip").expanduser()
+    cache = CLIP_CACHE.expanduser()
     try:
         model, _ = clip.load(arch, device="cpu", jit=False)
     except (OSError, RuntimeError) as error:  # URLError is an OSError
@@ -142,12 +150,26 @@ class CLIPBackbone(Backbone):
         self.weights = weights
         self.visual: nn.Module | None = None
         self._input_spec: InputSpec | None = None
+        self._weights_record: dict[str, str] = {}
 
     def configure_model(self) -> None:
         if self.visual is not None:
             return
         # The text tower is never used; keeping only the image encoder halves the memory.
         self.visual = load_clip(self.arch, self.weights).visual
+        # clip.load verifies the official file against the sha256 in its URL.
+        official_sha256 = None
+        if self.weights is None:
+            official_sha256 = clip.clip._MODELS[self.arch].split("/")[-2]
+        self._weights_record = {
+            "arch": self.arch,
+            **weights_record(
+                self.weights,
+                f"OpenAI CLIP {self.arch}",
+                official_file(self.arch) if self.weights is None else Path(),
+                official_sha256,
+            ),
+        }
         resolution = int(self.visual.input_resolution)
         self._input_spec = InputSpec(
             frames_per_clip=None,
@@ -169,6 +191,10 @@ class CLIPBackbone(Backbone):
     def feature_dim(self) -> int:
         self.configure_model()
         return int(self.visual.output_dim)
+
+    def weights_record(self) -> dict[str, str]:
+        self.configure_model()
+        return self._weights_record
 
     def encode(self, samples: torch.Tensor) -> torch.Tensor:
         """`(B, 3, R, R)` normalised frames -> `(B, D)` image embeddings (not L2-normalised)."""

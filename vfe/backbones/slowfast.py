@@ -11,13 +11,14 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import Backbone, InputSpec
-from vfe.backbones.weights import RANDOM, resolve_weights_file
+from vfe.backbones.weights import RANDOM, resolve_weights_file, weights_record
 from vfe.clip_grid import uniform_indices
 from vfe.errors import VfeError
 
 FAST_FRAMES = 32
 SLOW_FAST_ALPHA = 4
 OFFICIAL_URL = slowfast_hub.checkpoint_paths["slowfast_r50"]
+OFFICIAL_NAME = "PyTorchVideo SLOWFAST_8x8_R50 (Kinetics-400)"
 PROJECTION_KEYS = frozenset({"blocks.6.proj.weight", "blocks.6.proj.bias"})
 
 
@@ -43,6 +44,11 @@ def load_state_dict_into(model: nn.Module, state: object, source: str) -> None:
         )
 
 
+def official_file() -> Path:
+    """Where `torch.hub` keeps PyTorchVideo's Kinetics-400 checkpoint."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(OFFICIAL_URL).name
+
+
 def load_slowfast(weights: str | None) -> nn.Module:
     """`slowfast_r50` with official, random or file weights, on the CPU, eval mode, headless."""
     weights_file = resolve_weights_file(weights, "SlowFast R50")
@@ -57,7 +63,7 @@ def load_slowfast(weights: str | None) -> nn.Module:
             ) from error
         load_state_dict_into(model, state, f"--model.weights {str(weights_file)!r}")
     elif weights != RANDOM:
-        hub_file = Path(torch.hub.get_dir()) / "checkpoints" / Path(OFFICIAL_URL).name
+        hub_file = official_file()
         try:
             # The same download and cache as `slowfast_r50(pretrained=True)`.
             state = torch.hub.load_state_dict_from_url(OFFICIAL_URL, map_location="cpu")
@@ -92,6 +98,7 @@ class SlowFastBackbone(Backbone):
         super().__init__()
         self.weights = weights
         self.model: nn.Module | None = None
+        self._weights_record: dict[str, str] = {}
         self.register_buffer(
             "slow_indices",
             torch.tensor(uniform_indices(FAST_FRAMES, FAST_FRAMES // SLOW_FAST_ALPHA)),
@@ -113,6 +120,10 @@ class SlowFastBackbone(Backbone):
             # channels-last 3D lets oneDNN/cuDNN pick faster convolutions (0.95 -> 0.68 s per
             # clip on a 2-core CPU); the arithmetic is the same.
             self.model = load_slowfast(self.weights).to(memory_format=torch.channels_last_3d)
+            self._weights_record = {
+                "arch": "slowfast_r50",
+                **weights_record(self.weights, OFFICIAL_NAME, official_file(), None),
+            }
 
     @property
     def input_spec(self) -> InputSpec:
@@ -121,6 +132,10 @@ class SlowFastBackbone(Backbone):
     @property
     def feature_dim(self) -> int:
         return 2304
+
+    def weights_record(self) -> dict[str, str]:
+        self.configure_model()
+        return self._weights_record
 
     def encode(self, samples: torch.Tensor) -> torch.Tensor:
         """`(B, 3, 32, 256, 256)` normalised clips -> `(B, 2304)`."""

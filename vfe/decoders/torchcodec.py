@@ -17,12 +17,21 @@ class TorchcodecVideo:
     @staticmethod
     def check(device: str) -> None:
         try:
-            from torchcodec.decoders import Demuxer  # noqa: F401
+            # `import torchcodec` succeeds without FFmpeg; its decoders load FFmpeg's libraries
+            # on first use, through this function. Loading here turns a missing FFmpeg into one
+            # error at start instead of a failure of every video.
+            from torchcodec._internally_replaced_utils import load_core_libraries
+
+            load_core_libraries()
         except (ImportError, RuntimeError, OSError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise VfeError(
                 "--data.decoder torchcodec needs the torchcodec package and FFmpeg's shared "
-                f"libraries (pip install -e '.[torchcodec]'; apt-get install ffmpeg): {error}"
+                f"libraries (pip install -e '.[torchcodec]'; apt-get install ffmpeg): "
+                f"{type(error).__name__}: {first_line}"
             ) from error
+        if device == "cuda" and not torch.cuda.is_available():
+            raise VfeError("--data.decode_device cuda needs a CUDA GPU; PyTorch sees none here")
 
     def __init__(self, path: Path, device: str = "cpu", num_threads: int = 1) -> None:
         from torchcodec.decoders import ColorConverter, Demuxer

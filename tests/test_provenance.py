@@ -1,0 +1,127 @@
+"""Provenance in every file, `vfe info`, and reruns that notice changed settings."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_vfe
+
+from vfe.provenance import PROVENANCE_KEY, read_provenance
+
+
+@pytest.fixture
+def clip_args(video_dir: Path, tiny_clip_file: Path) -> list[str]:
+    return [
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", str(video_dir), "--output_dir", "out",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+
+
+def output_of(result) -> str:
+    return result.stdout + result.stderr
+
+
+def test_every_file_records_how_it_was_made(
+    clip_args, tiny_clip_file: Path, video_dir: Path, tmp_path: Path
+):
+    from vfe.provenance import sha256_of_file
+
+    result = run_vfe(*clip_args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = np.load(tmp_path / "out" / "moving.npz")
+    assert saved["features"].shape == (2, 32)  # the existing keys are unchanged
+    record = read_provenance(tmp_path / "out" / "moving.npz")
+    assert record["model"] == "vfe.backbones.openai_clip.CLIPBackbone"
+    assert record["arch"] == "custom"
+    assert record["weights"] == str(tiny_clip_file.resolve())
+    assert record["weights_sha256"] == sha256_of_file(tiny_clip_file)
+    assert record["preprocessing"] == {
+        "frames_per_clip": None, "short_side_size": 32, "crop_size": 32,
+        "interpolation": "bicubic", "antialias": True,
+        "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+    }  # fmt: skip
+    assert (record["clip_length"], record["grid_version"]) == (2.0, 2)
+    assert (record["decoder"], record["precision"]) == ("pyav", "32-true")
+    assert record["decoder_version"] and record["versions"]["torch"]
+    stat = (video_dir / "moving.mp4").stat()
+    assert record["video"] == {"size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    assert json.loads(str(saved[PROVENANCE_KEY]))["feature_dim"] == 32
+
+
+def test_info_describes_a_file_and_a_folder(clip_args, tmp_path: Path):
+    assert run_vfe(*clip_args, cwd=tmp_path).returncode == 0
+    (tmp_path / "out" / "failures.jsonl").write_text(
+        json.dumps({"relative_path": "gone.mp4", "stage": "open", "error": "E: bad"}) + "\n"
+    )
+    info = [sys.executable, "-m", "vfe", "info"]
+    text = subprocess.run([*info, "out/moving.npz"], cwd=tmp_path, capture_output=True, text=True)
+    assert text.returncode == 0, text.stderr
+    assert "2 clips, features [2, 32] float32" in text.stdout and "weights_sha256:" in text.stdout
+    folder = subprocess.run([*info, "out", "--json"], cwd=tmp_path, capture_output=True, text=True)
+    report = json.loads(folder.stdout)
+    assert report["files"] == 2
+    assert report["feature_shapes"] == {"[2, 32]": 1, "[1, 32]": 1}
+    assert report["settings"]["clip_length"] == {"2.0": 2}
+    assert [r["relative_path"] for r in report["failed_videos"]] == ["gone.mp4"]
+    plain = subprocess.run([*info, "out"], cwd=tmp_path, capture_output=True, text=True)
+    assert "2 feature files" in plain.stdout and "gone.mp4: open: E: bad" in plain.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--clip_len", "0.5"], "clip_length: 2.0 in the file, 0.5 now"),
+        (["--trainer.precision", "bf16-mixed"], "precision: '32-true' in the file"),
+        (["--data.decoder", "decord"], "decoder: 'pyav' in the file, 'decord' now"),
+    ],
+)
+def test_rerun_with_other_settings_stops_before_extracting(
+    change, message, clip_args, tmp_path: Path
+):
+    assert run_vfe(*clip_args, cwd=tmp_path).returncode == 0
+    before = (tmp_path / "out" / "moving.npz").stat().st_mtime_ns
+    rerun = run_vfe(*clip_args, *change, cwd=tmp_path)
+    assert rerun.returncode == 2
+    lines = [line for line in rerun.stderr.splitlines() if line.startswith("vfe: error:")]
+    assert len(lines) == 1 and message in lines[0] and "--overwrite" in lines[0], rerun.stderr
+    assert "Traceback" not in rerun.stderr
+    assert (tmp_path / "out" / "moving.npz").stat().st_mtime_ns == before
+    redo = run_vfe(*clip_args, *change, "--overwrite", cwd=tmp_path)
+    assert redo.returncode == 0 and "written 2, skipped 0" in output_of(redo), redo.stderr
+
+
+def test_rerun_with_other_weights_stops(clip_args, tiny_clip_file: Path, tmp_path: Path):
+    import torch
+
+    assert run_vfe(*clip_args, cwd=tmp_path).returncode == 0
+    other = tmp_path / "other.pt"
+    state = torch.load(tiny_clip_file)
+    state["visual.proj"] = state["visual.proj"] + 1
+    torch.save(state, other)
+    args = [str(other) if a == str(tiny_clip_file) else a for a in clip_args]
+    rerun = run_vfe(*args, cwd=tmp_path)
+    assert rerun.returncode == 2 and "weights_sha256" in rerun.stderr
+
+
+def test_changed_video_and_old_files_need_overwrite(clip_args, video_dir: Path, tmp_path: Path):
+    inputs = tmp_path / "in"
+    shutil.copytree(video_dir, inputs)
+    args = [str(inputs) if a == str(video_dir) else a for a in clip_args]
+    assert run_vfe(*args, cwd=tmp_path).returncode == 0
+    same = run_vfe(*args, cwd=tmp_path)
+    assert same.returncode == 0 and "written 0, skipped 2" in output_of(same)
+    os.utime(inputs / "moving.mp4", ns=(1, 1))  # the video was replaced
+    changed = run_vfe(*args, cwd=tmp_path)
+    assert changed.returncode == 2 and "the video changed since" in changed.stderr
+    assert run_vfe(*args, "--overwrite", cwd=tmp_path).returncode == 0
+    old = tmp_path / "out" / "moving.npz"  # as an earlier vfe wrote it
+    arrays = {k: v for k, v in np.load(old).items() if k != PROVENANCE_KEY}
+    np.savez(old, **arrays)
+    legacy = run_vfe(*args, cwd=tmp_path)
+    assert legacy.returncode == 2 and "records no settings" in legacy.stderr

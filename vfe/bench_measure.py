@@ -1,0 +1,244 @@
+"""The measurements of `vfe bench`, each run in a fresh process (`python -m vfe.bench_measure
+OPTIONS`) for clean peak memory, thread settings and caches: pipeline, decode ceiling, model
+ceiling, and the original scripts' approach. Nothing here knows a backbone by name."""
+
+import contextlib
+import functools
+import json
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vfe.registry import resolve_model
+
+CLIP_LEN_SECONDS = 2.0
+
+
+def build_backbone(model_name: str) -> Any:
+    """The registered backbone with random weights, loaded."""
+    module_name, class_name = resolve_model(model_name).rsplit(".", 1)
+    module = __import__(module_name, fromlist=[class_name])
+    model = getattr(module, class_name)(weights="random")
+    model.configure_model()
+    return model.eval()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(timers: dict[str, float], key: str, function: Callable, device_of: Callable) -> Callable:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        result = function(*args, **kwargs)
+        _synchronize(device_of())
+        timers[key] = timers.get(key, 0.0) + time.perf_counter() - started
+        return result
+
+    return wrapper
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "16-mixed":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
+    from lightning.pytorch import Callback, Trainer
+
+    from vfe.data import VideoDataModule
+    from vfe.writer import FeatureWriter
+
+    model = build_backbone(options["model"])
+    timers: dict[str, float] = {}
+
+    class WorkerTimes(Callback):
+        def on_predict_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
+            timers["decode"] = timers.get("decode", 0.0) + batch["decode_seconds"]
+            timers["preprocess"] = timers.get("preprocess", 0.0) + batch["preprocess_seconds"]
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        writer = FeatureWriter(output_dir=Path(output_dir))
+        device_of = lambda: model.device  # noqa: E731
+        model.transfer_batch_to_device = _timed(
+            timers, "host_to_device", model.transfer_batch_to_device, device_of
+        )
+        model.predict_step = _timed(timers, "model", model.predict_step, device_of)
+        writer.write_on_batch_end = _timed(timers, "write", writer.write_on_batch_end, device_of)
+        trainer = Trainer(
+            accelerator=options["device"],
+            devices=1,
+            precision=options["precision"],
+            logger=False,
+            callbacks=[writer, WorkerTimes()],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        datamodule = VideoDataModule(
+            input_dir=Path(options["videos"]),
+            output_dir=Path(output_dir),
+            clip_len=CLIP_LEN_SECONDS,
+            batch_size=options["batch_size"],
+            num_workers=options["num_workers"],
+            overwrite=True,
+            decoder=options["decoder"],
+        )
+        started = time.perf_counter()
+        trainer.predict(model, datamodule=datamodule, return_predictions=False)
+        wall = time.perf_counter() - started
+    stages = {key: round(value, 3) for key, value in timers.items()}
+    stages["waiting_for_data"] = round(
+        max(0.0, wall - sum(timers.get(k, 0.0) for k in ("host_to_device", "model", "write"))), 3
+    )
+    return {"wall_seconds": wall, "stage_seconds": stages, "device": str(model.device)}
+
+
+def _bench_dataset(options: dict[str, Any], spec: Any) -> Any:
+    """The pipeline's own dataset over the set's videos, on one process."""
+    from vfe.data import VideoClipDataset
+    from vfe.paths import find_videos
+
+    return VideoClipDataset(
+        find_videos(Path(options["videos"])),
+        spec,
+        CLIP_LEN_SECONDS,
+        batch_size=options["batch_size"] or spec.default_batch_size,
+        decoder=options["decoder"],
+    )
+
+
+def measure_decode(options: dict[str, Any]) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+
+    spec = build_backbone(options["model"]).input_spec
+    dataset = _bench_dataset(options, spec)
+    loader = DataLoader(dataset, batch_size=None, num_workers=options["num_workers"])
+    started = time.perf_counter()
+    samples = sum(len(batch["pixels"]) for batch in loader)
+    return {"wall_seconds": time.perf_counter() - started, "samples": samples}
+
+
+def measure_model(options: dict[str, Any]) -> dict[str, Any]:
+    """predict_step on the batches the pipeline would feed it, decoded beforehand, in memory."""
+    device = _device(options["device"])
+    model = build_backbone(options["model"]).to(device)
+    dataset = _bench_dataset(options, model.input_spec)
+    batches = [{"pixels": batch["pixels"].to(device)} for batch in dataset if len(batch["pixels"])]
+    with torch.inference_mode(), _autocast(device, options["precision"]):
+        model.predict_step(batches[0], 0)  # warm-up
+        _synchronize(device)
+        started = time.perf_counter()
+        for batch in batches:
+            model.predict_step(batch, 0)
+        _synchronize(device)
+    samples = sum(len(batch["pixels"]) for batch in batches)
+    seconds = time.perf_counter() - started
+    return {
+        "wall_seconds": seconds,
+        "samples": samples,
+        "flops_per_sample": flops_per_sample(model),
+    }
+
+
+def flops_per_sample(model: Any) -> float:
+    """Forward FLOPs of one sample of the backbone's InputSpec, counted by PyTorch (2 per
+    multiply-add; e.g. 8.8 G for a CLIP ViT-B/32 frame, 131 G for a SlowFast R50 clip)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = model.input_spec
+    frames = () if spec.frames_per_clip is None else (spec.frames_per_clip,)
+    shape = (1, 3, *frames, spec.crop_size, spec.crop_size)
+    pixels = torch.zeros(shape, dtype=torch.uint8, device=model.device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.predict_step({"pixels": pixels}, 0)
+    return float(counter.get_total_flops())
+
+
+def measure_baseline(options: dict[str, Any]) -> dict[str, Any]:
+    """The original scripts' way, for any backbone: one video at a time, no workers, fp32, a
+    grid of round(clip_len * fps) frames, frames converted to float at full resolution and
+    resized as the backbone's InputSpec says, then encoded (image backbones 32 frames at once)."""
+    import decord
+    from torch.nn import functional as F
+    from torchvision.transforms.v2 import functional as TF
+
+    from vfe.clip_grid import uniform_indices
+    from vfe.paths import find_videos
+
+    device = _device(options["device"])
+    model = build_backbone(options["model"]).to(device)
+    spec = model.input_spec
+    mean = torch.tensor(spec.mean, device=device).view(3, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(3, 1, 1)
+
+    def preprocess(frames: Any) -> torch.Tensor:  # (T, H, W, C) uint8 -> (T, C, h, w) float
+        x = (torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        height, width = x.shape[-2:]
+        scale = spec.short_side_size / min(height, width)
+        size = (int(height * scale), int(width * scale))
+        x = F.interpolate(x, size=size, mode=spec.interpolation.value, antialias=spec.antialias)
+        return TF.center_crop(x, [spec.crop_size, spec.crop_size])
+
+    started = time.perf_counter()
+    for entry in find_videos(Path(options["videos"])):
+        reader = decord.VideoReader(str(entry.path))
+        step = round(CLIP_LEN_SECONDS * reader.get_avg_fps())
+        for start in range(0, len(reader), step):
+            indices = list(range(start, min(start + step, len(reader))))
+            with torch.no_grad():
+                if spec.frames_per_clip is None:
+                    for chunk in range(0, len(indices), 32):
+                        frames = reader.get_batch(indices[chunk : chunk + 32]).asnumpy()
+                        model.encode(preprocess(frames))
+                else:
+                    picks = [
+                        indices[i] for i in uniform_indices(len(indices), spec.frames_per_clip)
+                    ]
+                    clip = preprocess(reader.get_batch(picks).asnumpy()).permute(1, 0, 2, 3)
+                    model.encode(clip[None])
+        _synchronize(device)
+    return {"wall_seconds": time.perf_counter() - started}
+
+
+MEASUREMENTS = {
+    "pipeline": measure_pipeline,
+    "decode": measure_decode,
+    "model": measure_model,
+    "baseline": measure_baseline,
+}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _measure_in_this_process(options: dict[str, Any]) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    result = MEASUREMENTS[options["kind"]](options)
+    self_usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["peak_rss_mb"] = round(self_usage.ru_maxrss / 1024, 1)
+    result["worker_peak_rss_mb"] = round(children.ru_maxrss / 1024, 1)
+    if torch.cuda.is_available():
+        result["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        result["gpu_name"] = torch.cuda.get_device_name()
+    print("VFE_BENCH_RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    _measure_in_this_process(json.loads(sys.argv[1]))

@@ -1,0 +1,128 @@
+"""`vfe info FILE_OR_DIR`: how feature files were made (their provenance), and what failed."""
+
+import argparse
+import json
+import sys
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vfe.paths import FAILURES_FILE_NAME
+from vfe.provenance import DETERMINING_SETTINGS, PROVENANCE_KEY
+from vfe.writer import read_failures
+
+MAX_LISTED = 10
+
+
+def describe_file(path: Path) -> dict[str, Any]:
+    """Shape, grid and provenance of one .npz."""
+    with np.load(path) as saved:
+        features = saved["features"]
+        report: dict[str, Any] = {
+            "file": str(path),
+            "features": {"shape": list(features.shape), "dtype": str(features.dtype)},
+            "num_clips": int(features.shape[0]),
+            "fps": float(saved["fps"]) if "fps" in saved.files else None,
+            "clip_length": float(saved["clip_length"]) if "clip_length" in saved.files else None,
+        }
+        provenance = None
+        if PROVENANCE_KEY in saved.files:
+            provenance = json.loads(str(saved[PROVENANCE_KEY]))
+    report["provenance"] = provenance
+    return report
+
+
+def describe_folder(folder: Path) -> dict[str, Any]:
+    """Counts, feature shapes, the settings found (with how many files each) and failures."""
+    shapes: Counter[str] = Counter()
+    settings: dict[str, Counter[str]] = {key: Counter() for key in DETERMINING_SETTINGS}
+    without_provenance, unreadable = [], []
+    files = sorted(folder.rglob("*.npz"))
+    for path in files:
+        try:
+            report = describe_file(path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            unreadable.append(f"{path.relative_to(folder)}: {error}")
+            continue
+        shapes[json.dumps(report["features"]["shape"])] += 1
+        provenance = report["provenance"]
+        if provenance is None:
+            without_provenance.append(str(path.relative_to(folder)))
+            continue
+        for key in DETERMINING_SETTINGS:
+            settings[key][json.dumps(provenance.get(key), sort_keys=True)] += 1
+    failures = [
+        record
+        for record in read_failures(folder / FAILURES_FILE_NAME)
+        if not (folder / record["relative_path"]).with_suffix(".npz").exists()
+    ]
+    latest = {record["relative_path"]: record for record in failures}  # last attempt wins
+    return {
+        "folder": str(folder),
+        "files": len(files),
+        "feature_shapes": dict(shapes),
+        "settings": {key: dict(counts) for key, counts in settings.items() if counts},
+        "without_provenance": without_provenance,
+        "unreadable": unreadable,
+        "failed_videos": list(latest.values()),
+    }
+
+
+def format_file(report: dict[str, Any]) -> str:
+    lines = [
+        f"{report['file']}: {report['num_clips']} clips, features {report['features']['shape']} "
+        f"{report['features']['dtype']}, fps {report['fps']}, clip_length {report['clip_length']}"
+    ]
+    provenance = report["provenance"]
+    if provenance is None:
+        lines.append("  no provenance (made by an earlier vfe)")
+        return "\n".join(lines)
+    for key, value in provenance.items():
+        shown = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+        lines.append(f"  {key}: {shown}")
+    return "\n".join(lines)
+
+
+def format_folder(report: dict[str, Any]) -> str:
+    lines = [f"{report['folder']}: {report['files']} feature files"]
+    for shape, count in report["feature_shapes"].items():
+        lines.append(f"  features {shape}: {count} files")
+    for key, values in report["settings"].items():
+        if len(values) == 1:
+            lines.append(f"  {key}: {next(iter(values))} (all files with provenance)")
+        else:
+            lines.append(f"  {key}: MIXED " + ", ".join(f"{v} ({n})" for v, n in values.items()))
+    for title, items in (
+        ("without provenance", report["without_provenance"]),
+        ("unreadable", report["unreadable"]),
+    ):
+        if items:
+            lines.append(f"  {len(items)} {title}: " + ", ".join(items[:MAX_LISTED]))
+    failed = report["failed_videos"]
+    lines.append(f"  {len(failed)} failed video(s) without features")
+    lines += [f"    {r['relative_path']}: {r['stage']}: {r['error']}" for r in failed[:MAX_LISTED]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="vfe info", description=__doc__.splitlines()[0])
+    parser.add_argument("path", type=Path, help="a .npz feature file or an output folder")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    args = parser.parse_args(argv)
+    if args.path.is_dir():
+        report, text = describe_folder(args.path), format_folder
+    elif args.path.is_file():
+        try:
+            report, text = describe_file(args.path), format_file
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            print(
+                f"vfe info: error: {args.path} is not a vfe feature file: {error}", file=sys.stderr
+            )
+            sys.exit(2)
+    else:
+        print(f"vfe info: error: {str(args.path)!r} does not exist", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else text(report))

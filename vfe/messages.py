@@ -1,0 +1,11 @@
+"""vfe's own one-line messages (Lightning's and the libraries' are hidden unless --verbose)."""
+
+import sys
+
+from lightning.pytorch.utilities import rank_zero_only
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    """`vfe: message` on stderr, from rank 0 only."""
+    print(f"vfe: {message}", file=sys.stderr, flush=True)
