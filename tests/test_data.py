@@ -9,7 +9,7 @@ from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import InputSpec
 from vfe.clip_grid import uniform_indices
-from vfe.data import VideoClipDataset, _BatchBuilder, assign_shards
+from vfe.dataset import VideoClipDataset, _BatchBuilder, assign_shards
 from vfe.errors import VfeError
 from vfe.paths import find_videos, output_path_for
 
@@ -140,7 +140,7 @@ def test_every_frame_fed_to_the_model_is_the_ffmpeg_frame_of_its_clip(
     sequential FFmpeg decode presents in [i*L, (i+1)*L) (all, or 8 spread uniformly)."""
     if not decoder_available(decoder):
         pytest.skip(f"{decoder} cannot run here")
-    monkeypatch.setattr("vfe.data.resize_and_center_crop", raw_pixels)
+    monkeypatch.setattr("vfe.dataset.resize_and_center_crop", raw_pixels)
     clip_len = Fraction(2)
     folder = next(iter(real_world_videos.values())).parent
     claimed = [e for e in find_videos(folder) if DECODER_RESULTS[decoder][e.relative_path] == EXACT]
@@ -183,7 +183,7 @@ def test_rank_and_worker_shards_cover_every_video_once(
     for rank in range(world_size):
         for worker in range(num_workers):
             info = type("WorkerInfo", (), {"id": worker, "num_workers": num_workers})
-            monkeypatch.setattr("vfe.data.get_worker_info", lambda info=info: info)
+            monkeypatch.setattr("vfe.dataset.get_worker_info", lambda info=info: info)
             dataset = VideoClipDataset(videos, VIDEO_SPEC, 2.0, 2, rank, world_size)
             seen += dataset.shard_indices()
     assert sorted(seen) == list(range(len(videos)))

@@ -106,7 +106,7 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
 
 def _bench_dataset(options: dict[str, Any], spec: Any) -> Any:
     """The pipeline's own dataset over the set's videos, on one process."""
-    from vfe.data import VideoClipDataset
+    from vfe.dataset import VideoClipDataset
     from vfe.paths import find_videos
 
     return VideoClipDataset(

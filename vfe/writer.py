@@ -62,7 +62,7 @@ class _PendingVideo:
 class FinishedVideo:
     relative_path: str
     arrays: dict[str, np.ndarray]
-    info: dict[str, Any]  # the video's start record (see `vfe.data`)
+    info: dict[str, Any]  # the video's start record (see `vfe.dataset`)
 
 
 class ClipFeatureAssembler:
@@ -100,7 +100,7 @@ class ClipFeatureAssembler:
         return finished
 
     def add_end(self, end: dict[str, Any]) -> list[FinishedVideo]:
-        """A video's end record (see `vfe.data`); returns it finished if its samples are in."""
+        """A video's end record (see `vfe.dataset`); returns it finished if its samples are in."""
         if end["index"] in self._failed:
             return []
         pending = self._pending[end["index"]]

@@ -196,6 +196,13 @@ class CLIPBackbone(Backbone):
         self.configure_model()
         return self._weights_record
 
+    def on_predict_start(self) -> None:
+        # Under `bf16-true` / `16-true` Lightning casts every parameter; CLIP's LayerNorm computes
+        # in float32 and needs float32 weights (as `clip.model.convert_weights` keeps them).
+        for module in self.visual.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.float()
+
     def encode(self, samples: torch.Tensor) -> torch.Tensor:
         """`(B, 3, R, R)` normalised frames -> `(B, D)` image embeddings (not L2-normalised)."""
         return self.visual(samples)
