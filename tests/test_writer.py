@@ -87,3 +87,27 @@ def test_failed_save_leaves_no_temporary_file(tmp_path: Path):
     with pytest.raises(RuntimeError):
         save_npz_atomically(tmp_path / "c.npz", {"features": Unsaveable()})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_bar_counts_videos_and_clips(video_dir: Path, tiny_clip_file: Path, tmp_path):
+    from lightning.pytorch import Trainer
+
+    from vfe.backbones.openai_clip import CLIPBackbone
+    from vfe.data import VideoDataModule
+    from vfe.progress import VideoProgressBar
+    from vfe.writer import FeatureWriter
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.mp4").write_bytes((video_dir / "moving.mp4").read_bytes())
+    (tmp_path / "in" / "broken.mp4").write_text("not a video")
+    bar, writer = VideoProgressBar(), FeatureWriter(output_dir=tmp_path / "out")
+    trainer = Trainer(
+        accelerator="cpu", devices=1, logger=False, callbacks=[writer, bar],
+        enable_model_summary=False,
+    )  # fmt: skip
+    datamodule = VideoDataModule(tmp_path / "in", tmp_path / "out", num_workers=0)
+    model = CLIPBackbone(arch="custom", weights=str(tiny_clip_file))
+    trainer.predict(model, datamodule=datamodule, return_predictions=False)
+    shown = bar.predict_progress_bar
+    assert (shown.n, shown.total) == (2, 2)  # videos done (written or failed) of this rank's
+    assert "clips=2" in str(shown.postfix) and "failed=1" in str(shown.postfix)
