@@ -150,11 +150,6 @@ def reference_decode(path: Path) -> ReferenceDecode:
     return ReferenceDecode(frames, times, times[-1] + durations[-1] * time_base)
 
 
-needs_ffmpeg_cli = pytest.mark.skipif(
-    not ffmpeg_encoders(), reason="needs the ffmpeg command line (apt-get install ffmpeg)"
-)
-
-
 @pytest.fixture(scope="session")
 def real_world_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The awkward files of `vfe.synthetic.REAL_WORLD_VIDEOS` this ffmpeg can write."""

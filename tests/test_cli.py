@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import run_vfe
 
-from vfe.cli import main, rewrite_model_names, warn_if_bf16_is_emulated
+from vfe.cli import main, rewrite_model_names, wants_verbose, warn_if_bf16_is_emulated
 from vfe.writer import TEMPORARY_SUFFIX
 
 
@@ -248,3 +248,18 @@ def test_unusable_output_folder_is_one_line_before_any_work(problem, video_dir, 
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and expected in result.stderr
     assert "no such file" not in result.stderr  # stopped before the model was loaded
+
+
+@pytest.mark.parametrize(
+    ("argv", "verbose"),
+    [
+        ([], False),
+        (["--verbose"], True),
+        (["--verbose", "--clip_len", "1"], True),
+        (["--verbose", "false"], False),
+        (["--verbose=true"], True),
+        (["--verbose=false"], False),
+    ],
+)
+def test_verbose_flag_is_read_as_the_parser_reads_it(argv, verbose):
+    assert wants_verbose(["predict", *argv]) is verbose

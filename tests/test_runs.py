@@ -94,6 +94,18 @@ def test_unreadable_file_is_a_failure(tmp_path: Path, tiny_clip_file: Path):
     assert "locked.mp4" in (tmp_path / "out" / "failures.jsonl").read_text()
 
 
+def stop_after_first_file(args: list[str], cwd: Path, output: Path, signum: int) -> tuple[int, str]:
+    """Start `args`, send `signum` once its first .npz appears; (exit status, stderr)."""
+    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not list(output.glob("*.npz")) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr.decode()
+
+
 def test_killed_run_resumes_without_redoing_finished_videos(
     slowfast_pyth_file: Path, tmp_path: Path
 ):
@@ -106,13 +118,7 @@ def test_killed_run_resumes_without_redoing_finished_videos(
         "--clip_len", "1", "--data.num_workers", "0", "--batch_size", "1",
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
-    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not list(output.glob("*.npz")) and process.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    stop_after_first_file(args, tmp_path, output, signal.SIGKILL)
     done_before = {p.name: p.stat().st_mtime_ns for p in output.glob("*.npz")}
     assert 1 <= len(done_before) < 5, "the run should have been killed part-way"
 
@@ -292,15 +298,9 @@ def test_sigterm_stops_after_the_batch_and_the_same_command_resumes(
         "--model.weights", str(tiny_clip_file), "--input_dir", "in", "--output_dir", "out",
         "--data.num_workers", "1", "--batch_size", "4", "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
-    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not list(output.glob("*.npz")) and process.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr.decode()
-    assert "stopped by SIGTERM" in stderr.decode() and "Traceback" not in stderr.decode()
+    returncode, stderr = stop_after_first_file(args, tmp_path, output, signal.SIGTERM)
+    assert returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
     done = sorted(p.name for p in output.glob("*.npz"))
     assert 1 <= len(done) < 6
     assert not [p for p in output.iterdir() if p.name.startswith(".")]  # no partial file

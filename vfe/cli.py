@@ -169,6 +169,18 @@ def rewrite_model_names(args: list[str]) -> list[str]:
     return rewritten
 
 
+def wants_verbose(argv: list[str]) -> bool:
+    """`--verbose`, `--verbose true` or `--verbose=true` (read before the parser runs, so that
+    Lightning's own setup messages are already hidden)."""
+    for position, arg in enumerate(argv):
+        if arg.startswith("--verbose="):
+            return arg.split("=", 1)[1].lower() == "true"
+        if arg == "--verbose":
+            following = argv[position + 1].lower() if position + 1 < len(argv) else ""
+            return following != "false"
+    return False
+
+
 def quiet_libraries() -> None:
     """Hide what users cannot act on: Lightning's device and tip lines, upstream deprecations."""
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -194,7 +206,7 @@ def main(args: list[str] | None = None) -> None:
     # deprecation inside Lightning: neither is actionable for a user.
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
-    if not any(arg in ("--verbose", "--verbose=true") for arg in argv):
+    if not wants_verbose(argv):
         quiet_libraries()
     try:
         if args is None:

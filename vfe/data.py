@@ -94,8 +94,6 @@ class VideoDataModule(LightningDataModule):
             )
         if not Path(input_dir).is_dir():
             raise VfeError(f"--input_dir {str(input_dir)!r} is not a folder")
-        if output_dir is not None:
-            check_output_dir(Path(output_dir))
         self.input_dir = Path(input_dir)
         self.output_dir = output_dir
         self.clip_len = clip_len

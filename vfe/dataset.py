@@ -324,9 +324,10 @@ class _ClipSamples:
 
     def _emit(self, clip_index: int, frames: list[Frame]) -> None:
         picks = uniform_indices(len(frames), self.dataset.spec.frames_per_clip)
-        distinct = sorted(set(picks))
+        distinct = sorted(set(picks))  # a frame picked twice is converted once
         images = self.dataset.to_samples(self.builder, [frames[i] for i in distinct])
-        rows = [distinct.index(i) for i in picks]
+        row_of = {frame_index: row for row, frame_index in enumerate(distinct)}
+        rows = [row_of[i] for i in picks]
         sample = images[rows].permute(1, 0, 2, 3).unsqueeze(0).contiguous()
         self.builder.add_samples(sample, self.video_index, [clip_index])
         self.num_samples += 1

@@ -45,12 +45,11 @@ class Timeline:
 
     Where a file gives no usable timestamp for a frame (missing, or not after the previous
     frame's), the frame follows the previous one by that frame's duration, as the FFmpeg command
-    line does; `num_repaired` counts those frames.
+    line does.
     """
 
     def __init__(self, nominal_frame_duration: Fraction) -> None:
         self.nominal_frame_duration = nominal_frame_duration
-        self.num_repaired = 0
         self._first: Fraction | None = None
         self._previous: Fraction | None = None
         self._previous_duration = Fraction(0)
@@ -66,7 +65,6 @@ class Timeline:
                     "timestamp and the file gives no frame duration to place it by"
                 )
             raw_seconds = self._previous + self._previous_duration
-            self.num_repaired += 1
         elif raw_seconds is None:  # the first frame
             raw_seconds = Fraction(0)
         if self._first is None:
