@@ -144,3 +144,21 @@ def test_clip_run_over_real_world_files_matches_clips_pipeline_on_ffmpeg_frames(
         ]
         np.testing.assert_array_equal(saved["timestamps"], windows, err_msg=name)
         assert float(saved["fps"]) == float(len(decoded.frames) / decoded.duration), name
+
+
+def test_official_weights_are_fetched_by_prepare_data_once(tmp_path: Path, monkeypatch):
+    """Lightning runs `prepare_data` on one process per node before any loads the weights."""
+    monkeypatch.setattr("vfe.backbones.openai_clip.CLIP_CACHE", tmp_path)
+    fetched = []
+
+    def fake_download(url, destination, hash_prefix=None, progress=True):
+        fetched.append((url, hash_prefix))
+        Path(destination).write_bytes(b"weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    for _ in range(2):
+        CLIPBackbone(arch="ViT-B/32").prepare_data()
+    CLIPBackbone(arch="ViT-B/32", weights="random").prepare_data()
+    ((url, sha256),) = fetched
+    assert url.endswith("/ViT-B-32.pt") and len(sha256) == 64 and sha256 in url
+    assert (tmp_path / "ViT-B-32.pt").read_bytes() == b"weights"

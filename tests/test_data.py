@@ -7,33 +7,16 @@ import torch
 from conftest import DECODER_RESULTS, EXACT, decoder_available
 from torchvision.transforms import InterpolationMode
 
+from vfe.assembly import ClipFeatureAssembler
 from vfe.backbones.base import InputSpec
 from vfe.clip_grid import uniform_indices
-from vfe.dataset import VideoClipDataset, _BatchBuilder, assign_shards
+from vfe.dataset import VideoClipDataset, _BatchBuilder
 from vfe.errors import VfeError
 from vfe.paths import find_videos, output_path_for
+from vfe.work_plan import WorkItem
 
 IMAGE_SPEC = InputSpec(None, 16, 16, InterpolationMode.BICUBIC, True, (0.5,) * 3, (0.5,) * 3, 32)
 VIDEO_SPEC = InputSpec(8, 20, 16, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,) * 3, 2)
-
-
-@pytest.mark.parametrize(
-    ("sizes", "num_shards"),
-    [([5, 1, 1, 1, 1, 1], 2), ([3] * 7, 3), ([1, 2], 5), ([], 3), ([10, 9, 8, 1], 1)],
-)
-def test_shards_cover_every_video_exactly_once(sizes, num_shards):
-    shards = assign_shards(sizes, num_shards)
-    assert len(shards) == num_shards
-    assert sorted(i for shard in shards for i in shard) == list(range(len(sizes)))
-
-
-def test_shards_are_balanced_by_size_largest_first():
-    shards = assign_shards([5, 1, 1, 1, 1, 1], 2)
-    assert sorted(shards) == [[0], [1, 2, 3, 4, 5]]
-    loads = [
-        sum([4, 4, 3, 3, 2, 2][i] for i in shard) for shard in assign_shards([4, 4, 3, 3, 2, 2], 2)
-    ]
-    assert loads == [9, 9]
 
 
 def test_batch_builder_cuts_exact_batches_and_keeps_order():
@@ -96,6 +79,23 @@ def ends_by_path(batches: list[dict], videos) -> dict[str, dict]:
     return {videos[e["index"]].relative_path: e for b in batches for e in b["ends"]}
 
 
+def assembled(batches: list[dict]) -> dict[int, dict[str, np.ndarray]]:
+    """video index -> the arrays the writer would save (features: each sample's clip index)."""
+    assembler, finished = ClipFeatureAssembler(), []
+    for batch in batches:
+        for info in batch["videos"]:
+            assembler.add_video(info)
+        clip_index = np.asarray(batch["clip_index"], dtype=np.int64)
+        features = clip_index[:, None].astype(np.float32)
+        finished += assembler.add_features(
+            features, np.asarray(batch["video_index"], dtype=np.int64), clip_index
+        )
+        for end in batch["ends"]:
+            finished += assembler.add_end(end)
+    assert assembler.num_pending == 0
+    return {video.info["index"]: video.arrays for video in finished}
+
+
 def test_image_spec_yields_every_frame_of_every_clip(video_dir: Path):
     videos = find_videos(video_dir)
     batches = _all_batches(VideoClipDataset(videos, IMAGE_SPEC, 2.0, batch_size=32))
@@ -106,10 +106,12 @@ def test_image_spec_yields_every_frame_of_every_clip(video_dir: Path):
     clips = samples_by_clip(batches, 0)
     assert {clip: len(samples) for clip, samples in clips.items()} == {0: 50, 1: 35}
     ends = ends_by_path(batches, videos)
-    assert ends["moving.mp4"]["num_samples"] == 85 and ends["moving.mp4"]["num_clips"] == 2
-    assert ends["moving.mp4"]["timestamps"] == [[0.0, 2.0], [2.0, 3.4]]
-    assert ends["moving.mp4"]["fps"] == 25.0 and ends["moving.mp4"]["num_frames"] == 85
-    assert ends["nested/short.mp4"]["num_clips"] == 1
+    assert ends["moving.mp4"]["num_samples"] == 85 and ends["moving.mp4"]["num_frames"] == 85
+    assert ends["moving.mp4"]["last"]["num_clips"] == 2
+    assert ends["nested/short.mp4"]["last"]["num_clips"] == 1
+    arrays = assembled(batches)[0]
+    assert arrays["timestamps"].tolist() == [[0.0, 2.0], [2.0, 3.4]]
+    assert arrays["fps"] == 25.0
 
 
 def test_video_spec_yields_one_sample_per_clip(video_dir: Path):
@@ -131,28 +133,41 @@ FRAME_SPEC = InputSpec(None, 1, 1, InterpolationMode.BICUBIC, True, (0.5,) * 3, 
 CLIP8_SPEC = InputSpec(8, 1, 1, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,) * 3, 3)
 
 
-@pytest.mark.parametrize("decoder", sorted(DECODER_RESULTS))
+def one_segment_per_clip(num_clips: int) -> list[list[WorkItem]]:
+    """The most a video can be split: every clip decoded from its own seek."""
+    return [
+        [WorkItem(0, clip, clip + 1 if clip + 1 < num_clips else None, num_clips)]
+        for clip in range(num_clips)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("decoder", "split"), [(d, False) for d in sorted(DECODER_RESULTS)] + [("pyav", True)]
+)
 @pytest.mark.parametrize("spec", [FRAME_SPEC, CLIP8_SPEC], ids=["every frame", "8 per clip"])
 def test_every_frame_fed_to_the_model_is_the_ffmpeg_frame_of_its_clip(
-    spec, decoder, real_world_videos, references, monkeypatch
+    spec, decoder, split, real_world_videos, references, monkeypatch
 ):
     """On every awkward file a decoder claims: the samples of clip i are exactly the frames a
-    sequential FFmpeg decode presents in [i*L, (i+1)*L) (all, or 8 spread uniformly)."""
+    sequential FFmpeg decode presents in [i*L, (i+1)*L) (all, or 8 spread uniformly). Split:
+    the same when every (half-second) clip is decoded as a separate segment, from a seek, as
+    workers do with segments of a long video."""
     if not decoder_available(decoder):
         pytest.skip(f"{decoder} cannot run here")
     monkeypatch.setattr("vfe.dataset.resize_and_center_crop", raw_pixels)
-    clip_len = Fraction(2)
+    clip_len = Fraction(1, 2) if split else Fraction(2)  # split: many seeks per file
     folder = next(iter(real_world_videos.values())).parent
     claimed = [e for e in find_videos(folder) if DECODER_RESULTS[decoder][e.relative_path] == EXACT]
     for entry in claimed:  # one video per dataset: frame sizes differ (rotation)
-        dataset = VideoClipDataset(
-            [entry], spec, 2.0, batch_size=spec.default_batch_size, decoder=decoder
-        )
-        batches = _all_batches(dataset)
-        assert not [f for b in batches for f in b["failures"]]
-        (end,) = [e for b in batches for e in b["ends"]]
         reference = references[entry.relative_path]
         expected_clips = reference.clip_frames(clip_len)
+        batches = []
+        for work in one_segment_per_clip(len(expected_clips)) if split else [None]:
+            dataset = VideoClipDataset(
+                [entry], spec, float(clip_len), spec.default_batch_size, work and [work], decoder
+            )
+            batches += _all_batches(dataset)
+        assert not [f for b in batches for f in b["failures"]]
         clips = samples_by_clip(batches, 0)
         assert sorted(clips) == list(range(len(expected_clips))), entry.relative_path
         for clip, frame_indices in enumerate(expected_clips):
@@ -170,22 +185,20 @@ def test_every_frame_fed_to_the_model_is_the_ffmpeg_frame_of_its_clip(
         duration = reference.duration
         windows = [[float(i * clip_len), float(min((i + 1) * clip_len, duration))]
                    for i in range(len(expected_clips))]  # fmt: skip
-        assert end["timestamps"] == windows, entry.relative_path
-        assert end["fps"] == pytest.approx(float(len(reference.frames) / duration), rel=1e-12)
+        arrays = assembled(batches)[0]
+        assert arrays["timestamps"].tolist() == windows, entry.relative_path
+        assert arrays["fps"] == pytest.approx(float(len(reference.frames) / duration), rel=1e-12)
 
 
-@pytest.mark.parametrize(("world_size", "num_workers"), [(1, 1), (2, 1), (2, 3), (3, 2)])
-def test_rank_and_worker_shards_cover_every_video_once(
-    video_dir: Path, world_size, num_workers, monkeypatch
-):
+@pytest.mark.parametrize("num_workers", [1, 2, 3])
+def test_workers_cover_every_video_once(video_dir: Path, num_workers, monkeypatch):
     videos = find_videos(video_dir)
     seen = []
-    for rank in range(world_size):
-        for worker in range(num_workers):
-            info = type("WorkerInfo", (), {"id": worker, "num_workers": num_workers})
-            monkeypatch.setattr("vfe.dataset.get_worker_info", lambda info=info: info)
-            dataset = VideoClipDataset(videos, VIDEO_SPEC, 2.0, 2, rank, world_size)
-            seen += dataset.shard_indices()
+    for worker in range(num_workers):
+        info = type("WorkerInfo", (), {"id": worker, "num_workers": num_workers})
+        monkeypatch.setattr("vfe.dataset.get_worker_info", lambda info=info: info)
+        dataset = VideoClipDataset(videos, VIDEO_SPEC, 2.0, 2)
+        seen += [item.video_index for item in dataset.worker_items()]
     assert sorted(seen) == list(range(len(videos)))
 
 

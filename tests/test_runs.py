@@ -15,6 +15,7 @@ from conftest import cosine, extract, run_vfe
 
 from vfe.backbones.openai_clip import CLIPBackbone
 from vfe.backbones.slowfast import SlowFastBackbone
+from vfe.data import VideoDataModule
 from vfe.synthetic import (
     write_audio_only,
     write_faststart_video,
@@ -308,3 +309,77 @@ def test_sigterm_stops_after_the_batch_and_the_same_command_resumes(
     assert rerun.returncode == 0, rerun.stderr
     assert f"skipped {len(done)}" in rerun.stdout + rerun.stderr
     assert len(list(output.glob("*.npz"))) == 6
+
+
+def test_a_long_video_split_over_workers_gives_the_unsplit_features(
+    tiny_clip_file: Path, tmp_path: Path, monkeypatch
+):
+    write_video(tmp_path / "in" / "long.mp4", num_frames=600, fps=25, height=48, width=64, seed=5)
+    plans = []
+    original = VideoDataModule.plan_work
+    monkeypatch.setattr(
+        VideoDataModule,
+        "plan_work",
+        lambda self, rank, world: plans.append(original(self, rank, world)) or plans[-1],
+    )
+    for name, workers in (("whole", 0), ("split", 2)):
+        model = CLIPBackbone(arch="custom", weights=str(tiny_clip_file))
+        extract(model, tmp_path / "in", tmp_path / name, num_workers=workers, min_segment_seconds=4)
+    assert [len(items) for items in plans[1]] == [1, 1]  # one segment per worker
+    assert plans[1][0][0].num_segments == 2 and plans[1][0][0].end_clip == 6
+    whole, split = (np.load(tmp_path / name / "long.npz") for name in ("whole", "split"))
+    assert split["features"].shape == (12, 32)
+    np.testing.assert_allclose(split["features"], whole["features"], rtol=1e-5, atol=1e-6)
+    for key in ("timestamps", "fps", "clip_length"):
+        np.testing.assert_array_equal(split[key], whole[key])
+
+
+UNEVEN_DDP_RUN = """
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.strategies import DDPStrategy
+
+from vfe.backbones.openai_clip import CLIPBackbone
+from vfe.data import VideoDataModule
+from vfe.writer import FeatureWriter
+
+
+class SlowCLIP(CLIPBackbone):
+    def encode(self, samples):
+        time.sleep(0.5)  # 15 batches: the working rank ends 7 s after the idle one
+        return super().encode(samples)
+
+
+if __name__ == "__main__":
+    input_dir, output_dir, weights = sys.argv[1:4]
+    writer = FeatureWriter(Path(output_dir))
+    trainer = Trainer(
+        accelerator="cpu", devices=2, strategy=DDPStrategy(timeout=timedelta(seconds=4)),
+        logger=False, callbacks=[writer], enable_progress_bar=False, enable_model_summary=False,
+    )
+    datamodule = VideoDataModule(Path(input_dir), Path(output_dir), batch_size=4, num_workers=0)
+    trainer.predict(SlowCLIP(arch="custom", weights=weights), datamodule=datamodule,
+                    return_predictions=False)
+    print(f"rank {trainer.global_rank} done, failed {writer.total_failed}", flush=True)
+"""
+
+
+def test_ranks_ending_far_apart_never_wait_in_a_collective(tiny_clip_file: Path, tmp_path: Path):
+    """One video on 2 ranks: rank 1 has no work and ends at once, rank 0 works for longer than
+    the process group's 4-s timeout; a collective at the end would kill the run."""
+    write_video(tmp_path / "in" / "only.mp4", num_frames=60, fps=25, seed=6)
+    script = tmp_path / "uneven.py"
+    script.write_text(UNEVEN_DDP_RUN)
+    result = subprocess.run(
+        [sys.executable, str(script), "in", "out", str(tiny_clip_file)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0 done, failed 0" in result.stdout and "rank 1 done" in result.stdout
+    assert "written 1, skipped 0, failed 0, clips 2" in result.stderr
+    assert np.load(tmp_path / "out" / "only.npz")["features"].shape == (2, 32)

@@ -1,24 +1,27 @@
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vfe.writer import ClipFeatureAssembler, save_npz_atomically
+from vfe.assembly import ClipFeatureAssembler
+from vfe.writer import save_npz_atomically
 
 
 def start(index: int) -> dict:
-    return {"index": index, "relative_path": f"v{index}.mp4"}
+    return {"index": index, "relative_path": f"v{index}.mp4", "num_segments": 1}
 
 
 def end(index: int, num_samples: int, timestamps: list[list[float]]) -> dict:
+    """The end record of an unsplit video at 25 fps whose clips end at `timestamps`."""
+    duration = Fraction(timestamps[-1][1]).limit_denominator(1000)
     return {
         "index": index,
+        "first_clip": 0,
         "num_samples": num_samples,
-        "num_clips": len(timestamps),
-        "num_frames": num_samples,
-        "fps": 25.0,
+        "num_frames": round(duration * 25),
         "clip_length": 2.0,
-        "timestamps": timestamps,
+        "last": {"num_clips": len(timestamps), "duration_seconds": duration},
     }
 
 
@@ -109,5 +112,35 @@ def test_progress_bar_counts_videos_and_clips(video_dir: Path, tiny_clip_file: P
     model = CLIPBackbone(arch="custom", weights=str(tiny_clip_file))
     trainer.predict(model, datamodule=datamodule, return_predictions=False)
     shown = bar.predict_progress_bar
-    assert (shown.n, shown.total) == (2, 2)  # videos done (written or failed) of this rank's
+    assert shown.n == shown.total  # the whole input decoded
+    assert "videos=2/2" in str(shown.postfix)  # done (written or failed) of this rank's
     assert "clips=2" in str(shown.postfix) and "failed=1" in str(shown.postfix)
+
+
+def test_progress_in_a_log_is_lines_not_redraws(
+    video_dir: Path, tiny_clip_file: Path, tmp_path, capsys
+):
+    from lightning.pytorch import Trainer
+
+    from vfe.backbones.openai_clip import CLIPBackbone
+    from vfe.data import VideoDataModule
+    from vfe.progress import VideoProgressBar
+    from vfe.writer import FeatureWriter
+
+    bar = VideoProgressBar(log_interval_seconds=0)  # a line after every batch
+    writer = FeatureWriter(output_dir=tmp_path / "out")
+    trainer = Trainer(
+        accelerator="cpu", devices=1, logger=False, callbacks=[writer, bar],
+        enable_model_summary=False,
+    )  # fmt: skip
+    datamodule = VideoDataModule(video_dir, tmp_path / "out", num_workers=0, batch_size=16)
+    model = CLIPBackbone(arch="custom", weights=str(tiny_clip_file))
+    trainer.predict(model, datamodule=datamodule, return_predictions=False)
+    err = capsys.readouterr().err  # not a terminal under pytest: a log
+    lines = [line for line in err.splitlines() if line.startswith("Extracting:")]
+    assert len(lines) >= 7  # 110 frames in batches of 16, and the final line
+    assert "\r" not in err
+    assert lines[-1].startswith("Extracting: 100%") and "videos=2/2" in lines[-1]
+    clips = [int(line.split("clips=")[1].split(",")[0]) for line in lines]
+    assert clips == sorted(clips) and clips[-1] == 3
+    assert any(0 < count < 3 for count in clips)  # moves before the first video ends

@@ -248,9 +248,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--decoder", default=DEFAULT_DECODER, choices=list(DECODERS))
     parser.add_argument("--no_baseline", action="store_true")
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="one --seconds long 720p video, no model, with each --workers",
+    )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="peak RSS per process, 1- vs 60-minute video, no model",
+    )
+    parser.add_argument(
+        "--workers",
+        nargs="+",
+        type=int,
+        default=[1, 2],
+        help="worker counts for --scaling (--memory uses the last)",
+    )
     parser.add_argument("--output_json", default="bench.json")
     parser.add_argument("--output_png", default="bench.png")
     args = parser.parse_args(argv)
+    if args.scaling or args.memory:
+        from vfe.bench_scaling import run_memory, run_scaling
+
+        try:
+            rows = run_scaling(args, _run_measurement) if args.scaling else []
+            rows += run_memory(args, _run_measurement) if args.memory else []
+        except VfeError as error:
+            print(f"vfe bench: error: {error}", file=sys.stderr)
+            sys.exit(2)
+        Path(args.output_json).write_text(
+            json.dumps({"machine": _machine(), "rows": rows}, indent=2)
+        )
+        print(f"vfe bench: results in {args.output_json}")
+        return
     try:
         rows = run_benchmark(args)
     except VfeError as error:

@@ -61,6 +61,10 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
     from vfe.writer import FeatureWriter
 
     model = build_backbone(options["model"])
+    if options.get("passthrough"):
+        from vfe.bench_scaling import PassThroughBackbone
+
+        model = PassThroughBackbone(model.input_spec, model.feature_dim)
     timers: dict[str, float] = {}
 
     class WorkerTimes(Callback):
@@ -93,6 +97,7 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
             num_workers=options["num_workers"],
             overwrite=True,
             decoder=options["decoder"],
+            min_segment_seconds=options.get("min_segment_seconds", 30.0),
         )
         started = time.perf_counter()
         trainer.predict(model, datamodule=datamodule, return_predictions=False)

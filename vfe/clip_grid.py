@@ -35,9 +35,11 @@ class ClipAssigner:
     frame. After the last frame, `num_clips` is floor(t_last / L) + 1.
     """
 
-    def __init__(self, clip_len: Fraction) -> None:
+    def __init__(self, clip_len: Fraction, first_clip: int = 0) -> None:
+        """`first_clip` > 0: frames fed start at that clip (a segment of the video), the first
+        at or after its start; clips before it are not counted as held."""
         self.clip_len = clip_len
-        self.num_clips = 0
+        self.num_clips = first_clip
         self._last_time: Fraction | None = None
 
     def add(self, time_seconds: Fraction) -> tuple[int, range]:
@@ -46,8 +48,12 @@ class ClipAssigner:
                 f"frame times must increase: {float(time_seconds)} s after "
                 f"{float(self._last_time)} s"
             )
-        if self._last_time is None and time_seconds != 0:
+        if self._last_time is None and self.num_clips == 0 and time_seconds != 0:
             raise ValueError(f"the first frame must be at time 0, not {float(time_seconds)} s")
+        if self._last_time is None and time_seconds < self.num_clips * self.clip_len:
+            raise ValueError(
+                f"a frame at {float(time_seconds)} s comes before clip {self.num_clips}"
+            )
         self._last_time = time_seconds
         clip_index = math.floor(time_seconds / self.clip_len)
         held = range(self.num_clips, clip_index)

@@ -1,6 +1,7 @@
 """The LightningDataModule: lists the videos to do (and what to skip), checks the data
 options, and feeds `vfe.dataset.VideoClipDataset` batches through DataLoader workers."""
 
+import ctypes
 import math
 import os
 import signal
@@ -12,14 +13,21 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from vfe.backbones.base import InputSpec
-from vfe.clip_grid import GRID_VERSION
-from vfe.dataset import VideoClipDataset, assign_shards
+from vfe.clip_grid import GRID_VERSION, clip_length_fraction
+from vfe.dataset import VideoClipDataset
 from vfe.errors import VfeError
 from vfe.messages import say
 from vfe.paths import VideoEntry, check_output_dir, find_videos, resolve_output_dir
 from vfe.provenance import run_provenance
 from vfe.resume import plan_run
-from vfe.video import DEFAULT_DECODER, check_decoder, decoder_version
+from vfe.video import (
+    DEFAULT_DECODER,
+    check_decoder,
+    decoder_version,
+    probe_duration_seconds,
+    supports_segments,
+)
+from vfe.work_plan import WorkItem, assign_ranks, split_over_workers
 
 
 def default_decode_threads(num_workers: int) -> int:
@@ -31,6 +39,26 @@ def default_decode_threads(num_workers: int) -> int:
 
 
 WORKER_NICENESS = 10
+# glibc's M_MMAP_THRESHOLD: allocations at least this large are mmapped and unmapped on free.
+_M_MMAP_THRESHOLD = -3
+WORKER_MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def _keep_large_buffers_out_of_the_heap() -> None:
+    """Stop glibc from raising its mmap threshold as large blocks are freed.
+
+    A worker allocates and frees a batch-sized buffer per batch (frames, resized samples, the
+    copy the DataLoader makes into shared memory). glibc's default raises the mmap threshold to
+    the size of each freed mmapped block (up to 32 MiB), after which such buffers come from the
+    heap, whose fragmentation grew a worker from 0.5 to 1.1 GB over a 10-minute video. A fixed
+    threshold keeps them mmapped, so memory returns to the system on free.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+    mallopt(_M_MMAP_THRESHOLD, WORKER_MMAP_THRESHOLD_BYTES)
 
 
 def _init_worker(worker_id: int) -> None:
@@ -39,6 +67,7 @@ def _init_worker(worker_id: int) -> None:
     to the whole process group by schedulers) is the main process's to act on: it stops after
     the batch in hand and then shuts the workers down."""
     os.nice(WORKER_NICENESS)
+    _keep_large_buffers_out_of_the_heap()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
@@ -61,6 +90,8 @@ class VideoDataModule(LightningDataModule):
             decoding then runs in the main process, so num_workers must be 0).
         decode_threads: FFmpeg decoding threads per decoding process; default: the available
             cores divided by num_workers (1 with num_workers 0).
+        min_segment_seconds: a long video is split into segments decoded by several workers
+            (pyav only) so that all workers get equal shares; no segment is shorter than this.
     """
 
     def __init__(
@@ -74,6 +105,7 @@ class VideoDataModule(LightningDataModule):
         decoder: str = DEFAULT_DECODER,
         decode_device: str = "cpu",
         decode_threads: int | None = None,
+        min_segment_seconds: float = 30.0,
     ) -> None:
         super().__init__()
         if not (math.isfinite(clip_len) and clip_len > 0):
@@ -85,6 +117,11 @@ class VideoDataModule(LightningDataModule):
         if decode_threads is not None and decode_threads < 0:
             raise VfeError(
                 f"--data.decode_threads must be 0 (FFmpeg decides) or more, got {decode_threads}"
+            )
+        if not (math.isfinite(min_segment_seconds) and min_segment_seconds > 0):
+            raise VfeError(
+                "--data.min_segment_seconds must be a positive number of seconds, got "
+                f"{min_segment_seconds}"
             )
         check_decoder(decoder, decode_device)
         if decode_device == "cuda" and num_workers != 0:
@@ -105,7 +142,9 @@ class VideoDataModule(LightningDataModule):
         self.decode_threads = (
             default_decode_threads(num_workers) if decode_threads is None else decode_threads
         )
+        self.min_segment_seconds = min_segment_seconds
         self.videos: list[VideoEntry] = []
+        self.work: list[list[WorkItem]] = []  # this rank's, one list per worker
         self.num_skipped = 0
         self.run_id = ""
 
@@ -147,12 +186,27 @@ class VideoDataModule(LightningDataModule):
             f"-> {output_dir}"
         )
 
-    def num_videos_for_rank(self, rank: int) -> int:
-        """How many of the listed videos the given rank decodes (for progress display)."""
-        workers = max(1, self.num_workers)
+    def plan_work(self, rank: int, world_size: int) -> list[list[WorkItem]]:
+        """This rank's work items, one list per DataLoader worker (`vfe.work_plan`)."""
         sizes = [video.size_bytes for video in self.videos]
-        shards = assign_shards(sizes, self.trainer.world_size * workers)
-        return sum(len(shard) for shard in shards[rank * workers : (rank + 1) * workers])
+        rank_videos = assign_ranks(sizes, world_size)[rank]
+        duration_of = None
+        if supports_segments(self.decoder):
+
+            def duration_of(video_index: int) -> float | None:
+                try:
+                    return probe_duration_seconds(self.videos[video_index].path, self.decoder)
+                except Exception:  # a broken file is not split; decoding it records why
+                    return None
+
+        return split_over_workers(
+            rank_videos,
+            sizes,
+            max(1, self.num_workers),
+            clip_length_fraction(self.clip_len),
+            duration_of,
+            self.min_segment_seconds,
+        )
 
     def predict_dataloader(self) -> DataLoader:
         self._list_videos()
@@ -166,13 +220,13 @@ class VideoDataModule(LightningDataModule):
                     f"{root_device}; use --device cuda or --data.decode_device cpu"
                 )
             decode_device = str(root_device)
+        self.work = self.plan_work(self.trainer.global_rank, self.trainer.world_size)
         dataset = VideoClipDataset(
             self.videos,
             spec,
             clip_len_seconds=self.clip_len,
             batch_size=self.batch_size or spec.default_batch_size,
-            rank=self.trainer.global_rank,
-            world_size=self.trainer.world_size,
+            work=self.work,
             decoder=self.decoder,
             decode_device=decode_device,
             decode_threads=self.decode_threads,

@@ -1,27 +1,28 @@
 """Videos -> batches of preprocessed clip samples, decoded once, sequentially, inside workers.
 
-The dataset is iterable: each (rank, worker) pair owns a disjoint set of whole videos, so every
-video is decoded and written by exactly one process. Each video is decoded in one pass in
-presentation order and its frames are grouped into clips of presentation time as they stream
-(`vfe.clip_grid`), so memory holds at most one clip. A batch is a dict:
+The dataset is iterable: each DataLoader worker of a rank decodes its own list of work items
+(`vfe.work_plan`): whole videos, or segments of whole clips of a long video, each decoded
+sequentially from a keyframe before it. Frames are grouped into clips of presentation time as
+they stream (`vfe.clip_grid`), so memory holds at most one clip. A batch is a dict:
 
     pixels:      (B, C, H, W) or (B, C, T, H, W) uint8 samples, as the backbone's InputSpec says
     video_index: list[int] (B), index into the run's video list (lists, not tensors: they stay
                  on the host when Lightning moves the batch to the model's device)
     clip_index:  list[int] (B)
-    videos:      list[dict] videos whose decoding started: index, relative_path, size_bytes,
-                 mtime_ns
-    ends:        list[dict] videos fully decoded: index, num_samples, num_clips, num_frames, fps,
-                 clip_length, timestamps ((num_clips, 2) float64 clip windows in seconds)
-    failures:    list[dict] videos that could not be decoded: index, path, stage, error
+    videos:      list[dict] videos (or segments) whose decoding started: index, relative_path,
+                 size_bytes, mtime_ns, num_segments
+    ends:        list[dict] segments fully decoded: index, first_clip, num_samples, num_frames,
+                 clip_length, last (for the segment that reached the video's end: num_clips,
+                 duration_seconds as a Fraction; else None)
+    failures:    list[dict] videos (or segments) that could not be decoded: index, path, stage,
+                 error
+    decoded_bytes: how far decoding advanced through the files since the previous batch
     decode_seconds, preprocess_seconds: worker time spent on this batch's samples (for benchmarks)
 
-Samples of several videos may share a batch, and a video's end may arrive before its last
+Samples of several videos may share a batch, and a segment's end may arrive before its last
 samples; the writer reassembles them per video.
 """
 
-import heapq
-import math
 import re
 import time
 from collections.abc import Iterator
@@ -31,25 +32,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vfe.backbones.base import InputSpec
-from vfe.clip_grid import ClipAssigner, clip_length_fraction, clip_windows, uniform_indices
+from vfe.clip_grid import ClipAssigner, clip_length_fraction, uniform_indices
 from vfe.paths import VideoEntry
 from vfe.transforms import resize_and_center_crop
 from vfe.video import DEFAULT_DECODER, Frame, open_video
-
-
-def assign_shards(sizes: list[int], num_shards: int) -> list[list[int]]:
-    """Split item indices into `num_shards` lists of near-equal total size.
-
-    Largest first, each to the currently lightest shard (LPT), so shards finish together.
-    Deterministic: every rank computes the same split.
-    """
-    shards: list[list[int]] = [[] for _ in range(num_shards)]
-    heap = [(0, shard) for shard in range(num_shards)]
-    for index in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
-        load, shard = heapq.heappop(heap)
-        shards[shard].append(index)
-        heapq.heappush(heap, (load + sizes[index], shard))
-    return shards
+from vfe.work_plan import WorkItem, split_over_workers
 
 
 def describe_error(error: BaseException, max_chars: int = 300) -> str:
@@ -70,6 +57,7 @@ class _BatchBuilder:
         self._videos: list[dict[str, Any]] = []
         self._ends: list[dict[str, Any]] = []
         self._failures: list[dict[str, Any]] = []
+        self.decoded_bytes = 0
         self.decode_seconds = 0.0
         self.preprocess_seconds = 0.0
 
@@ -93,7 +81,9 @@ class _BatchBuilder:
         self._failures.append(failure)
 
     def has_anything(self) -> bool:
-        return bool(self.num_samples or self._videos or self._ends or self._failures)
+        return bool(
+            self.num_samples or self._videos or self._ends or self._failures or self.decoded_bytes
+        )
 
     def pop(self) -> dict[str, Any]:
         """The next batch: up to `batch_size` samples, plus all pending records."""
@@ -110,11 +100,13 @@ class _BatchBuilder:
             "videos": self._videos,
             "ends": self._ends,
             "failures": self._failures,
+            "decoded_bytes": self.decoded_bytes,
             "decode_seconds": self.decode_seconds,
             "preprocess_seconds": self.preprocess_seconds,
         }
         del self._video_index[:take], self._clip_index[:take]
         self._videos, self._ends, self._failures = [], [], []
+        self.decoded_bytes = 0
         self.decode_seconds = self.preprocess_seconds = 0.0
         return batch
 
@@ -128,7 +120,11 @@ class _FileError(Exception):
 
 
 class VideoClipDataset(IterableDataset):
-    """Yields ready batches (the DataLoader runs with `batch_size=None`); see the module doc."""
+    """Yields ready batches (the DataLoader runs with `batch_size=None`); see the module doc.
+
+    `work`: one list of work items per DataLoader worker (one list without workers); default:
+    whole videos shared out by size over however many workers iterate it.
+    """
 
     def __init__(
         self,
@@ -136,8 +132,7 @@ class VideoClipDataset(IterableDataset):
         spec: InputSpec,
         clip_len_seconds: float,
         batch_size: int,
-        rank: int = 0,
-        world_size: int = 1,
+        work: list[list[WorkItem]] | None = None,
         decoder: str = DEFAULT_DECODER,
         decode_device: str = "cpu",
         decode_threads: int = 1,
@@ -147,29 +142,35 @@ class VideoClipDataset(IterableDataset):
         self.clip_len_seconds = clip_len_seconds
         self.clip_len = clip_length_fraction(clip_len_seconds)
         self.batch_size = batch_size
-        self.rank = rank
-        self.world_size = world_size
+        self.work = work
         self.decoder = decoder
         self.decode_device = decode_device
         self.decode_threads = decode_threads
 
-    def shard_indices(self) -> list[int]:
-        """Video indices for this (rank, DataLoader worker); all shards together cover each once."""
+    def worker_items(self) -> list[WorkItem]:
+        """This DataLoader worker's work items."""
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        shards = assign_shards([v.size_bytes for v in self.videos], self.world_size * num_workers)
-        return shards[self.rank * num_workers + worker_id]
+        work = self.work
+        if work is None:
+            sizes = [video.size_bytes for video in self.videos]
+            work = split_over_workers(
+                list(range(len(self.videos))), sizes, num_workers, self.clip_len, None, 0.0
+            )
+        if len(work) != num_workers:
+            raise RuntimeError(f"work planned for {len(work)} workers, run with {num_workers}")
+        return work[worker_id]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         builder = _BatchBuilder(self.batch_size)
-        for video_index in self.shard_indices():
+        for item in self.worker_items():
             try:
-                yield from self._add_video(builder, video_index)
+                yield from self._add_item(builder, item)
             except _FileError as error:
-                entry = self.videos[video_index]
+                entry = self.videos[item.video_index]
                 builder.add_failure(
                     {
-                        "index": video_index,
+                        "index": item.video_index,
                         "path": str(entry.path),
                         "relative_path": entry.relative_path,
                         "stage": error.stage,
@@ -179,9 +180,9 @@ class VideoClipDataset(IterableDataset):
         while builder.has_anything():
             yield builder.pop()
 
-    def _add_video(self, builder: _BatchBuilder, video_index: int) -> Iterator[dict[str, Any]]:
-        """Decode one video, adding its samples and finally its end record to `builder`."""
-        entry = self.videos[video_index]
+    def _add_item(self, builder: _BatchBuilder, item: WorkItem) -> Iterator[dict[str, Any]]:
+        """Decode one video or segment, adding its samples and finally its end record."""
+        entry = self.videos[item.video_index]
         started = time.perf_counter()
         # Decoders raise many exception types for broken files (av.error.*, DECORDError,
         # RuntimeError, OSError, ...); only the library calls are guarded, so a bug in vfe
@@ -192,19 +193,22 @@ class VideoClipDataset(IterableDataset):
             raise _FileError("open", error) from error
         builder.add_video(
             {
-                "index": video_index,
+                "index": item.video_index,
                 "relative_path": entry.relative_path,
                 "size_bytes": entry.size_bytes,
                 "mtime_ns": entry.mtime_ns,
+                "num_segments": item.num_segments,
             }
         )
         builder.decode_seconds += time.perf_counter() - started
-        assigner = ClipAssigner(self.clip_len)
-        emitter = _ImageSamples(self, builder, video_index)
+        start_seconds = item.first_clip * self.clip_len
+        assigner = ClipAssigner(self.clip_len, item.first_clip)
+        emitter = _ImageSamples(self, builder, item.video_index)
         if self.spec.frames_per_clip is not None:
-            emitter = _ClipSamples(self, builder, video_index)
-        frames = video.frames()
-        num_frames, last = 0, None
+            emitter = _ClipSamples(self, builder, item.video_index, item.first_clip)
+        frames = video.frames(start_seconds)
+        num_frames, last, reached_end = 0, None, True
+        bytes_origin, bytes_reported = None, 0  # progress through this item's share of the file
         while True:
             started = time.perf_counter()
             try:
@@ -214,26 +218,44 @@ class VideoClipDataset(IterableDataset):
             builder.decode_seconds += time.perf_counter() - started
             if frame is None:
                 break
-            num_frames, last = num_frames + 1, frame
+            if frame.time_seconds < start_seconds:  # decoded only to reach the segment
+                emitter.previous = frame
+                continue
             clip_index, held = assigner.add(frame.time_seconds)
-            emitter.add(frame, clip_index, held)
+            if item.end_clip is not None and clip_index >= item.end_clip:
+                emitter.hold(range(held.start, item.end_clip))
+                reached_end = False
+                frames.close()
+                break
+            emitter.hold(held)
+            emitter.add(frame, clip_index)
+            num_frames, last = num_frames + 1, frame
+            if bytes_origin is None:
+                bytes_origin = video.bytes_read
+            progress = min(item.size_bytes, video.bytes_read - bytes_origin)
+            if progress > bytes_reported:
+                builder.decoded_bytes += progress - bytes_reported
+                bytes_reported = progress
             while builder.num_samples >= self.batch_size:
                 yield builder.pop()
-        if last is None:
+        if last is None and item.first_clip == 0:
             raise _FileError("decode", ValueError("the video has no frames"))
         emitter.finish()
-        duration = last.time_seconds + last.duration_seconds
+        builder.decoded_bytes += max(0, item.size_bytes - bytes_reported)
+        video_end = None
+        if reached_end and last is not None:
+            video_end = {
+                "num_clips": assigner.num_clips,
+                "duration_seconds": last.time_seconds + last.duration_seconds,
+            }
         builder.add_end(
             {
-                "index": video_index,
+                "index": item.video_index,
+                "first_clip": item.first_clip,
                 "num_samples": emitter.num_samples,
-                "num_clips": assigner.num_clips,
                 "num_frames": num_frames,
-                "fps": float(num_frames / duration) if duration else math.nan,
                 "clip_length": self.clip_len_seconds,
-                # A list, not an array: the DataLoader would make an array a tensor, and
-                # Lightning would move it to the model's device.
-                "timestamps": clip_windows(assigner.num_clips, self.clip_len, duration).tolist(),
+                "last": video_end,
             }
         )
         while builder.num_samples >= self.batch_size:
@@ -279,13 +301,16 @@ class _ImageSamples:
     def __init__(self, dataset: VideoClipDataset, builder: _BatchBuilder, video_index: int):
         self.dataset, self.builder, self.video_index = dataset, builder, video_index
         self.num_samples = 0
+        self.previous: Frame | None = None  # the frame on screen: it holds empty windows
         self._pending: list[tuple[int, Frame]] = []
-        self._previous: Frame | None = None
 
-    def add(self, frame: Frame, clip_index: int, held: range) -> None:
-        self._pending += [(held_clip, self._previous) for held_clip in held]
+    def hold(self, clips: range) -> None:
+        """Clips without a frame of their own show the previous frame."""
+        self._pending += [(clip_index, self.previous) for clip_index in clips]
+
+    def add(self, frame: Frame, clip_index: int) -> None:
         self._pending.append((clip_index, frame))
-        self._previous = frame
+        self.previous = frame
         if len(self._pending) >= self.dataset.batch_size:
             self.finish()
 
@@ -303,24 +328,38 @@ class _ClipSamples:
     """`frames_per_clip` frames spread uniformly over a clip form one `(C, T, H, W)` sample; a
     clip's frames are held (undecoded to RGB) until the next clip starts."""
 
-    def __init__(self, dataset: VideoClipDataset, builder: _BatchBuilder, video_index: int):
+    def __init__(
+        self,
+        dataset: VideoClipDataset,
+        builder: _BatchBuilder,
+        video_index: int,
+        first_clip: int = 0,
+    ):
         self.dataset, self.builder, self.video_index = dataset, builder, video_index
         self.num_samples = 0
-        self._clip_index = 0
+        self.previous: Frame | None = None  # the frame on screen: it holds empty windows
+        self._clip_index = first_clip
         self._frames: list[Frame] = []
 
-    def add(self, frame: Frame, clip_index: int, held: range) -> None:
+    def hold(self, clips: range) -> None:
+        """Clips without a frame of their own show the previous frame."""
+        if not clips:
+            return
+        self.finish()
+        for clip_index in clips:
+            self._emit(clip_index, [self.previous])
+
+    def add(self, frame: Frame, clip_index: int) -> None:
         if clip_index != self._clip_index:
-            previous = self._frames[-1]
-            self._emit(self._clip_index, self._frames)
-            for held_clip in held:
-                self._emit(held_clip, [previous])
-            self._clip_index, self._frames = clip_index, []
+            self.finish()
+            self._clip_index = clip_index
         self._frames.append(frame)
+        self.previous = frame
 
     def finish(self) -> None:
-        self._emit(self._clip_index, self._frames)
-        self._frames = []
+        if self._frames:
+            self._emit(self._clip_index, self._frames)
+            self._frames = []
 
     def _emit(self, clip_index: int, frames: list[Frame]) -> None:
         picks = uniform_indices(len(frames), self.dataset.spec.frames_per_clip)

@@ -1,5 +1,8 @@
-"""One progress bar per run, counted in videos, with clips and clips/s (Lightning's tqdm bar)."""
+"""One progress bar per run (Lightning's tqdm bar), moving as decoding advances through the
+rank's files, with videos done, clips and clips/s; in a log (stderr not a terminal) a plain
+line at an interval instead."""
 
+import sys
 import time
 from typing import Any
 
@@ -9,36 +12,51 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from vfe.writer import FeatureWriter
 
+MEBIBYTE = 1 << 20
+
 
 class VideoProgressBar(TQDMProgressBar):
-    """Videos finished (written or failed) of this rank's share; only rank 0 draws it."""
+    """This rank's share of the input, in MiB of video decoded; only rank 0 shows it.
 
-    BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} videos [{elapsed}<{remaining}{postfix}]"  # noqa: E501
+    Args:
+        log_interval_seconds: when stderr is not a terminal (a batch job's log), print one
+            line this often instead of redrawing the bar.
+    """
 
-    def __init__(self, refresh_rate: int = 1) -> None:
+    BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]"
+
+    def __init__(self, refresh_rate: int = 1, log_interval_seconds: float = 60.0) -> None:
         super().__init__(refresh_rate=refresh_rate)
+        self.log_interval_seconds = log_interval_seconds
         self._start_seconds = 0.0
+        self._last_line_seconds = 0.0
+        self._num_videos = 0
+        self._interactive = True
+        self._description = "Extracting"
 
     def init_predict_tqdm(self) -> Tqdm:
         bar = super().init_predict_tqdm()
         bar.bar_format = self.BAR_FORMAT
+        if not self._interactive:
+            bar.disable = True
         return bar
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._interactive = sys.stderr.isatty()
         super().on_predict_start(trainer, pl_module)
-        self._start_seconds = time.perf_counter()
-        datamodule = trainer.datamodule
-        share = datamodule.num_videos_for_rank(trainer.global_rank) if datamodule else None
-        self.predict_progress_bar.total = share
+        self._start_seconds = self._last_line_seconds = time.perf_counter()
+        work = getattr(trainer.datamodule, "work", [])
+        items = [item for items in work for item in items]
+        self._num_videos = len({item.video_index for item in items})
+        total_bytes = sum(item.size_bytes for item in items)
+        self.predict_progress_bar.total = max(total_bytes, 1) / MEBIBYTE
+        self._description = "Extracting"
         if trainer.world_size > 1:
-            self.predict_progress_bar.set_description(
-                f"Extracting (rank {trainer.global_rank} of {trainer.world_size})"
-            )
-        else:
-            self.predict_progress_bar.set_description("Extracting")
+            self._description += f" (rank {trainer.global_rank} of {trainer.world_size})"
+        self.predict_progress_bar.set_description(self._description)
 
     def on_predict_batch_start(self, *args: Any, **kwargs: Any) -> None:
-        # The parent resets the bar to a batch count here; this bar counts videos.
+        # The parent resets the bar to a batch count here; this bar counts bytes decoded.
         pass
 
     def on_predict_batch_end(
@@ -50,20 +68,38 @@ class VideoProgressBar(TQDMProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._refresh(trainer)
+        self._refresh(trainer, final=False)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._refresh(trainer)
+        self._refresh(trainer, final=True)
         super().on_predict_end(trainer, pl_module)
 
-    def _refresh(self, trainer: Trainer) -> None:
+    def _refresh(self, trainer: Trainer, final: bool) -> None:
         bar = self.predict_progress_bar
         writers = [cb for cb in trainer.callbacks if isinstance(cb, FeatureWriter)]
-        if bar is None or bar.disable or not writers:
+        if bar is None or not writers or not trainer.is_global_zero:
             return
         counts = writers[0].counts
-        seconds = max(time.perf_counter() - self._start_seconds, 1e-9)
-        bar.n = counts.written + counts.failed
+        now = time.perf_counter()
+        clips = counts.clips + counts.clips_in_progress
+        bar.n = bar.total if final else min(bar.total, counts.decoded_bytes / MEBIBYTE)
         bar.set_postfix(
-            clips=counts.clips, clips_per_s=f"{counts.clips / seconds:.1f}", failed=counts.failed
+            {
+                "videos": f"{counts.written + counts.failed}/{self._num_videos}",
+                "clips": clips,
+                "clips_per_s": f"{clips / max(now - self._start_seconds, 1e-9):.1f}",
+                "failed": counts.failed,
+            },
+            refresh=self._interactive,
+        )
+        due = final or now - self._last_line_seconds >= self.log_interval_seconds
+        if self._interactive or not due:
+            return
+        self._last_line_seconds = now
+        percent = 100 * bar.n / bar.total if bar.total else 100.0
+        elapsed = bar.format_interval(now - self._start_seconds)
+        print(
+            f"{self._description}: {percent:.0f}% [{elapsed}] {bar.postfix or ''}",
+            file=sys.stderr,
+            flush=True,
         )

@@ -33,11 +33,28 @@ class Frame:
 
 
 class Video(Protocol):
-    """An opened video whose frames are decoded only while iterating."""
+    """An opened video whose frames are decoded only while iterating.
 
-    def frames(self) -> Iterator[Frame]:
-        """Every frame once, in presentation order; times strictly increase from 0."""
+    Decoders whose class sets `supports_segments` can start mid-file, frame-exactly, and give
+    `probe_duration_seconds(path)`; long videos are then split over workers (`vfe.work_plan`).
+    """
+
+    bytes_read: int  # how far into the file decoding has got (0 where the library hides it)
+
+    def frames(self, start_seconds: Fraction = Fraction(0)) -> Iterator[Frame]:
+        """Every frame once, in presentation order; times strictly increase from the first
+        frame's 0. From `start_seconds` > 0 (segment decoders only): the frames from there on,
+        preceded by at least the one on screen just before it (callers skip the earlier ones)."""
         ...
+
+
+def supports_segments(decoder: str) -> bool:
+    return getattr(_decoder_class(decoder), "supports_segments", False)
+
+
+def probe_duration_seconds(path: Path, decoder: str) -> float | None:
+    """A segment decoder's reading of the duration the container declares."""
+    return _decoder_class(decoder).probe_duration_seconds(path)
 
 
 class Timeline:
@@ -53,6 +70,11 @@ class Timeline:
         self._first: Fraction | None = None
         self._previous: Fraction | None = None
         self._previous_duration = Fraction(0)
+
+    def start_at(self, first_raw_seconds: Fraction) -> None:
+        """Measure times from `first_raw_seconds` (the video's first frame), for a decode that
+        starts mid-file."""
+        self._first = first_raw_seconds
 
     def place(
         self, raw_seconds: Fraction | None, raw_duration: Fraction | None

@@ -1,17 +1,14 @@
-"""Reassembles clip features from batches and writes one .npz per video, atomically.
-
-`ClipFeatureAssembler` holds only unfinished videos: per clip the running sum of its samples'
-features and their count. A video is finished when its end record (clip count, windows, fps)
-has arrived and so have all the samples it announces; its clip features (the mean over samples)
-are then final and the video is handed back to be written.
-"""
+"""Writes one .npz per finished video, atomically, from a thread beside the model, records
+failures, and reports the run's totals."""
 
 import contextlib
 import json
 import os
+import queue
 import sys
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,110 +17,16 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from vfe.assembly import ClipFeatureAssembler
 from vfe.messages import say
 from vfe.paths import FAILURES_FILE_NAME, output_path_for, resolve_output_dir
 from vfe.provenance import PROVENANCE_KEY, encode, run_provenance, video_provenance
+from vfe.run_totals import gather_totals
 
 TEMPORARY_SUFFIX = ".vfe-tmp"
 # A temporary is written and renamed within seconds; one this old belongs to a killed run.
 STALE_TEMPORARY_SECONDS = 600
 MAX_FAILURES_SHOWN = 20
-
-
-@dataclass
-class _PendingVideo:
-    info: dict[str, Any]
-    feature_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (clips, D) f64
-    sample_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (clips,)
-    samples_seen: int = 0
-    end: dict[str, Any] | None = None
-
-    def add(self, features: np.ndarray, clip_index: np.ndarray) -> None:
-        """`features (N, D)` of samples of clips `clip_index (N,)`."""
-        needed = int(clip_index.max()) + 1
-        if needed > len(self.sample_counts):  # clips arrive in order: grow geometrically
-            capacity = max(needed, 2 * len(self.sample_counts))
-            sums = np.zeros((capacity, features.shape[1]), dtype=np.float64)
-            counts = np.zeros(capacity, dtype=np.int64)
-            if len(self.sample_counts):
-                sums[: len(self.feature_sums)] = self.feature_sums
-                counts[: len(self.sample_counts)] = self.sample_counts
-            self.feature_sums, self.sample_counts = sums, counts
-        np.add.at(self.feature_sums, clip_index, features)
-        self.sample_counts += np.bincount(clip_index, minlength=len(self.sample_counts))
-        self.samples_seen += len(clip_index)
-
-    @property
-    def complete(self) -> bool:
-        return self.end is not None and self.samples_seen == self.end["num_samples"]
-
-
-@dataclass
-class FinishedVideo:
-    relative_path: str
-    arrays: dict[str, np.ndarray]
-    info: dict[str, Any]  # the video's start record (see `vfe.dataset`)
-
-
-class ClipFeatureAssembler:
-    """Turns a stream of per-sample features into per-video clip features."""
-
-    def __init__(self) -> None:
-        self._pending: dict[int, _PendingVideo] = {}
-        self._failed: set[int] = set()
-
-    @property
-    def num_pending(self) -> int:
-        return len(self._pending)
-
-    def add_video(self, info: dict[str, Any]) -> None:
-        self._pending[info["index"]] = _PendingVideo(info)
-
-    def drop_video(self, video_index: int) -> None:
-        """Forget a video that failed part-way; its later samples are ignored."""
-        self._pending.pop(video_index, None)
-        self._failed.add(video_index)
-
-    def add_features(
-        self, features: np.ndarray, video_index: np.ndarray, clip_index: np.ndarray
-    ) -> list[FinishedVideo]:
-        """`features (B, D)` of samples with their video and clip; returns finished videos."""
-        finished = []
-        for video in np.unique(video_index).tolist():
-            if video in self._failed:
-                continue
-            rows = video_index == video
-            pending = self._pending[video]
-            pending.add(features[rows], clip_index[rows])
-            if pending.complete:
-                finished.append(self._finish(video))
-        return finished
-
-    def add_end(self, end: dict[str, Any]) -> list[FinishedVideo]:
-        """A video's end record (see `vfe.dataset`); returns it finished if its samples are in."""
-        if end["index"] in self._failed:
-            return []
-        pending = self._pending[end["index"]]
-        pending.end = end
-        return [self._finish(end["index"])] if pending.complete else []
-
-    def _finish(self, video_index: int) -> FinishedVideo:
-        pending = self._pending.pop(video_index)
-        end = pending.end
-        num_clips = end["num_clips"]
-        counts = pending.sample_counts[:num_clips]
-        if len(pending.sample_counts) > num_clips and pending.sample_counts[num_clips:].any():
-            raise RuntimeError(f"video {video_index}: samples beyond its {num_clips} clips")
-        if not counts.all():
-            raise RuntimeError(f"video {video_index}: clips without samples: {counts.tolist()}")
-        means = pending.feature_sums[:num_clips] / counts[:, None]
-        arrays = {
-            "features": means.astype(np.float32),
-            "fps": np.float64(end["fps"]),
-            "clip_length": np.float64(end["clip_length"]),
-            "timestamps": np.asarray(end["timestamps"], dtype=np.float64),
-        }
-        return FinishedVideo(pending.info["relative_path"], arrays, pending.info)
 
 
 def save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -149,10 +52,34 @@ class RunCounts:
     written: int = 0
     failed: int = 0
     clips: int = 0
+    decoded_bytes: int = 0  # how far decoding has got through this rank's files
+    clips_in_progress: int = 0  # clips with features so far, of videos not yet written
+
+
+@dataclass
+class _BatchResult:
+    """What the writer thread needs of one batch."""
+
+    features: torch.Tensor  # (B, D) float32 on the host; the copy may still be in flight
+    copied: Any  # a CUDA event recorded after the copy, or None for a CPU model
+    video_index: np.ndarray
+    clip_index: np.ndarray
+    videos: list[dict[str, Any]]
+    ends: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    decoded_bytes: int
+
+
+# Batches the writer thread may fall behind before the model waits for it (bounds memory).
+MAX_QUEUED_BATCHES = 16
 
 
 class FeatureWriter(BasePredictionWriter):
     """Writes `<output_dir>/<relative path>.npz` for each finished video and logs failures.
+
+    Off the model's path: each batch's features are copied to the host without waiting and
+    handed to a writer thread, which reassembles them (`vfe.assembly`) and saves finished
+    videos, so the next forward pass starts at once.
 
     Args:
         output_dir: default `features/<model name>/`.
@@ -167,6 +94,9 @@ class FeatureWriter(BasePredictionWriter):
         self._start_seconds = 0.0
         self._run_id = ""
         self._run_provenance: dict[str, Any] = {}
+        self._queue: queue.Queue[_BatchResult | None] = queue.Queue(MAX_QUEUED_BATCHES)
+        self._thread: threading.Thread | None = None
+        self._thread_error: BaseException | None = None
         self.total_failed = 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -187,6 +117,9 @@ class FeatureWriter(BasePredictionWriter):
         datamodule = trainer.datamodule
         self._run_id = getattr(datamodule, "run_id", "")
         self._run_provenance = run_provenance(pl_module, datamodule.provenance(), trainer.precision)
+        self._thread_error = None
+        self._thread = threading.Thread(target=self._write_batches, name="vfe-writer", daemon=True)
+        self._thread.start()
 
     def write_on_batch_end(
         self,
@@ -198,13 +131,66 @@ class FeatureWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        for info in batch["videos"]:
-            self.assembler.add_video(info)
-        features = prediction.detach().float().cpu().numpy()
-        finished = self.assembler.add_features(
-            features, np.asarray(batch["video_index"]), np.asarray(batch["clip_index"])
+        self._raise_writer_error()
+        features, copied = prediction.detach(), None
+        if features.device.type == "cuda":
+            host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
+            host.copy_(features, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+            features = host
+        self._queue.put(
+            _BatchResult(
+                features.cpu(),
+                copied,
+                np.asarray(batch["video_index"], dtype=np.int64),
+                np.asarray(batch["clip_index"], dtype=np.int64),
+                batch["videos"],
+                batch["ends"],
+                batch["failures"],
+                batch.get("decoded_bytes", 0),
+            )
         )
-        for end in batch["ends"]:
+        if trainer.received_sigterm:
+            # Lightning only notes the signal during predict. Every finished video is on disk
+            # (atomically) once the writer thread is done; unfinished ones leave nothing, so
+            # the same command resumes.
+            self._finish_writing()
+            raise StoppedBySignal(
+                f"stopped by SIGTERM; {self.counts.written} video(s) written by this process "
+                "before it; run the same command again to resume"
+            )
+
+    def _write_batches(self) -> None:
+        """The writer thread: every queued batch in order until None; after an error it keeps
+        taking batches (so the model never blocks on a full queue) and the main thread raises."""
+        while (result := self._queue.get()) is not None:
+            if self._thread_error is None:
+                try:
+                    self._write(result)
+                except BaseException as error:  # re-raised in the main thread
+                    self._thread_error = error
+
+    def _raise_writer_error(self) -> None:
+        if self._thread_error is not None:
+            raise self._thread_error
+
+    def _finish_writing(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self._raise_writer_error()
+
+    def _write(self, result: _BatchResult) -> None:
+        if result.copied is not None:
+            result.copied.synchronize()
+        for info in result.videos:
+            self.assembler.add_video(info)
+        finished = self.assembler.add_features(
+            result.features.float().numpy(), result.video_index, result.clip_index
+        )
+        for end in result.ends:
             finished += self.assembler.add_end(end)
         for video in finished:
             info = video.info
@@ -218,16 +204,11 @@ class FeatureWriter(BasePredictionWriter):
             )
             self.counts.written += 1
             self.counts.clips += len(video.arrays["features"])
-        for failure in batch["failures"]:
-            self.assembler.drop_video(failure["index"])
-            self._record_failure(failure)
-        if trainer.received_sigterm:
-            # Lightning only notes the signal during predict. Every finished video is on disk
-            # (atomically); unfinished ones leave nothing, so the same command resumes.
-            raise StoppedBySignal(
-                f"stopped by SIGTERM; {self.counts.written} video(s) written by this process "
-                "before it; run the same command again to resume"
-            )
+        for failure in result.failures:
+            if self.assembler.drop_video(failure["index"]):  # once per video, not per segment
+                self._record_failure(failure)
+        self.counts.decoded_bytes += result.decoded_bytes
+        self.counts.clips_in_progress = self.assembler.clips_in_progress
 
     def _record_failure(self, failure: dict[str, Any]) -> None:
         self.counts.failed += 1
@@ -238,19 +219,27 @@ class FeatureWriter(BasePredictionWriter):
         with open(self._resolved_output_dir / FAILURES_FILE_NAME, "a", encoding="utf-8") as file:
             file.write(json.dumps(record, ensure_ascii=False) + "\n")
 
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        if self._thread is not None:  # let the thread end; the exception is what matters
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
+            self._thread = None
+
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        totals = torch.tensor(
-            [
-                self.counts.written,
-                self.counts.failed,
-                self.counts.clips,
-                self.assembler.num_pending,
-            ],
-            dtype=torch.float64,
-            device=pl_module.device,
-        )
-        totals = trainer.strategy.reduce(totals, reduce_op="sum")
-        written, failed, clips, unfinished = (int(x) for x in totals.tolist())
+        self._finish_writing()
+        own = {
+            "written": self.counts.written,
+            "failed": self.counts.failed,
+            "clips": self.counts.clips,
+            "unfinished": self.assembler.num_pending,
+        }
+        self.total_failed = own["failed"] + own["unfinished"]
+        totals = gather_totals(trainer, self._run_id, own)
+        if totals is None:  # not rank 0: rank 0 reports for all
+            return
+        written, failed, clips, unfinished = (totals[k] for k in own)
         self.total_failed = failed + unfinished
         skipped = getattr(trainer.datamodule, "num_skipped", 0)
         seconds = time.perf_counter() - self._start_seconds
@@ -258,8 +247,8 @@ class FeatureWriter(BasePredictionWriter):
             f"written {written}, skipped {skipped}, failed {failed}, clips {clips}, "
             f"wall time {seconds:.1f} s -> {self._resolved_output_dir}"
         )
-        if failed and trainer.is_global_zero:
-            # Every rank has appended its failures by now (the reduce above waits for all).
+        if failed:
+            # Every rank appended its failures before reporting its totals.
             failures_file = self._resolved_output_dir / FAILURES_FILE_NAME
             print(f"vfe: {failed} video(s) failed; reasons in {failures_file}", file=sys.stderr)
             records = [r for r in read_failures(failures_file) if r.get("run") == self._run_id]

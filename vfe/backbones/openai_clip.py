@@ -10,7 +10,12 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import Backbone, InputSpec
-from vfe.backbones.weights import RANDOM, resolve_weights_file, weights_record
+from vfe.backbones.weights import (
+    RANDOM,
+    download_official,
+    resolve_weights_file,
+    weights_record,
+)
 from vfe.errors import VfeError
 
 # `clip` imports pkg_resources, which warns on every run; the pin setuptools<81 keeps it working.
@@ -151,6 +156,12 @@ class CLIPBackbone(Backbone):
         self.visual: nn.Module | None = None
         self._input_spec: InputSpec | None = None
         self._weights_record: dict[str, str] = {}
+
+    def prepare_data(self) -> None:
+        if self.weights is None and self.arch in CLIP_ARCHS:
+            url = clip.clip._MODELS[self.arch]
+            sha256 = url.split("/")[-2]  # clip's URLs carry the file's checksum
+            download_official(url, official_file(self.arch), sha256, f"OpenAI CLIP {self.arch}")
 
     def configure_model(self) -> None:
         if self.visual is not None:

@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import Backbone, InputSpec
-from vfe.backbones.weights import RANDOM, resolve_weights_file, weights_record
+from vfe.backbones.weights import RANDOM, download_official, resolve_weights_file, weights_record
 from vfe.clip_grid import uniform_indices
 from vfe.errors import VfeError
 
@@ -114,6 +114,10 @@ class SlowFastBackbone(Backbone):
             std=(0.225, 0.225, 0.225),
             default_batch_size=8,
         )
+
+    def prepare_data(self) -> None:
+        if self.weights is None:
+            download_official(OFFICIAL_URL, official_file(), None, OFFICIAL_NAME)
 
     def configure_model(self) -> None:
         if self.model is None:

@@ -1,7 +1,9 @@
 """The `--model.weights` choice shared by all backbones: official, random, or a local file."""
 
+import urllib.error
 from pathlib import Path
 
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from vfe.errors import VfeError
@@ -44,3 +46,23 @@ def weights_record(
         return {"weights": f"official {official_name} ({official_file})", "weights_sha256": sha256}
     path = Path(weights).expanduser().resolve()
     return {"weights": str(path), "weights_sha256": sha256_of_file(path)}
+
+
+def download_official(url: str, destination: Path, sha256: str | None, label: str) -> None:
+    """Put the official weights at `destination` unless they are there.
+
+    Called from `prepare_data`, which Lightning runs on one process per node before the others
+    load. The file appears at once, complete (download to a temporary, check, rename), so
+    nodes sharing one cache never read half a file.
+    """
+    if destination.is_file():
+        return
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(destination), hash_prefix=sha256, progress=False)
+    except (urllib.error.URLError, OSError, RuntimeError) as error:  # RuntimeError: bad hash
+        raise VfeError(
+            f"could not get the official {label} weights ({error}). To run offline, put "
+            f"{destination.name} in {destination.parent}/ or pass --model.weights "
+            "/path/to/checkpoint"
+        ) from error

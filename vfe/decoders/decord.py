@@ -26,6 +26,8 @@ def seconds_fraction(seconds: float) -> Fraction:
 class DecordVideo:
     """A video read with decord on the CPU. Raises on open for files decord cannot parse."""
 
+    bytes_read = 0  # the library does not say how far it has read
+
     @staticmethod
     def check(device: str) -> None:
         if device != "cpu":
@@ -41,7 +43,9 @@ class DecordVideo:
         fps = self._reader.get_avg_fps()
         self._nominal = seconds_fraction(1 / fps) if fps > 0 else Fraction(0)
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self, start_seconds: Fraction = Fraction(0)) -> Iterator[Frame]:
+        if start_seconds:
+            raise NotImplementedError("this decoder decodes whole videos only")
         timeline = Timeline(self._nominal)
         num_frames = len(self._reader)
         for chunk_start in range(0, num_frames, CHUNK_FRAMES):

@@ -41,6 +41,8 @@ class PyAVVideo:
     `num_threads` is FFmpeg's decoding thread count (0: as many as FFmpeg likes).
     """
 
+    supports_segments = True
+
     @staticmethod
     def check(device: str) -> None:
         if device != "cpu":
@@ -48,6 +50,19 @@ class PyAVVideo:
                 f"--data.decoder pyav decodes on the CPU; for --data.decode_device {device} "
                 "use --data.decoder torchcodec"
             )
+
+    @staticmethod
+    def probe_duration_seconds(path: Path) -> float | None:
+        """The duration the container declares (None if it declares none)."""
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            if stream.duration is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+        return None
 
     def __init__(self, path: Path, device: str = "cpu", num_threads: int = 1) -> None:
         self.check(device)
@@ -58,44 +73,103 @@ class PyAVVideo:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         self._stream.thread_count = num_threads
+        rate = self._stream.guessed_rate or self._stream.average_rate
+        self._nominal = 1 / Fraction(rate) if rate else Fraction(0)
+        self.bytes_read = 0  # the furthest file position demuxed so far
 
-    def frames(self) -> Iterator[Frame]:
-        stream = self._stream
-        time_base = stream.time_base
-        rate = stream.guessed_rate or stream.average_rate
-        nominal = 1 / Fraction(rate) if rate else Fraction(0)
-        timeline = Timeline(nominal)
-        pending: deque[av.VideoFrame] = deque()
-        candidate_ticks: list[int] = []  # a heap
-        packets_end = None  # the latest packet end, in ticks
+    def frames(self, start_seconds: Fraction = Fraction(0)) -> Iterator[Frame]:
+        """Frames in presentation order from `start_seconds` on, preceded by at least the
+        frame on screen just before it (decoding starts at a keyframe before it)."""
+        try:
+            if start_seconds <= 0:
+                yield from self._placed(self._decode(), first_ticks=None)
+                return
+            first_ticks = next(self._decode(), (None, None))[0]
+            self._rewind(0)
+            yield from self._frames_from(start_seconds, first_ticks)
+        finally:
+            self._container.close()
 
-        def place(frame: av.VideoFrame) -> Frame:
-            ticks = heapq.heappop(candidate_ticks) if candidate_ticks else None
+    def _frames_from(self, start_seconds: Fraction, first_ticks: int | None) -> Iterator[Frame]:
+        """Decode from a keyframe early enough that the first frame comes before
+        `start_seconds` (from the file's start if need be); every frame from that keyframe on
+        is what a decode from the start gives, so the frames equal the unsplit ones."""
+        back_off = Fraction(1)
+        while first_ticks is not None:
+            target = start_seconds - back_off
+            if target <= 0:
+                break
+            self._rewind(first_ticks + int(target / self._stream.time_base))
+            frames = self._placed(self._decode(from_keyframe=True), first_ticks)
+            first = next(frames, None)
+            if first is not None and first.time_seconds < start_seconds:
+                yield first
+                yield from frames
+                return
+            frames.close()
+            back_off *= 2
+        self._rewind(0)
+        yield from self._placed(self._decode(), first_ticks=None)
+
+    def _rewind(self, ticks: int) -> None:
+        """Seek to the keyframe at or before `ticks` (stream time base)."""
+        self._container.seek(ticks, stream=self._stream, backward=True, any_frame=False)
+        self._stream.codec_context.flush_buffers()
+
+    def _placed(
+        self, decoded: Iterator[tuple[int | None, av.VideoFrame]], first_ticks: int | None
+    ) -> Iterator[Frame]:
+        """`(ticks, frame)` pairs -> Frames with times from the video's first frame."""
+        time_base = self._stream.time_base
+        timeline = Timeline(self._nominal)
+        if first_ticks is not None:
+            timeline.start_at(first_ticks * time_base)
+        for count, (ticks, frame) in enumerate(decoded):
+            if ticks is None and first_ticks is not None and count == 0:
+                return  # a mid-file start needs a timestamp to place its first frame
             raw = None if ticks is None else ticks * time_base
             duration = frame.duration * time_base if frame.duration else None
             time_seconds, duration_seconds = timeline.place(raw, duration)
-            return Frame(time_seconds, duration_seconds, lambda: _rgb_of(frame))
+            yield Frame(time_seconds, duration_seconds, lambda frame=frame: _rgb_of(frame))
 
-        try:
-            for packet in self._container.demux(stream):
-                if packet.is_corrupt:
-                    raise DecodeError(f"corrupt packet at {_seconds(packet.dts, time_base)} s")
-                start = packet.pts if packet.pts is not None else packet.dts
-                if packet.size and start is not None:
-                    end = start + (packet.duration or 0)
-                    packets_end = end if packets_end is None else max(packets_end, end)
-                for frame in packet.decode():
-                    ticks = frame.pts if frame.pts is not None else frame.dts
-                    if ticks is not None:
-                        heapq.heappush(candidate_ticks, ticks)
-                    pending.append(frame)
-                    if len(pending) > REORDER_FRAMES:
-                        yield place(pending.popleft())
-            while pending:
-                yield place(pending.popleft())
-            self._check_complete(packets_end, nominal)
-        finally:
-            self._container.close()
+    def _decode(self, from_keyframe: bool = False) -> Iterator[tuple[int | None, av.VideoFrame]]:
+        """`(ticks, frame)` in presentation order from the current position to the end.
+
+        `from_keyframe`: after a seek, drop what the decoder outputs before its first keyframe
+        (pictures that reference frames before the seek point).
+        """
+        stream = self._stream
+        pending: deque[av.VideoFrame] = deque()
+        candidate_ticks: list[int] = []  # a heap
+        packets_end = None  # the latest packet end, in ticks
+        waiting_for_keyframe = from_keyframe
+
+        def next_pair() -> tuple[int | None, av.VideoFrame]:
+            ticks = heapq.heappop(candidate_ticks) if candidate_ticks else None
+            return ticks, pending.popleft()
+
+        for packet in self._container.demux(stream):
+            if packet.is_corrupt:
+                raise DecodeError(f"corrupt packet at {_seconds(packet.dts, stream.time_base)} s")
+            if packet.pos is not None and packet.pos > self.bytes_read:
+                self.bytes_read = packet.pos
+            start = packet.pts if packet.pts is not None else packet.dts
+            if packet.size and start is not None:
+                end = start + (packet.duration or 0)
+                packets_end = end if packets_end is None else max(packets_end, end)
+            for frame in packet.decode():
+                if waiting_for_keyframe and not frame.key_frame:
+                    continue
+                waiting_for_keyframe = False
+                ticks = frame.pts if frame.pts is not None else frame.dts
+                if ticks is not None:
+                    heapq.heappush(candidate_ticks, ticks)
+                pending.append(frame)
+                if len(pending) > REORDER_FRAMES:
+                    yield next_pair()
+        while pending:
+            yield next_pair()
+        self._check_complete(packets_end, self._nominal)
 
     def _check_complete(self, packets_end: int | None, nominal: Fraction) -> None:
         """Raise if the packets stop well before the duration the container declares."""

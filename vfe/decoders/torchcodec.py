@@ -2,6 +2,7 @@
 with NVDEC, on a CUDA device. Needs a system FFmpeg (4-8)."""
 
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -13,6 +14,8 @@ from vfe.video import Frame, Timeline
 
 class TorchcodecVideo:
     """A video decoded sequentially by torchcodec; frames stay on the decoding device."""
+
+    bytes_read = 0  # the library does not say how far it has read
 
     @staticmethod
     def check(device: str) -> None:
@@ -44,7 +47,9 @@ class TorchcodecVideo:
         self._decoder = stream.make_decoder(device=self._device, num_ffmpeg_threads=num_threads)
         self._converter = ColorConverter(device=self._device)
 
-    def frames(self) -> Iterator[Frame]:
+    def frames(self, start_seconds: Fraction = Fraction(0)) -> Iterator[Frame]:
+        if start_seconds:
+            raise NotImplementedError("this decoder decodes whole videos only")
         timeline = Timeline(self._nominal)
 
         def frame_of(raw) -> Frame:

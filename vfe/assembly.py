@@ -1,0 +1,133 @@
+"""Reassembles clip features from a stream of per-sample features, per video.
+
+`ClipFeatureAssembler` holds only unfinished videos: per clip the running sum of its samples'
+features and their count. A video is finished when the end records of all its segments (one
+for an unsplit video) have arrived and so have all the samples they announce; its clip features
+(the mean over samples), windows and fps are then final.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vfe.clip_grid import clip_length_fraction, clip_windows
+
+
+@dataclass
+class _PendingVideo:
+    info: dict[str, Any]
+    feature_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (clips, D) f64
+    sample_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (clips,)
+    samples_seen: int = 0
+    ends: list[dict[str, Any]] = field(default_factory=list)  # one per segment
+
+    def add(self, features: np.ndarray, clip_index: np.ndarray) -> None:
+        """`features (N, D)` of samples of clips `clip_index (N,)`."""
+        needed = int(clip_index.max()) + 1
+        if needed > len(self.sample_counts):  # grow geometrically
+            capacity = max(needed, 2 * len(self.sample_counts))
+            sums = np.zeros((capacity, features.shape[1]), dtype=np.float64)
+            counts = np.zeros(capacity, dtype=np.int64)
+            if len(self.sample_counts):
+                sums[: len(self.feature_sums)] = self.feature_sums
+                counts[: len(self.sample_counts)] = self.sample_counts
+            self.feature_sums, self.sample_counts = sums, counts
+        np.add.at(self.feature_sums, clip_index, features)
+        self.sample_counts += np.bincount(clip_index, minlength=len(self.sample_counts))
+        self.samples_seen += len(clip_index)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.ends) == self.info["num_segments"] and self.samples_seen == sum(
+            end["num_samples"] for end in self.ends
+        )
+
+
+@dataclass
+class FinishedVideo:
+    relative_path: str
+    arrays: dict[str, np.ndarray]
+    info: dict[str, Any]  # the video's start record (see `vfe.dataset`)
+
+
+class ClipFeatureAssembler:
+    """Turns a stream of per-sample features into per-video clip features."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, _PendingVideo] = {}
+        self._failed: set[int] = set()
+
+    @property
+    def num_pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def clips_in_progress(self) -> int:
+        """Clips of unfinished videos that have features so far (for progress)."""
+        return sum(int(np.count_nonzero(p.sample_counts)) for p in self._pending.values())
+
+    def add_video(self, info: dict[str, Any]) -> None:
+        """A video's start record; each segment of a split video sends one."""
+        index = info["index"]
+        if index not in self._pending and index not in self._failed:
+            self._pending[index] = _PendingVideo(info)
+
+    def drop_video(self, video_index: int) -> bool:
+        """Forget a video that failed part-way (its later samples are ignored); False if a
+        segment of it had failed already."""
+        self._pending.pop(video_index, None)
+        if video_index in self._failed:
+            return False
+        self._failed.add(video_index)
+        return True
+
+    def add_features(
+        self, features: np.ndarray, video_index: np.ndarray, clip_index: np.ndarray
+    ) -> list[FinishedVideo]:
+        """`features (B, D)` of samples with their video and clip; returns finished videos."""
+        finished = []
+        for video in np.unique(video_index).tolist():
+            if video in self._failed:
+                continue
+            rows = video_index == video
+            pending = self._pending[video]
+            pending.add(features[rows], clip_index[rows])
+            if pending.complete:
+                finished.append(self._finish(video))
+        return finished
+
+    def add_end(self, end: dict[str, Any]) -> list[FinishedVideo]:
+        """A segment's end record (see `vfe.dataset`); returns the video finished if all its
+        segments and samples are in."""
+        if end["index"] in self._failed:
+            return []
+        pending = self._pending[end["index"]]
+        pending.ends.append(end)
+        return [self._finish(end["index"])] if pending.complete else []
+
+    def _finish(self, video_index: int) -> FinishedVideo:
+        pending = self._pending.pop(video_index)
+        # The segment that reached the end of the file knows the clip count and duration (if
+        # the container overstated the duration, later segments found no frames).
+        reached = [end for end in pending.ends if end["last"] is not None]
+        if not reached:
+            raise RuntimeError(f"video {video_index}: no segment reached the end of the file")
+        last = min(reached, key=lambda end: end["first_clip"])["last"]
+        num_clips, duration = last["num_clips"], last["duration_seconds"]
+        num_frames = sum(end["num_frames"] for end in pending.ends)
+        counts = pending.sample_counts[:num_clips]
+        if len(pending.sample_counts) > num_clips and pending.sample_counts[num_clips:].any():
+            raise RuntimeError(f"video {video_index}: samples beyond its {num_clips} clips")
+        if len(counts) < num_clips or not counts.all():
+            raise RuntimeError(f"video {video_index}: clips without samples: {counts.tolist()}")
+        means = pending.feature_sums[:num_clips] / counts[:, None]
+        clip_length = pending.ends[0]["clip_length"]
+        windows = clip_windows(num_clips, clip_length_fraction(clip_length), duration)
+        arrays = {
+            "features": means.astype(np.float32),
+            "fps": np.float64(float(num_frames / duration) if duration else np.nan),
+            "clip_length": np.float64(clip_length),
+            "timestamps": windows,
+        }
+        return FinishedVideo(pending.info["relative_path"], arrays, pending.info)

@@ -1,0 +1,133 @@
+"""`vfe bench --scaling` and `--memory`: how the data path uses workers and memory, measured
+with a pass-through backbone (no model cost), so decoding is all there is to see.
+
+- scaling: one long video through the real pipeline with 1, 2, ... workers: video-s/s and the
+  speed-up over one worker (a long video is split into segments, one per worker);
+- memory: peak RSS of the main process and of the largest worker for a 1-minute and a
+  60-minute video (it must not grow with video length).
+"""
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vfe.backbones.base import Backbone, InputSpec
+from vfe.errors import VfeError
+
+SCALING_RESOLUTION = (720, 1280)
+MEMORY_RESOLUTION = (240, 320)
+MEMORY_MINUTES = (1, 60)
+FPS = 30
+
+
+class PassThroughBackbone(Backbone):
+    """Takes another backbone's inputs and returns zero features at no cost."""
+
+    name = "passthrough"
+
+    def __init__(self, spec: InputSpec, feature_dim: int) -> None:
+        super().__init__()
+        self._spec, self._feature_dim = spec, feature_dim
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self._spec
+
+    @property
+    def feature_dim(self) -> int:
+        return self._feature_dim
+
+    def weights_record(self) -> dict[str, str]:
+        return {"arch": "passthrough", "weights": "none", "weights_sha256": "none"}
+
+    def encode(self, samples: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(samples.shape[0], self._feature_dim, device=samples.device)
+
+
+def make_long_video(folder: Path, seconds: float, size: tuple[int, int]) -> Path:
+    """One H.264 video (GOP 2 s, as cameras and uploads typically have), made once."""
+    height, width = size
+    path = folder / f"{height}p-{seconds:g}s" / "long.mp4"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.mp4")
+        command = [
+            "ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+            f"testsrc2=size={width}x{height}:rate={FPS}", "-t", f"{seconds:g}",
+            "-c:v", "libx264", "-preset", "ultrafast", "-g", str(2 * FPS),
+            "-pix_fmt", "yuv420p", str(partial),
+        ]  # fmt: skip
+        try:
+            subprocess.run(command, check=True)
+        except (OSError, subprocess.CalledProcessError) as error:
+            message = f"vfe bench --scaling/--memory need the ffmpeg command ({error})"
+            raise VfeError(message) from error
+        partial.rename(path)
+    return path
+
+
+def run_scaling(args: argparse.Namespace, measure: Any) -> list[dict[str, Any]]:
+    """Rows of video-s/s for each model's inputs and worker count, on one long video."""
+    video = make_long_video(Path(args.videos_dir).expanduser(), args.seconds, SCALING_RESOLUTION)
+    rows = []
+    for model_name in args.models:
+        first = None
+        for num_workers in args.workers:
+            result = measure(_options(args, model_name, video.parent, num_workers))
+            speed = args.seconds / result["wall_seconds"]
+            first = first or speed
+            row = {
+                "kind": "scaling",
+                "model_inputs": model_name,
+                "video": f"1 x {args.seconds:g} s {SCALING_RESOLUTION[0]}p",
+                "num_workers": num_workers,
+                "video_seconds_per_second": round(speed, 2),
+                "speedup_over_first": round(speed / first, 2),
+                "peak_rss_mb": result["peak_rss_mb"],
+                "worker_peak_rss_mb": result["worker_peak_rss_mb"],
+            }
+            print(json.dumps(row))
+            rows.append(row)
+    return rows
+
+
+def run_memory(args: argparse.Namespace, measure: Any) -> list[dict[str, Any]]:
+    """Peak RSS per process for a short and a long video, with workers."""
+    rows = []
+    for model_name in args.models:
+        for minutes in MEMORY_MINUTES:
+            folder = Path(args.videos_dir).expanduser()
+            video = make_long_video(folder, minutes * 60, MEMORY_RESOLUTION)
+            num_workers = args.workers[-1]
+            result = measure(_options(args, model_name, video.parent, num_workers))
+            row = {
+                "kind": "memory",
+                "model_inputs": model_name,
+                "video": f"1 x {minutes} min {MEMORY_RESOLUTION[0]}p",
+                "num_workers": num_workers,
+                "wall_seconds": round(result["wall_seconds"], 1),
+                "peak_rss_mb": result["peak_rss_mb"],
+                "worker_peak_rss_mb": result["worker_peak_rss_mb"],
+            }
+            print(json.dumps(row))
+            rows.append(row)
+    return rows
+
+
+def _options(args: argparse.Namespace, model_name: str, folder: Path, workers: int) -> dict:
+    return {
+        "kind": "pipeline",
+        "passthrough": True,
+        "model": model_name,
+        "videos": str(folder),
+        "precision": "32-true",
+        "device": "cpu",
+        "num_workers": workers,
+        "batch_size": args.batch_size,
+        "decoder": args.decoder,
+        "min_segment_seconds": 30.0,
+    }

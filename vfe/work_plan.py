@@ -1,0 +1,123 @@
+"""Who decodes what: whole videos balanced over ranks, then each rank's videos cut into equal
+shares for its DataLoader workers, splitting a long video into segments of whole clips.
+
+Sizes in bytes stand in for decoding work (they are known without opening a file). A rank's
+videos are laid end to end and cut into `num_workers` equal lengths; a video a cut falls inside
+is split there, at the clip boundary nearest the cut's share of its duration, so each worker
+gets the same share whatever the number and length of the videos. Each segment is decoded
+from the nearest earlier keyframe (`vfe.decoders.pyav`), so a split video's features equal the
+unsplit ones. Segments of one video stay on one rank, which assembles and writes the video: a
+single video is therefore decoded by one rank's workers, however many ranks there are.
+"""
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """Clips `[first_clip, end_clip)` of a video (`end_clip` None: to its end), decoded by one
+    worker; `num_segments` says how many items the video was split into."""
+
+    video_index: int
+    first_clip: int = 0
+    end_clip: int | None = None
+    num_segments: int = 1
+    size_bytes: int = 0  # this item's share of the file, for progress
+
+
+def assign_ranks(sizes: list[int], num_ranks: int) -> list[list[int]]:
+    """Split item indices into `num_ranks` lists of near-equal total size.
+
+    Largest first, each to the currently lightest list (LPT), so ranks finish together; ties go
+    to the lowest rank. Deterministic: every rank computes the same split.
+    """
+    shares: list[list[int]] = [[] for _ in range(num_ranks)]
+    heap = [(0, 0, rank) for rank in range(num_ranks)]  # (load, items, rank)
+    for index in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        load, count, rank = heapq.heappop(heap)
+        shares[rank].append(index)
+        heapq.heappush(heap, (load + sizes[index], count + 1, rank))
+    return shares
+
+
+def split_over_workers(
+    video_indices: list[int],
+    sizes: list[int],
+    num_workers: int,
+    clip_len: Fraction,
+    duration_of: Callable[[int], float | None] | None,
+    min_segment_seconds: float,
+) -> list[list[WorkItem]]:
+    """One list of work items per worker, of near-equal total size.
+
+    `duration_of(video_index)` gives a video's duration in seconds (None if unknown) and is
+    asked only for videos a cut falls inside; without it (a decoder that cannot start
+    mid-video) videos are never split. No segment is shorter than `min_segment_seconds`.
+    """
+    total = sum(sizes[i] for i in video_indices)
+    work: list[list[WorkItem]] = [[] for _ in range(max(1, num_workers))]
+    if num_workers <= 1 or total == 0:
+        work[0] = [WorkItem(i, size_bytes=sizes[i]) for i in video_indices]
+        return work
+    share = total / num_workers
+    position = 0
+    for video_index in video_indices:
+        size = sizes[video_index]
+        start, end = position, position + size
+        position = end
+        # Byte offsets (within the video) of the worker shares' edges that fall inside it.
+        cuts = [
+            worker * share - start
+            for worker in range(1, num_workers)
+            if start < worker * share < end
+        ]
+        clip_cuts = []
+        if cuts and duration_of is not None:
+            clip_cuts = _clip_cuts(
+                cuts, size, duration_of(video_index), clip_len, min_segment_seconds
+            )
+        cut_clips = [clip for clip, _ in clip_cuts]
+        byte_edges = [0.0, *(offset for _, offset in clip_cuts), float(size)]
+        num_segments = len(cut_clips) + 1
+        for segment, (first_clip, end_clip) in enumerate(
+            zip([0, *cut_clips], [*cut_clips, None], strict=True)
+        ):
+            low, high = byte_edges[segment], byte_edges[segment + 1]
+            worker = min(num_workers - 1, int((start + (low + high) / 2) // share))
+            work[worker].append(
+                WorkItem(video_index, first_clip, end_clip, num_segments, round(high - low))
+            )
+    return work
+
+
+def _clip_cuts(
+    cuts: list[float],
+    size: int,
+    duration: float | None,
+    clip_len: Fraction,
+    min_segment_seconds: float,
+) -> list[tuple[int, float]]:
+    """`(clip index, byte offset)` of each cut that leaves segments of at least
+    `min_segment_seconds` on both sides (the cut is moved to the nearest clip boundary)."""
+    if not duration or duration <= 0:
+        return []
+    chosen: list[tuple[int, float]] = []
+    previous_seconds = 0.0
+    for cut in cuts:
+        clip = round(Fraction(cut / size) * Fraction(duration) / clip_len)
+        seconds = float(clip * clip_len)
+        if seconds - previous_seconds < min_segment_seconds:
+            continue
+        if duration - seconds < min_segment_seconds:
+            break
+        chosen.append((clip, size * seconds / duration))
+        previous_seconds = seconds
+    return chosen
+
+
+def work_shares(work: list[list[WorkItem]]) -> list[int]:
+    """Bytes of work per worker (for tests and progress)."""
+    return [sum(item.size_bytes for item in items) for items in work]
