@@ -16,25 +16,46 @@ from vfe.paths import find_videos, output_path_for
 from vfe.work_plan import WorkItem
 
 IMAGE_SPEC = InputSpec(None, 16, 16, InterpolationMode.BICUBIC, True, (0.5,) * 3, (0.5,) * 3, 32)
-VIDEO_SPEC = InputSpec(8, 20, 16, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,) * 3, 2)
+VIDEO_SPEC = InputSpec(
+    8, 20, 16, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,) * 3, 2, True
+)
 
 
-def test_batch_builder_cuts_exact_batches_and_keeps_order():
-    builder = _BatchBuilder(batch_size=4)
+def dataset_for(videos, spec, clip_len=2.0, batch_size=None, **options) -> VideoClipDataset:
+    """A one-backbone dataset; its samples are under the name "m"."""
+    return VideoClipDataset(
+        videos, {"m": spec}, clip_len, {"m": batch_size or spec.default_batch_size}, **options
+    )
+
+
+def pixels_of(batch: dict) -> torch.Tensor:
+    return batch["models"]["m"]["pixels"] if "m" in batch["models"] else torch.empty(0)
+
+
+def test_batch_builder_cuts_exact_batches_per_backbone_and_keeps_order():
+    builder = _BatchBuilder({"a": 4, "b": 1})
     builder.add_video({"index": 0})
-    builder.add_samples(torch.arange(3).view(3, 1), 0, [0, 0, 1])
+    builder.add_samples("a", torch.arange(3).view(3, 1), 0, [0, 0, 1])
     builder.add_end({"index": 0})
-    builder.add_samples(torch.arange(3, 9).view(6, 1), 1, [2] * 6)
+    builder.add_samples("a", torch.arange(3, 9).view(6, 1), 1, [2] * 6)
+    builder.add_samples("b", torch.arange(2).view(2, 1), 1, [5, 6])
     builder.add_failure({"index": 7})
+    assert builder.full()
     first = builder.pop()
-    assert first["pixels"].flatten().tolist() == [0, 1, 2, 3]
-    assert first["video_index"] == [0, 0, 0, 1] and first["clip_index"] == [0, 0, 1, 2]
+    assert first["models"]["a"]["pixels"].flatten().tolist() == [0, 1, 2, 3]
+    assert first["models"]["a"]["video_index"] == [0, 0, 0, 1]
+    assert first["models"]["a"]["clip_index"] == [0, 0, 1, 2]
+    assert first["models"]["b"]["clip_index"] == [5]  # its own batch size
     assert first["videos"] == [{"index": 0}] and first["ends"] == [{"index": 0}]
     assert first["failures"] == [{"index": 7}]
     second = builder.pop()
-    assert second["pixels"].flatten().tolist() == [4, 5, 6, 7]
+    assert second["models"]["a"]["pixels"].flatten().tolist() == [4, 5, 6, 7]
+    assert second["models"]["b"]["clip_index"] == [6]
     assert second["videos"] == second["ends"] == second["failures"] == []
-    assert builder.pop()["pixels"].flatten().tolist() == [8]
+    assert not builder.full()
+    assert builder.pop()["models"] == {}  # only whole batches until the end
+    last = builder.pop(final=True)
+    assert last["models"]["a"]["pixels"].flatten().tolist() == [8] and "b" not in last["models"]
     assert not builder.has_anything()
 
 
@@ -68,10 +89,13 @@ def samples_by_clip(batches: list[dict], video_index: int) -> dict[int, list[tor
     """clip index -> the samples of that clip, in order, for one video."""
     clips: dict[int, list[torch.Tensor]] = {}
     for batch in batches:
-        pairs = zip(batch["video_index"], batch["clip_index"], strict=True)
+        if "m" not in batch["models"]:
+            continue
+        samples = batch["models"]["m"]
+        pairs = zip(samples["video_index"], samples["clip_index"], strict=True)
         for row, (video, clip) in enumerate(pairs):
             if video == video_index:
-                clips.setdefault(clip, []).append(batch["pixels"][row])
+                clips.setdefault(clip, []).append(pixels_of(batch)[row])
     return clips
 
 
@@ -85,28 +109,30 @@ def assembled(batches: list[dict]) -> dict[int, dict[str, np.ndarray]]:
     for batch in batches:
         for info in batch["videos"]:
             assembler.add_video(info)
-        clip_index = np.asarray(batch["clip_index"], dtype=np.int64)
-        features = clip_index[:, None].astype(np.float32)
-        finished += assembler.add_features(
-            features, np.asarray(batch["video_index"], dtype=np.int64), clip_index
-        )
+        if "m" in batch["models"]:
+            samples = batch["models"]["m"]
+            clip_index = np.asarray(samples["clip_index"], dtype=np.int64)
+            features = clip_index[:, None].astype(np.float32)
+            video_index = np.asarray(samples["video_index"], dtype=np.int64)
+            finished += assembler.add_features(features, video_index, clip_index)
         for end in batch["ends"]:
-            finished += assembler.add_end(end)
+            finished += assembler.add_end({**end, "num_samples": end["num_samples"]["m"]})
     assert assembler.num_pending == 0
     return {video.info["index"]: video.arrays for video in finished}
 
 
 def test_image_spec_yields_every_frame_of_every_clip(video_dir: Path):
     videos = find_videos(video_dir)
-    batches = _all_batches(VideoClipDataset(videos, IMAGE_SPEC, 2.0, batch_size=32))
-    assert sum(len(b["pixels"]) for b in batches) == 85 + 25
-    assert all(b["pixels"].shape[1:] == (3, 16, 16) for b in batches if len(b["pixels"]))
-    assert all(b["pixels"].dtype == torch.uint8 for b in batches)
-    assert all(len(b["pixels"]) <= 32 for b in batches)
+    batches = _all_batches(dataset_for(videos, IMAGE_SPEC, batch_size=32))
+    assert sum(len(pixels_of(b)) for b in batches) == 85 + 25
+    assert all(pixels_of(b).shape[1:] == (3, 16, 16) for b in batches if len(pixels_of(b)))
+    assert all(pixels_of(b).dtype == torch.uint8 for b in batches if len(pixels_of(b)))
+    assert all(len(pixels_of(b)) <= 32 for b in batches)
     clips = samples_by_clip(batches, 0)
     assert {clip: len(samples) for clip, samples in clips.items()} == {0: 50, 1: 35}
     ends = ends_by_path(batches, videos)
-    assert ends["moving.mp4"]["num_samples"] == 85 and ends["moving.mp4"]["num_frames"] == 85
+    assert ends["moving.mp4"]["num_samples"] == {"m": 85}
+    assert ends["moving.mp4"]["num_frames"] == 85
     assert ends["moving.mp4"]["last"]["num_clips"] == 2
     assert ends["nested/short.mp4"]["last"]["num_clips"] == 1
     arrays = assembled(batches)[0]
@@ -116,12 +142,13 @@ def test_image_spec_yields_every_frame_of_every_clip(video_dir: Path):
 
 def test_video_spec_yields_one_sample_per_clip(video_dir: Path):
     videos = find_videos(video_dir)
-    batches = _all_batches(VideoClipDataset(videos, VIDEO_SPEC, 2.0, batch_size=2))
-    pixels = torch.cat([b["pixels"] for b in batches])
+    batches = _all_batches(dataset_for(videos, VIDEO_SPEC, batch_size=2))
+    pixels = torch.cat([pixels_of(b) for b in batches])
     assert pixels.shape == (3, 3, 8, 16, 16)  # 2 clips + 1 clip, (C, T, H, W) each
-    rows = [(v, c) for b in batches for v, c in zip(b["video_index"], b["clip_index"], strict=True)]
+    samples = [b["models"]["m"] for b in batches]
+    rows = [(v, c) for m in samples for v, c in zip(m["video_index"], m["clip_index"], strict=True)]
     assert rows == [(0, 0), (0, 1), (1, 0)]
-    assert [len(b["pixels"]) for b in batches] == [2, 1]
+    assert [len(pixels_of(b)) for b in batches] == [2, 1]
 
 
 def raw_pixels(frames, short_side_size, crop_size, interpolation, antialias):
@@ -130,7 +157,9 @@ def raw_pixels(frames, short_side_size, crop_size, interpolation, antialias):
 
 
 FRAME_SPEC = InputSpec(None, 1, 1, InterpolationMode.BICUBIC, True, (0.5,) * 3, (0.5,) * 3, 7)
-CLIP8_SPEC = InputSpec(8, 1, 1, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,) * 3, 3)
+CLIP8_SPEC = InputSpec(8, 1, 1, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,) * 3, 3, True)
+# CLIP with --model.frames_per_clip 3: three frames spread over the clip, each its own sample.
+FRAME3_SPEC = InputSpec(3, 1, 1, InterpolationMode.BICUBIC, True, (0.5,) * 3, (0.5,) * 3, 5)
 
 
 def one_segment_per_clip(num_clips: int) -> list[list[WorkItem]]:
@@ -144,7 +173,9 @@ def one_segment_per_clip(num_clips: int) -> list[list[WorkItem]]:
 @pytest.mark.parametrize(
     ("decoder", "split"), [(d, False) for d in sorted(DECODER_RESULTS)] + [("pyav", True)]
 )
-@pytest.mark.parametrize("spec", [FRAME_SPEC, CLIP8_SPEC], ids=["every frame", "8 per clip"])
+@pytest.mark.parametrize(
+    "spec", [FRAME_SPEC, CLIP8_SPEC, FRAME3_SPEC], ids=["every frame", "8 per clip", "3 frames"]
+)
 def test_every_frame_fed_to_the_model_is_the_ffmpeg_frame_of_its_clip(
     spec, decoder, split, real_world_videos, references, monkeypatch
 ):
@@ -163,22 +194,23 @@ def test_every_frame_fed_to_the_model_is_the_ffmpeg_frame_of_its_clip(
         expected_clips = reference.clip_frames(clip_len)
         batches = []
         for work in one_segment_per_clip(len(expected_clips)) if split else [None]:
-            dataset = VideoClipDataset(
-                [entry], spec, float(clip_len), spec.default_batch_size, work and [work], decoder
+            dataset = dataset_for(
+                [entry], spec, float(clip_len), work=work and [work], decoder=decoder
             )
             batches += _all_batches(dataset)
         assert not [f for b in batches for f in b["failures"]]
         clips = samples_by_clip(batches, 0)
         assert sorted(clips) == list(range(len(expected_clips))), entry.relative_path
         for clip, frame_indices in enumerate(expected_clips):
-            if spec.frames_per_clip is None:
-                expected = [reference.frames[k] for k in frame_indices]
-                got = [sample.permute(1, 2, 0).numpy() for sample in clips[clip]]
-            else:
+            picks = range(len(frame_indices))
+            if spec.frames_per_clip is not None:
                 picks = uniform_indices(len(frame_indices), spec.frames_per_clip)
-                expected = [reference.frames[frame_indices[p]] for p in picks]
+            expected = [reference.frames[frame_indices[p]] for p in picks]
+            if spec.stack_frames:
                 (sample,) = clips[clip]
                 got = list(sample.permute(1, 2, 3, 0).numpy())  # (C, T, H, W) -> frames
+            else:
+                got = [sample.permute(1, 2, 0).numpy() for sample in clips[clip]]
             assert len(got) == len(expected), (entry.relative_path, clip)
             for a, b in zip(got, expected, strict=True):
                 np.testing.assert_array_equal(a, b, err_msg=f"{entry.relative_path} clip {clip}")
@@ -197,7 +229,7 @@ def test_workers_cover_every_video_once(video_dir: Path, num_workers, monkeypatc
     for worker in range(num_workers):
         info = type("WorkerInfo", (), {"id": worker, "num_workers": num_workers})
         monkeypatch.setattr("vfe.dataset.get_worker_info", lambda info=info: info)
-        dataset = VideoClipDataset(videos, VIDEO_SPEC, 2.0, 2)
+        dataset = dataset_for(videos, VIDEO_SPEC, batch_size=2)
         seen += [item.video_index for item in dataset.worker_items()]
     assert sorted(seen) == list(range(len(videos)))
 
@@ -205,7 +237,7 @@ def test_workers_cover_every_video_once(video_dir: Path, num_workers, monkeypatc
 def test_undecodable_file_becomes_a_failure_record(tmp_path: Path, video_dir: Path):
     (tmp_path / "broken.mp4").write_text("not a video")
     (tmp_path / "ok.mp4").write_bytes((video_dir / "nested" / "short.mp4").read_bytes())
-    batches = _all_batches(VideoClipDataset(find_videos(tmp_path), IMAGE_SPEC, 2.0, 8))
+    batches = _all_batches(dataset_for(find_videos(tmp_path), IMAGE_SPEC, batch_size=8))
     failures = [f for b in batches for f in b["failures"]]
     assert [(f["relative_path"], f["stage"]) for f in failures] == [("broken.mp4", "open")]
-    assert sum(len(b["pixels"]) for b in batches) == 25
+    assert sum(len(pixels_of(b)) for b in batches) == 25

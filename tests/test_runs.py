@@ -233,16 +233,20 @@ def test_frames_held_do_not_grow_with_video_length(spec_kind, batch_size, tmp_pa
     write_video(tmp_path / "in" / "long.mp4", num_frames=6000, fps=25, height=16, width=16)
     frames_per_clip = None if spec_kind == "frames" else 32
     spec = InputSpec(
-        frames_per_clip, 8, 8, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,) * 3, 4
-    )
+        frames_per_clip, 8, 8, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,) * 3, 4,
+        stack_frames=frames_per_clip is not None,
+    )  # fmt: skip
     held, original = [], VideoClipDataset.to_samples
     monkeypatch.setattr(
         VideoClipDataset,
         "to_samples",
-        lambda self, builder, frames: held.append(len(frames)) or original(self, builder, frames),
+        lambda self, builder, spec, frames: (
+            held.append(len(frames)) or original(self, builder, spec, frames)
+        ),
     )
-    dataset = VideoClipDataset(find_videos(tmp_path / "in"), spec, 2.0, batch_size=batch_size)
-    samples = sum(len(batch["pixels"]) for batch in dataset)
+    videos = find_videos(tmp_path / "in")
+    dataset = VideoClipDataset(videos, {"m": spec}, 2.0, {"m": batch_size})
+    samples = sum(len(batch["models"]["m"]["pixels"]) for batch in dataset if batch["models"])
     assert samples == (6000 if frames_per_clip is None else 120)
     assert max(held) == (batch_size if frames_per_clip is None else 32)
 

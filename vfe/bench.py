@@ -259,6 +259,11 @@ def main(argv: list[str] | None = None) -> None:
         help="peak RSS per process, 1- vs 60-minute video, no model",
     )
     parser.add_argument(
+        "--multi",
+        action="store_true",
+        help="--models one at a time vs all from one decode, on --sets",
+    )
+    parser.add_argument(
         "--workers",
         nargs="+",
         type=int,
@@ -268,12 +273,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_json", default="bench.json")
     parser.add_argument("--output_png", default="bench.png")
     args = parser.parse_args(argv)
-    if args.scaling or args.memory:
-        from vfe.bench_scaling import run_memory, run_scaling
+    if args.scaling or args.memory or args.multi:
+        from vfe.bench_scaling import run_memory, run_multi, run_scaling
 
         try:
             rows = run_scaling(args, _run_measurement) if args.scaling else []
             rows += run_memory(args, _run_measurement) if args.memory else []
+            if args.multi:
+                folders = make_videos(Path(args.videos_dir).expanduser(), args.seconds)
+                for set_name in args.sets:
+                    workload = lambda folder: video_workload(folder, None)  # noqa: E731
+                    rows += run_multi(args, folders[set_name], workload, _run_measurement)
         except VfeError as error:
             print(f"vfe bench: error: {error}", file=sys.stderr)
             sys.exit(2)

@@ -21,10 +21,16 @@ CLIP_LEN_SECONDS = 2.0
 
 
 def build_backbone(model_name: str) -> Any:
-    """The registered backbone with random weights, loaded."""
-    module_name, class_name = resolve_model(model_name).rsplit(".", 1)
-    module = __import__(module_name, fromlist=[class_name])
-    model = getattr(module, class_name)(weights="random")
+    """The registered backbone with random weights, loaded; `a,b` several from one decode."""
+    if "," in model_name:
+        from vfe.backbones.multi import MultiBackbone
+
+        names = model_name.split(",")
+        model = MultiBackbone(names, {name: {"weights": "random"} for name in names})
+    else:
+        module_name, class_name = resolve_model(model_name).rsplit(".", 1)
+        module = __import__(module_name, fromlist=[class_name])
+        model = getattr(module, class_name)(weights="random")
     model.configure_model()
     return model.eval()
 
@@ -116,11 +122,16 @@ def _bench_dataset(options: dict[str, Any], spec: Any) -> Any:
 
     return VideoClipDataset(
         find_videos(Path(options["videos"])),
-        spec,
+        {"model": spec},
         CLIP_LEN_SECONDS,
-        batch_size=options["batch_size"] or spec.default_batch_size,
+        {"model": options["batch_size"] or spec.default_batch_size},
         decoder=options["decoder"],
     )
+
+
+def _pixels(batch: dict[str, Any]) -> Any:
+    """The bench dataset's samples in a batch (None if it has none)."""
+    return batch["models"]["model"]["pixels"] if batch["models"] else None
 
 
 def measure_decode(options: dict[str, Any]) -> dict[str, Any]:
@@ -130,24 +141,24 @@ def measure_decode(options: dict[str, Any]) -> dict[str, Any]:
     dataset = _bench_dataset(options, spec)
     loader = DataLoader(dataset, batch_size=None, num_workers=options["num_workers"])
     started = time.perf_counter()
-    samples = sum(len(batch["pixels"]) for batch in loader)
+    samples = sum(len(_pixels(batch)) for batch in loader if batch["models"])
     return {"wall_seconds": time.perf_counter() - started, "samples": samples}
 
 
 def measure_model(options: dict[str, Any]) -> dict[str, Any]:
-    """predict_step on the batches the pipeline would feed it, decoded beforehand, in memory."""
+    """The backbone on the batches the pipeline would feed it, decoded beforehand, in memory."""
     device = _device(options["device"])
     model = build_backbone(options["model"]).to(device)
     dataset = _bench_dataset(options, model.input_spec)
-    batches = [{"pixels": batch["pixels"].to(device)} for batch in dataset if len(batch["pixels"])]
+    batches = [_pixels(batch).to(device) for batch in dataset if batch["models"]]
     with torch.inference_mode(), _autocast(device, options["precision"]):
-        model.predict_step(batches[0], 0)  # warm-up
+        model.features(batches[0])  # warm-up
         _synchronize(device)
         started = time.perf_counter()
-        for batch in batches:
-            model.predict_step(batch, 0)
+        for pixels in batches:
+            model.features(pixels)
         _synchronize(device)
-    samples = sum(len(batch["pixels"]) for batch in batches)
+    samples = sum(len(pixels) for pixels in batches)
     seconds = time.perf_counter() - started
     return {
         "wall_seconds": seconds,
@@ -162,11 +173,11 @@ def flops_per_sample(model: Any) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     spec = model.input_spec
-    frames = () if spec.frames_per_clip is None else (spec.frames_per_clip,)
+    frames = (spec.frames_per_clip,) if spec.stack_frames else ()
     shape = (1, 3, *frames, spec.crop_size, spec.crop_size)
     pixels = torch.zeros(shape, dtype=torch.uint8, device=model.device)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model.predict_step({"pixels": pixels}, 0)
+        model.features(pixels)
     return float(counter.get_total_flops())
 
 
@@ -202,7 +213,10 @@ def measure_baseline(options: dict[str, Any]) -> dict[str, Any]:
         for start in range(0, len(reader), step):
             indices = list(range(start, min(start + step, len(reader))))
             with torch.no_grad():
-                if spec.frames_per_clip is None:
+                if not spec.stack_frames:
+                    if spec.frames_per_clip is not None:
+                        picks = uniform_indices(len(indices), spec.frames_per_clip)
+                        indices = [indices[i] for i in picks]
                     for chunk in range(0, len(indices), 32):
                         frames = reader.get_batch(indices[chunk : chunk + 32]).asnumpy()
                         model.encode(preprocess(frames))

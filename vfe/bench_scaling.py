@@ -1,10 +1,15 @@
-"""`vfe bench --scaling` and `--memory`: how the data path uses workers and memory, measured
-with a pass-through backbone (no model cost), so decoding is all there is to see.
+"""`vfe bench --scaling`, `--memory` and `--multi`: how the data path uses workers, memory and
+one decode for several backbones.
 
 - scaling: one long video through the real pipeline with 1, 2, ... workers: video-s/s and the
   speed-up over one worker (a long video is split into segments, one per worker);
 - memory: peak RSS of the main process and of the largest worker for a 1-minute and a
-  60-minute video (it must not grow with video length).
+  60-minute video (it must not grow with video length);
+- multi: the real backbones (random weights) one at a time and all from one decode, on the
+  benchmark set: wall time, frames decoded and decode time, and what the shared decode saves.
+
+Scaling and memory use a pass-through backbone (no model cost), so decoding is all there is
+to see.
 """
 
 import argparse
@@ -131,3 +136,40 @@ def _options(args: argparse.Namespace, model_name: str, folder: Path, workers: i
         "decoder": args.decoder,
         "min_segment_seconds": 30.0,
     }
+
+
+def run_multi(args: argparse.Namespace, folder: Path, workload: Any, measure: Any) -> list[dict]:
+    """Each of `args.models` alone, then all of them from one decode, on the videos in
+    `folder`; `workload(folder)` gives the set's frames."""
+    frames = workload(folder)["frames"]
+    runs = [*args.models, ",".join(args.models)]
+    rows = []
+    for model_name in runs:
+        options = {
+            **_options(args, model_name, folder, args.workers[-1]),
+            "passthrough": False,
+            "precision": args.precision[0],
+            "device": args.device,
+        }
+        result = measure(options)
+        rows.append(
+            {
+                "kind": "multi",
+                "models": model_name,
+                "videos": str(folder.name),
+                "wall_seconds": round(result["wall_seconds"], 1),
+                "frames_decoded": int(frames),
+                "decode_seconds": result["stage_seconds"].get("decode", 0.0),
+            }
+        )
+    singles, together = rows[:-1], rows[-1]
+    together["wall_seconds_saved"] = round(
+        sum(r["wall_seconds"] for r in singles) - together["wall_seconds"], 1
+    )
+    together["frames_decoded_by_single_runs"] = sum(r["frames_decoded"] for r in singles)
+    together["decode_seconds_saved"] = round(
+        sum(r["decode_seconds"] for r in singles) - together["decode_seconds"], 1
+    )
+    for row in rows:
+        print(json.dumps(row))
+    return rows

@@ -1,5 +1,6 @@
 """`vfe predict ...`: LightningCLI with the seed's plain flags and short model names."""
 
+import json
 import logging
 import signal
 import sys
@@ -11,7 +12,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from vfe.backbones.base import Backbone
+from vfe.backbones.base import Extractor
 from vfe.data import VideoDataModule
 from vfe.errors import VfeError
 from vfe.registry import resolve_model
@@ -103,6 +104,50 @@ class VfeCLI(LightningCLI):
 
 
 NAME_OPTIONS = ("--model", "--model.help")
+MULTI_BACKBONE = "vfe.backbones.multi.MultiBackbone"
+
+
+def _multi_model_config(names: list[str], options: dict | None = None) -> dict:
+    init_args: dict = {"models": names}
+    if options:
+        init_args["options"] = options
+    return {"class_path": MULTI_BACKBONE, "init_args": init_args}
+
+
+def rewrite_several_models(args: list[str]) -> list[str]:
+    """`--model clip,slowfast` -> the MultiBackbone with those models, and each
+    `--model.<name>.<option> VALUE` -> its entry in `--model.options`."""
+    names = None
+    for position, arg in enumerate(args):
+        key, has_value, value = arg.partition("=")
+        if key == "--model":
+            raw = value if has_value else (args[position + 1] if position + 1 < len(args) else "")
+            if "," in raw:
+                names = [name.strip() for name in raw.split(",") if name.strip()]
+    if names is None:
+        return list(args)
+    rewritten: list[str] = []
+    options: dict[str, dict] = {}
+    position = 0
+    while position < len(args):
+        arg = args[position]
+        key, has_value, value = arg.partition("=")
+        parts = key.split(".")
+        if key == "--model":
+            rewritten += [f"--model={MULTI_BACKBONE}", f"--model.models={json.dumps(names)}"]
+            position += 1 if has_value else 2
+        elif len(parts) == 3 and parts[0] == "--model" and parts[1] in names:
+            if not has_value:
+                position += 1
+                value = args[position] if position < len(args) else ""
+            options.setdefault(parts[1], {})[parts[2]] = yaml.safe_load(value)
+            position += 1
+        else:
+            rewritten.append(arg)
+            position += 1
+    if options:
+        rewritten.append(f"--model.options={json.dumps(options)}")
+    return rewritten
 
 
 def _resolve_config_model(config_text: str) -> str | None:
@@ -112,7 +157,15 @@ def _resolve_config_model(config_text: str) -> str | None:
     if not isinstance(config, dict) or "model" not in config:
         return None
     model = config["model"]
-    if isinstance(model, str):
+    if isinstance(model, str) and "," in model:
+        model = [name.strip() for name in model.split(",")]
+    if isinstance(model, list):  # `model: [clip, slowfast]`
+        config["model"] = _multi_model_config([str(name) for name in model])
+    elif isinstance(model, dict) and model and "class_path" not in model:
+        # `model: {clip: {arch: ViT-B/16}, slowfast: {batch_size: 4}}`
+        options = {name: value for name, value in model.items() if value}
+        config["model"] = _multi_model_config(list(model), options)
+    elif isinstance(model, str):
         config["model"] = {"class_path": resolve_model(model)}
     elif isinstance(model, dict) and isinstance(model.get("class_path"), str):
         config["model"] = {**model, "class_path": resolve_model(model["class_path"])}
@@ -140,7 +193,7 @@ def rewrite_model_names(args: list[str]) -> list[str]:
     `--model clip` / `--model=clip` / `--model.help clip`, a `model: clip` inside a `--config`
     file, and `--model` given after `--model.*` options (the parser needs the class first).
     """
-    rewritten = list(args)
+    rewritten = rewrite_several_models(args)
     for position, arg in enumerate(rewritten):
         name, has_value, value = arg.partition("=")
         if name in NAME_OPTIONS and has_value:
@@ -213,7 +266,7 @@ def main(args: list[str] | None = None) -> None:
             # Rewritten in place so DDP's launcher, which re-runs sys.argv, sees class paths.
             sys.argv[1:] = rewrite_model_names(sys.argv[1:])
         cli = VfeCLI(
-            model_class=Backbone,
+            model_class=Extractor,
             subclass_mode_model=True,
             datamodule_class=VideoDataModule,
             save_config_callback=None,

@@ -17,7 +17,7 @@ from vfe.clip_grid import GRID_VERSION, clip_length_fraction
 from vfe.dataset import VideoClipDataset
 from vfe.errors import VfeError
 from vfe.messages import say
-from vfe.paths import VideoEntry, check_output_dir, find_videos, resolve_output_dir
+from vfe.paths import VideoEntry, check_output_dir, find_videos, model_output_dirs
 from vfe.provenance import run_provenance
 from vfe.resume import plan_run
 from vfe.video import (
@@ -145,12 +145,20 @@ class VideoDataModule(LightningDataModule):
         self.min_segment_seconds = min_segment_seconds
         self.videos: list[VideoEntry] = []
         self.work: list[list[WorkItem]] = []  # this rank's, one list per worker
-        self.num_skipped = 0
+        self.video_models: list[tuple[str, ...]] = []
+        self.num_skipped: dict[str, int] = {}
         self.run_id = ""
 
     def setup(self, stage: str) -> None:
-        output_dir = resolve_output_dir(self.output_dir, self.trainer.lightning_module.name)
-        check_output_dir(output_dir)
+        model = self.trainer.lightning_module
+        names = list(model.members())
+        if self.batch_size is not None and len(names) > 1:
+            raise VfeError(
+                f"--batch_size {self.batch_size} is for one backbone; with several give each "
+                f"its own (--model.<name>.batch_size N, for {', '.join(names)})"
+            )
+        for output_dir in model_output_dirs(self.output_dir, names).values():
+            check_output_dir(output_dir)
 
     def provenance(self) -> dict[str, Any]:
         """The data settings each feature file records (`vfe.provenance`)."""
@@ -170,21 +178,29 @@ class VideoDataModule(LightningDataModule):
         """
         trainer = self.trainer
         model = trainer.lightning_module
-        output_dir = resolve_output_dir(self.output_dir, model.name)
+        output_dirs = model_output_dirs(self.output_dir, list(model.members()))
         plan = None
         if trainer.global_rank == 0:
-            wanted = run_provenance(model, self.provenance(), trainer.precision)
-            plan = plan_run(find_videos(self.input_dir), output_dir, self.overwrite, wanted)
+            settings = self.provenance()
+            wanted = {
+                name: run_provenance(member, settings, trainer.precision)
+                for name, member in model.members().items()
+            }
+            plan = plan_run(find_videos(self.input_dir), output_dirs, self.overwrite, wanted)
             plan.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         plan = trainer.strategy.broadcast(plan, src=0)
         if plan.problem:  # raised on every rank, so none waits for the others
             raise VfeError(plan.problem)
-        self.videos, self.num_skipped, self.run_id = plan.todo, plan.num_skipped, plan.run_id
-        say(
-            f"{len(self.videos) + self.num_skipped} videos under {self.input_dir}, "
-            f"{self.num_skipped} already done (skipped), {len(self.videos)} to extract "
-            f"-> {output_dir}"
-        )
+        self.videos, self.video_models = plan.todo, plan.todo_models
+        self.num_skipped, self.run_id = plan.num_skipped, plan.run_id
+        for name, output_dir in output_dirs.items():
+            to_do = sum(name in models for models in self.video_models)
+            skipped = self.num_skipped[name]
+            label = f"{name}: " if len(output_dirs) > 1 else ""
+            say(
+                f"{label}{to_do + skipped} videos under {self.input_dir}, {skipped} already "
+                f"done (skipped), {to_do} to extract -> {output_dir}"
+            )
 
     def plan_work(self, rank: int, world_size: int) -> list[list[WorkItem]]:
         """This rank's work items, one list per DataLoader worker (`vfe.work_plan`)."""
@@ -210,7 +226,7 @@ class VideoDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         self._list_videos()
-        spec: InputSpec = self.trainer.lightning_module.input_spec
+        specs: dict[str, InputSpec] = self.trainer.lightning_module.input_specs
         root_device = self.trainer.strategy.root_device
         decode_device = "cpu"
         if self.decode_device == "cuda":
@@ -223,13 +239,16 @@ class VideoDataModule(LightningDataModule):
         self.work = self.plan_work(self.trainer.global_rank, self.trainer.world_size)
         dataset = VideoClipDataset(
             self.videos,
-            spec,
+            specs,
             clip_len_seconds=self.clip_len,
-            batch_size=self.batch_size or spec.default_batch_size,
+            batch_sizes={
+                name: self.batch_size or spec.default_batch_size for name, spec in specs.items()
+            },
             work=self.work,
             decoder=self.decoder,
             decode_device=decode_device,
             decode_threads=self.decode_threads,
+            video_models=self.video_models,
         )
         return DataLoader(
             dataset,

@@ -1,26 +1,27 @@
-"""Videos -> batches of preprocessed clip samples, decoded once, sequentially, inside workers.
+"""Videos -> batches of preprocessed clip samples for one or several backbones, every frame
+decoded once, sequentially, inside workers.
 
 The dataset is iterable: each DataLoader worker of a rank decodes its own list of work items
 (`vfe.work_plan`): whole videos, or segments of whole clips of a long video, each decoded
 sequentially from a keyframe before it. Frames are grouped into clips of presentation time as
-they stream (`vfe.clip_grid`), so memory holds at most one clip. A batch is a dict:
+they stream (`vfe.clip_grid`), so memory holds at most one clip. Each backbone (by name) gets
+the frames its InputSpec asks for, resized its way, in batches of its own size. A batch is:
 
-    pixels:      (B, C, H, W) or (B, C, T, H, W) uint8 samples, as the backbone's InputSpec says
-    video_index: list[int] (B), index into the run's video list (lists, not tensors: they stay
-                 on the host when Lightning moves the batch to the model's device)
-    clip_index:  list[int] (B)
+    models:      {name: {pixels, video_index, clip_index}} for the backbones with samples in it:
+                 pixels (B, C, H, W) or (B, C, T, H, W) uint8; video_index, clip_index list[int]
+                 (B) (lists, not tensors: they stay on the host when Lightning moves the batch)
     videos:      list[dict] videos (or segments) whose decoding started: index, relative_path,
-                 size_bytes, mtime_ns, num_segments
-    ends:        list[dict] segments fully decoded: index, first_clip, num_samples, num_frames,
-                 clip_length, last (for the segment that reached the video's end: num_clips,
-                 duration_seconds as a Fraction; else None)
-    failures:    list[dict] videos (or segments) that could not be decoded: index, path, stage,
-                 error
+                 size_bytes, mtime_ns, num_segments, models (the backbones it is decoded for)
+    ends:        list[dict] segments fully decoded: index, first_clip, num_samples ({name: n}),
+                 num_frames, clip_length, last (for the segment that reached the video's end:
+                 num_clips, duration_seconds as a Fraction; else None)
+    failures:    list[dict] videos (or segments) that could not be decoded: index, path,
+                 relative_path, stage, error, models
     decoded_bytes: how far decoding advanced through the files since the previous batch
     decode_seconds, preprocess_seconds: worker time spent on this batch's samples (for benchmarks)
 
 Samples of several videos may share a batch, and a segment's end may arrive before its last
-samples; the writer reassembles them per video.
+samples; the writer reassembles them per backbone and video.
 """
 
 import re
@@ -46,14 +47,37 @@ def describe_error(error: BaseException, max_chars: int = 300) -> str:
     return f"{type(error).__name__}: {message}"[:max_chars]
 
 
-class _BatchBuilder:
-    """Collects samples and cuts them into batches of `batch_size` (the last may be short)."""
+class _SampleBuffer:
+    """One backbone's samples waiting for a batch."""
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
-        self._chunks: list[torch.Tensor] = []
-        self._video_index: list[int] = []
-        self._clip_index: list[int] = []
+        self.chunks: list[torch.Tensor] = []
+        self.video_index: list[int] = []
+        self.clip_index: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.clip_index)
+
+    def take(self) -> dict[str, Any]:
+        """Up to `batch_size` samples, oldest first."""
+        count = min(self.batch_size, len(self))
+        pixels = self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
+        self.chunks = [pixels[count:]] if count < len(pixels) else []
+        taken = {
+            "pixels": pixels[:count],
+            "video_index": self.video_index[:count],
+            "clip_index": self.clip_index[:count],
+        }
+        del self.video_index[:count], self.clip_index[:count]
+        return taken
+
+
+class _BatchBuilder:
+    """Collects samples per backbone and cuts them into batches of each one's batch size."""
+
+    def __init__(self, batch_sizes: dict[str, int]) -> None:
+        self._buffers = {name: _SampleBuffer(size) for name, size in batch_sizes.items()}
         self._videos: list[dict[str, Any]] = []
         self._ends: list[dict[str, Any]] = []
         self._failures: list[dict[str, Any]] = []
@@ -61,15 +85,14 @@ class _BatchBuilder:
         self.decode_seconds = 0.0
         self.preprocess_seconds = 0.0
 
-    @property
-    def num_samples(self) -> int:
-        return len(self._clip_index)
-
-    def add_samples(self, pixels: torch.Tensor, video_index: int, clip_index: list[int]) -> None:
-        """`pixels (N, ...)` samples of one video, sample n belonging to `clip_index[n]`."""
-        self._chunks.append(pixels)
-        self._video_index += [video_index] * len(clip_index)
-        self._clip_index += clip_index
+    def add_samples(
+        self, model: str, pixels: torch.Tensor, video_index: int, clip_index: list[int]
+    ) -> None:
+        """`pixels (N, ...)` samples for `model` of one video, sample n of clip `clip_index[n]`."""
+        buffer = self._buffers[model]
+        buffer.chunks.append(pixels)
+        buffer.video_index += [video_index] * len(clip_index)
+        buffer.clip_index += clip_index
 
     def add_video(self, info: dict[str, Any]) -> None:
         self._videos.append(info)
@@ -80,23 +103,28 @@ class _BatchBuilder:
     def add_failure(self, failure: dict[str, Any]) -> None:
         self._failures.append(failure)
 
+    def full(self) -> bool:
+        """Some backbone has a whole batch waiting."""
+        return any(len(buffer) >= buffer.batch_size for buffer in self._buffers.values())
+
     def has_anything(self) -> bool:
         return bool(
-            self.num_samples or self._videos or self._ends or self._failures or self.decoded_bytes
+            any(len(buffer) for buffer in self._buffers.values())
+            or self._videos
+            or self._ends
+            or self._failures
+            or self.decoded_bytes
         )
 
-    def pop(self) -> dict[str, Any]:
-        """The next batch: up to `batch_size` samples, plus all pending records."""
-        take = min(self.batch_size, self.num_samples)
-        if self._chunks:
-            pixels = self._chunks[0] if len(self._chunks) == 1 else torch.cat(self._chunks)
-        else:
-            pixels = torch.empty(0, dtype=torch.uint8)
-        self._chunks = [pixels[take:]] if take < len(pixels) else []
+    def pop(self, final: bool = False) -> dict[str, Any]:
+        """The next batch: every whole batch waiting (with `final`, also short ones), plus all
+        pending records."""
         batch = {
-            "pixels": pixels[:take],
-            "video_index": self._video_index[:take],
-            "clip_index": self._clip_index[:take],
+            "models": {
+                name: buffer.take()
+                for name, buffer in self._buffers.items()
+                if len(buffer) >= buffer.batch_size or (final and len(buffer))
+            },
             "videos": self._videos,
             "ends": self._ends,
             "failures": self._failures,
@@ -104,7 +132,6 @@ class _BatchBuilder:
             "decode_seconds": self.decode_seconds,
             "preprocess_seconds": self.preprocess_seconds,
         }
-        del self._video_index[:take], self._clip_index[:take]
         self._videos, self._ends, self._failures = [], [], []
         self.decoded_bytes = 0
         self.decode_seconds = self.preprocess_seconds = 0.0
@@ -122,30 +149,37 @@ class _FileError(Exception):
 class VideoClipDataset(IterableDataset):
     """Yields ready batches (the DataLoader runs with `batch_size=None`); see the module doc.
 
-    `work`: one list of work items per DataLoader worker (one list without workers); default:
-    whole videos shared out by size over however many workers iterate it.
+    Args:
+        specs: each backbone's InputSpec, by name.
+        batch_sizes: samples per batch, by backbone name.
+        work: one list of work items per DataLoader worker (one list without workers);
+            default: whole videos shared out by size over however many workers iterate it.
+        video_models: the backbones each video is decoded for (resume may need only some);
+            default: all.
     """
 
     def __init__(
         self,
         videos: list[VideoEntry],
-        spec: InputSpec,
+        specs: dict[str, InputSpec],
         clip_len_seconds: float,
-        batch_size: int,
+        batch_sizes: dict[str, int],
         work: list[list[WorkItem]] | None = None,
         decoder: str = DEFAULT_DECODER,
         decode_device: str = "cpu",
         decode_threads: int = 1,
+        video_models: list[tuple[str, ...]] | None = None,
     ) -> None:
         self.videos = videos
-        self.spec = spec
+        self.specs = specs
         self.clip_len_seconds = clip_len_seconds
         self.clip_len = clip_length_fraction(clip_len_seconds)
-        self.batch_size = batch_size
+        self.batch_sizes = batch_sizes
         self.work = work
         self.decoder = decoder
         self.decode_device = decode_device
         self.decode_threads = decode_threads
+        self.video_models = video_models
 
     def worker_items(self) -> list[WorkItem]:
         """This DataLoader worker's work items."""
@@ -161,8 +195,13 @@ class VideoClipDataset(IterableDataset):
             raise RuntimeError(f"work planned for {len(work)} workers, run with {num_workers}")
         return work[worker_id]
 
+    def models_of(self, video_index: int) -> tuple[str, ...]:
+        if self.video_models is None:
+            return tuple(self.specs)
+        return self.video_models[video_index]
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        builder = _BatchBuilder(self.batch_size)
+        builder = _BatchBuilder(self.batch_sizes)
         for item in self.worker_items():
             try:
                 yield from self._add_item(builder, item)
@@ -175,14 +214,17 @@ class VideoClipDataset(IterableDataset):
                         "relative_path": entry.relative_path,
                         "stage": error.stage,
                         "error": str(error),
+                        "models": list(self.models_of(item.video_index)),
                     }
                 )
         while builder.has_anything():
-            yield builder.pop()
+            yield builder.pop(final=True)
 
     def _add_item(self, builder: _BatchBuilder, item: WorkItem) -> Iterator[dict[str, Any]]:
-        """Decode one video or segment, adding its samples and finally its end record."""
+        """Decode one video or segment once for all its backbones, adding their samples and
+        finally its end record."""
         entry = self.videos[item.video_index]
+        models = self.models_of(item.video_index)
         started = time.perf_counter()
         # Decoders raise many exception types for broken files (av.error.*, DECORDError,
         # RuntimeError, OSError, ...); only the library calls are guarded, so a bug in vfe
@@ -198,14 +240,15 @@ class VideoClipDataset(IterableDataset):
                 "size_bytes": entry.size_bytes,
                 "mtime_ns": entry.mtime_ns,
                 "num_segments": item.num_segments,
+                "models": list(models),
             }
         )
         builder.decode_seconds += time.perf_counter() - started
         start_seconds = item.first_clip * self.clip_len
         assigner = ClipAssigner(self.clip_len, item.first_clip)
-        emitter = _ImageSamples(self, builder, item.video_index)
-        if self.spec.frames_per_clip is not None:
-            emitter = _ClipSamples(self, builder, item.video_index, item.first_clip)
+        emitters = [
+            _emitter_for(self, builder, name, item.video_index, item.first_clip) for name in models
+        ]
         frames = video.frames(start_seconds)
         num_frames, last, reached_end = 0, None, True
         bytes_origin, bytes_reported = None, 0  # progress through this item's share of the file
@@ -219,16 +262,19 @@ class VideoClipDataset(IterableDataset):
             if frame is None:
                 break
             if frame.time_seconds < start_seconds:  # decoded only to reach the segment
-                emitter.previous = frame
+                for emitter in emitters:
+                    emitter.previous = frame
                 continue
             clip_index, held = assigner.add(frame.time_seconds)
             if item.end_clip is not None and clip_index >= item.end_clip:
-                emitter.hold(range(held.start, item.end_clip))
+                for emitter in emitters:
+                    emitter.hold(range(held.start, item.end_clip))
                 reached_end = False
                 frames.close()
                 break
-            emitter.hold(held)
-            emitter.add(frame, clip_index)
+            for emitter in emitters:
+                emitter.hold(held)
+                emitter.add(frame, clip_index)
             num_frames, last = num_frames + 1, frame
             if bytes_origin is None:
                 bytes_origin = video.bytes_read
@@ -236,11 +282,12 @@ class VideoClipDataset(IterableDataset):
             if progress > bytes_reported:
                 builder.decoded_bytes += progress - bytes_reported
                 bytes_reported = progress
-            while builder.num_samples >= self.batch_size:
+            while builder.full():
                 yield builder.pop()
         if last is None and item.first_clip == 0:
             raise _FileError("decode", ValueError("the video has no frames"))
-        emitter.finish()
+        for emitter in emitters:
+            emitter.finish()
         builder.decoded_bytes += max(0, item.size_bytes - bytes_reported)
         video_end = None
         if reached_end and last is not None:
@@ -252,24 +299,25 @@ class VideoClipDataset(IterableDataset):
             {
                 "index": item.video_index,
                 "first_clip": item.first_clip,
-                "num_samples": emitter.num_samples,
+                "num_samples": {emitter.model: emitter.num_samples for emitter in emitters},
                 "num_frames": num_frames,
                 "clip_length": self.clip_len_seconds,
                 "last": video_end,
             }
         )
-        while builder.num_samples >= self.batch_size:
+        while builder.full():
             yield builder.pop()
 
-    def to_samples(self, builder: _BatchBuilder, frames: list[Frame]) -> torch.Tensor:
-        """Decoded frames -> `(T, C, h, w)` uint8, resized and cropped as the spec says."""
+    def to_samples(
+        self, builder: _BatchBuilder, spec: InputSpec, frames: list[Frame]
+    ) -> torch.Tensor:
+        """Decoded frames -> `(T, C, h, w)` uint8, resized and cropped as `spec` says."""
         started = time.perf_counter()
         try:
             images = [frame.rgb() for frame in frames]
         except Exception as error:  # colour conversion of a broken frame
             raise _FileError("decode", error) from error
         converted = time.perf_counter()
-        spec = self.spec
         # Consecutive frames of one size are resized together; a stream may change size.
         groups: list[list[torch.Tensor]] = []
         for image in images:
@@ -294,12 +342,25 @@ class VideoClipDataset(IterableDataset):
         return samples
 
 
-class _ImageSamples:
-    """Every frame of a clip is one `(C, H, W)` sample; frames are sent in chunks of batch_size
-    as they arrive, so a clip is never held whole."""
+def _emitter_for(
+    dataset: VideoClipDataset, builder: _BatchBuilder, model: str, video_index: int, first_clip: int
+) -> "_ImageSamples | _ClipSamples":
+    spec = dataset.specs[model]
+    if spec.frames_per_clip is None:
+        return _ImageSamples(dataset, builder, model, video_index)
+    return _ClipSamples(dataset, builder, model, video_index, first_clip)
 
-    def __init__(self, dataset: VideoClipDataset, builder: _BatchBuilder, video_index: int):
-        self.dataset, self.builder, self.video_index = dataset, builder, video_index
+
+class _ImageSamples:
+    """Every frame of a clip is one `(C, H, W)` sample; frames are sent in chunks of the
+    backbone's batch size as they arrive, so a clip is never held whole."""
+
+    def __init__(
+        self, dataset: VideoClipDataset, builder: _BatchBuilder, model: str, video_index: int
+    ):
+        self.dataset, self.builder, self.model = dataset, builder, model
+        self.spec, self.video_index = dataset.specs[model], video_index
+        self.chunk_size = dataset.batch_sizes[model]
         self.num_samples = 0
         self.previous: Frame | None = None  # the frame on screen: it holds empty windows
         self._pending: list[tuple[int, Frame]] = []
@@ -311,31 +372,35 @@ class _ImageSamples:
     def add(self, frame: Frame, clip_index: int) -> None:
         self._pending.append((clip_index, frame))
         self.previous = frame
-        if len(self._pending) >= self.dataset.batch_size:
+        if len(self._pending) >= self.chunk_size:
             self.finish()
 
     def finish(self) -> None:
         if not self._pending:
             return
         clips = [clip_index for clip_index, _ in self._pending]
-        pixels = self.dataset.to_samples(self.builder, [frame for _, frame in self._pending])
-        self.builder.add_samples(pixels, self.video_index, clips)
+        frames = [frame for _, frame in self._pending]
+        pixels = self.dataset.to_samples(self.builder, self.spec, frames)
+        self.builder.add_samples(self.model, pixels, self.video_index, clips)
         self.num_samples += len(clips)
         self._pending = []
 
 
 class _ClipSamples:
-    """`frames_per_clip` frames spread uniformly over a clip form one `(C, T, H, W)` sample; a
-    clip's frames are held (undecoded to RGB) until the next clip starts."""
+    """`frames_per_clip` frames spread uniformly over a clip: one `(C, T, H, W)` sample
+    (`stack_frames`) or T `(C, H, W)` samples; a clip's frames are held (undecoded to RGB)
+    until the next clip starts."""
 
     def __init__(
         self,
         dataset: VideoClipDataset,
         builder: _BatchBuilder,
+        model: str,
         video_index: int,
         first_clip: int = 0,
     ):
-        self.dataset, self.builder, self.video_index = dataset, builder, video_index
+        self.dataset, self.builder, self.model = dataset, builder, model
+        self.spec, self.video_index = dataset.specs[model], video_index
         self.num_samples = 0
         self.previous: Frame | None = None  # the frame on screen: it holds empty windows
         self._clip_index = first_clip
@@ -362,11 +427,12 @@ class _ClipSamples:
             self._frames = []
 
     def _emit(self, clip_index: int, frames: list[Frame]) -> None:
-        picks = uniform_indices(len(frames), self.dataset.spec.frames_per_clip)
+        picks = uniform_indices(len(frames), self.spec.frames_per_clip)
         distinct = sorted(set(picks))  # a frame picked twice is converted once
-        images = self.dataset.to_samples(self.builder, [frames[i] for i in distinct])
+        images = self.dataset.to_samples(self.builder, self.spec, [frames[i] for i in distinct])
         row_of = {frame_index: row for row, frame_index in enumerate(distinct)}
-        rows = [row_of[i] for i in picks]
-        sample = images[rows].permute(1, 0, 2, 3).unsqueeze(0).contiguous()
-        self.builder.add_samples(sample, self.video_index, [clip_index])
-        self.num_samples += 1
+        samples = images[[row_of[i] for i in picks]]
+        if self.spec.stack_frames:
+            samples = samples.permute(1, 0, 2, 3).unsqueeze(0).contiguous()
+        self.builder.add_samples(self.model, samples, self.video_index, [clip_index] * len(samples))
+        self.num_samples += len(samples)

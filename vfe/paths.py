@@ -34,6 +34,15 @@ def resolve_output_dir(output_dir: Path | None, model_name: str) -> Path:
     return Path(output_dir) if output_dir is not None else default_output_dir(model_name)
 
 
+def model_output_dirs(output_dir: Path | None, model_names: list[str]) -> dict[str, Path]:
+    """Each backbone's folder: `output_dir` itself for one backbone (default
+    `features/<name>/`); `<output_dir>/<name>/` for several (default `features/<name>/` too)."""
+    if len(model_names) == 1:
+        return {model_names[0]: resolve_output_dir(output_dir, model_names[0])}
+    root = Path(output_dir) if output_dir is not None else default_output_dir("")
+    return {name: root / name for name in model_names}
+
+
 def output_path_for(output_dir: Path, relative_path: str) -> Path:
     """`<output_dir>/<relative path with its extension replaced by .npz>`."""
     return (output_dir / relative_path).with_suffix(".npz")

@@ -35,11 +35,16 @@ class VideoProgressBar(TQDMProgressBar):
         self._description = "Extracting"
 
     def init_predict_tqdm(self) -> Tqdm:
-        bar = super().init_predict_tqdm()
-        bar.bar_format = self.BAR_FORMAT
-        if not self._interactive:
-            bar.disable = True
-        return bar
+        return Tqdm(
+            desc=self.predict_description,
+            position=2 * self.process_position,
+            disable=self.is_disabled or not self._interactive,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._interactive = sys.stderr.isatty()
@@ -81,11 +86,11 @@ class VideoProgressBar(TQDMProgressBar):
             return
         counts = writers[0].counts
         now = time.perf_counter()
-        clips = counts.clips + counts.clips_in_progress
+        clips = counts.clips_done + counts.clips_in_progress
         bar.n = bar.total if final else min(bar.total, counts.decoded_bytes / MEBIBYTE)
         bar.set_postfix(
             {
-                "videos": f"{counts.written + counts.failed}/{self._num_videos}",
+                "videos": f"{counts.videos_done}/{self._num_videos}",
                 "clips": clips,
                 "clips_per_s": f"{clips / max(now - self._start_seconds, 1e-9):.1f}",
                 "failed": counts.failed,

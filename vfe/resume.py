@@ -13,33 +13,51 @@ CHOICES = "rerun with --overwrite to redo such files, or write to another --outp
 
 @dataclass
 class RunPlan:
-    todo: list[VideoEntry]
-    num_skipped: int
+    todo: list[VideoEntry]  # videos to decode
+    todo_models: list[tuple[str, ...]]  # for each, the backbones that still need it
+    num_skipped: dict[str, int]  # per backbone, videos already done
     problem: str | None  # why the run must not start: an existing file made otherwise
     run_id: str = ""  # names this run's lines in failures.jsonl
 
 
 def plan_run(
-    videos: list[VideoEntry], output_dir: Path, overwrite: bool, wanted: dict[str, Any]
+    videos: list[VideoEntry],
+    output_dirs: dict[str, Path],
+    overwrite: bool,
+    wanted: dict[str, dict[str, Any]],
 ) -> RunPlan:
-    """Skip a video only if its .npz exists and records the settings `wanted` and the video as
-    it is now; any other existing file stops the run (a file made otherwise is never kept
-    silently), unless `overwrite`."""
+    """Per backbone (by name: its folder and the settings `wanted` of its files), skip a video
+    only if its .npz exists and records those settings and the video as it is now; any other
+    existing file stops the run (a file made otherwise is never kept silently), unless
+    `overwrite`. A video done for some backbones is decoded again only for the others."""
     todo: list[VideoEntry] = []
-    num_skipped = 0
+    todo_models: list[tuple[str, ...]] = []
+    num_skipped = dict.fromkeys(output_dirs, 0)
     for entry in videos:
-        path = output_path_for(output_dir, entry.relative_path)
-        if overwrite or not path.exists():
+        needed = []
+        for name, output_dir in output_dirs.items():
+            path = output_path_for(output_dir, entry.relative_path)
+            if overwrite or not path.exists():
+                needed.append(name)
+                continue
+            problem = _why_not_reusable(path, entry, wanted[name])
+            if problem is not None:
+                return RunPlan([], [], {}, problem)
+            num_skipped[name] += 1
+        if needed:
             todo.append(entry)
-            continue
-        try:
-            existing = read_provenance(path)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            return RunPlan([], 0, f"{path} cannot be read ({error}); {CHOICES}")
-        if existing is None:
-            return RunPlan([], 0, f"{path} records no settings (made by an earlier vfe); {CHOICES}")
-        difference = first_difference(existing, wanted, entry.size_bytes, entry.mtime_ns)
-        if difference is not None:
-            return RunPlan([], 0, f"{path} was made otherwise: {difference}; {CHOICES}")
-        num_skipped += 1
-    return RunPlan(todo, num_skipped, None)
+            todo_models.append(tuple(needed))
+    return RunPlan(todo, todo_models, num_skipped, None)
+
+
+def _why_not_reusable(path: Path, entry: VideoEntry, wanted: dict[str, Any]) -> str | None:
+    try:
+        existing = read_provenance(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        return f"{path} cannot be read ({error}); {CHOICES}"
+    if existing is None:
+        return f"{path} records no settings (made by an earlier vfe); {CHOICES}"
+    difference = first_difference(existing, wanted, entry.size_bytes, entry.mtime_ns)
+    if difference is not None:
+        return f"{path} was made otherwise: {difference}; {CHOICES}"
+    return None

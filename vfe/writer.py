@@ -8,7 +8,7 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,9 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vfe.assembly import ClipFeatureAssembler
+from vfe.assembly import ClipFeatureAssembler, FinishedVideo
 from vfe.messages import say
-from vfe.paths import FAILURES_FILE_NAME, output_path_for, resolve_output_dir
+from vfe.paths import FAILURES_FILE_NAME, model_output_dirs, output_path_for
 from vfe.provenance import PROVENANCE_KEY, encode, run_provenance, video_provenance
 from vfe.run_totals import gather_totals
 
@@ -49,21 +49,30 @@ class StoppedBySignal(Exception):
 
 @dataclass
 class RunCounts:
-    written: int = 0
-    failed: int = 0
-    clips: int = 0
+    """This process's progress; per backbone where backbones differ."""
+
+    written: dict[str, int] = field(default_factory=dict)
+    clips: dict[str, int] = field(default_factory=dict)
+    failed: int = 0  # videos, once each whatever the backbones affected
+    videos_done: int = 0  # written for all their backbones, or failed
     decoded_bytes: int = 0  # how far decoding has got through this rank's files
     clips_in_progress: int = 0  # clips with features so far, of videos not yet written
+
+    @property
+    def clips_done(self) -> int:
+        """Clips of videos written (counted on the first backbone: all share the grid)."""
+        return next(iter(self.clips.values()), 0)
 
 
 @dataclass
 class _BatchResult:
     """What the writer thread needs of one batch."""
 
-    features: torch.Tensor  # (B, D) float32 on the host; the copy may still be in flight
-    copied: Any  # a CUDA event recorded after the copy, or None for a CPU model
-    video_index: np.ndarray
-    clip_index: np.ndarray
+    features: dict[str, torch.Tensor]  # per backbone (B, D) float32 on the host; the copy may
+    # still be in flight
+    copied: Any  # a CUDA event recorded after the copies, or None for a CPU model
+    video_index: dict[str, np.ndarray]
+    clip_index: dict[str, np.ndarray]
     videos: list[dict[str, Any]]
     ends: list[dict[str, Any]]
     failures: list[dict[str, Any]]
@@ -75,48 +84,61 @@ MAX_QUEUED_BATCHES = 16
 
 
 class FeatureWriter(BasePredictionWriter):
-    """Writes `<output_dir>/<relative path>.npz` for each finished video and logs failures.
+    """Writes `<output_dir>/<relative path>.npz` for each finished video and logs failures;
+    with several backbones, `<output_dir>/<name>/<relative path>.npz` for each.
 
     Off the model's path: each batch's features are copied to the host without waiting and
     handed to a writer thread, which reassembles them (`vfe.assembly`) and saves finished
     videos, so the next forward pass starts at once.
 
     Args:
-        output_dir: default `features/<model name>/`.
+        output_dir: default `features/<model name>/` (`features/` with several backbones).
     """
 
     def __init__(self, output_dir: Path | None = None) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
-        self.assembler = ClipFeatureAssembler()
         self.counts = RunCounts()
-        self._resolved_output_dir = Path()
+        self.output_dirs: dict[str, Path] = {}
+        self._assemblers: dict[str, ClipFeatureAssembler] = {}
+        self._provenance: dict[str, dict[str, Any]] = {}
+        self._models_left: dict[int, int] = {}  # video -> backbones still to write
+        self._failed_videos: set[int] = set()
         self._start_seconds = 0.0
         self._run_id = ""
-        self._run_provenance: dict[str, Any] = {}
         self._queue: queue.Queue[_BatchResult | None] = queue.Queue(MAX_QUEUED_BATCHES)
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
         self.total_failed = 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._resolved_output_dir = resolve_output_dir(self.output_dir, pl_module.name)
-        if trainer.global_rank == 0 and self._resolved_output_dir.is_dir():
-            # A killed run can leave temporaries behind; they are never valid outputs. Only old
-            # ones go: a run writing into the same folder right now owns the fresh ones.
-            oldest_kept = time.time() - STALE_TEMPORARY_SECONDS
-            for stale in self._resolved_output_dir.rglob(f".*{TEMPORARY_SUFFIX}"):
+        self.output_dirs = model_output_dirs(self.output_dir, list(pl_module.members()))
+        if trainer.global_rank != 0:
+            return
+        # A killed run can leave temporaries behind; they are never valid outputs. Only old
+        # ones go: a run writing into the same folder right now owns the fresh ones.
+        oldest_kept = time.time() - STALE_TEMPORARY_SECONDS
+        for output_dir in self.output_dirs.values():
+            if not output_dir.is_dir():
+                continue
+            for stale in output_dir.rglob(f".*{TEMPORARY_SUFFIX}"):
                 with contextlib.suppress(FileNotFoundError):  # its run renamed it meanwhile
                     if stale.stat().st_mtime < oldest_kept:
                         stale.unlink()
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.assembler = ClipFeatureAssembler()
-        self.counts = RunCounts()
+        names = list(pl_module.members())
+        self.counts = RunCounts(written=dict.fromkeys(names, 0), clips=dict.fromkeys(names, 0))
+        self._assemblers = {name: ClipFeatureAssembler() for name in names}
+        self._models_left, self._failed_videos = {}, set()
         self._start_seconds = time.perf_counter()
         datamodule = trainer.datamodule
         self._run_id = getattr(datamodule, "run_id", "")
-        self._run_provenance = run_provenance(pl_module, datamodule.provenance(), trainer.precision)
+        data_settings = datamodule.provenance()
+        self._provenance = {
+            name: run_provenance(member, data_settings, trainer.precision)
+            for name, member in pl_module.members().items()
+        }
         self._thread_error = None
         self._thread = threading.Thread(target=self._write_batches, name="vfe-writer", daemon=True)
         self._thread.start()
@@ -125,26 +147,31 @@ class FeatureWriter(BasePredictionWriter):
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        prediction: torch.Tensor,
+        prediction: dict[str, torch.Tensor],
         batch_indices: Any,
         batch: dict[str, Any],
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
         self._raise_writer_error()
-        features, copied = prediction.detach(), None
-        if features.device.type == "cuda":
-            host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
-            host.copy_(features, non_blocking=True)
-            copied = torch.cuda.Event()
-            copied.record()
-            features = host
+        features, copied = {}, None
+        for name, tensor in prediction.items():
+            tensor = tensor.detach()
+            if tensor.device.type == "cuda":
+                host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+                host.copy_(tensor, non_blocking=True)
+                tensor = host
+                copied = torch.cuda.Event()
+            features[name] = tensor.cpu()
+        if copied is not None:
+            copied.record()  # after all the copies
+        models = batch["models"]
         self._queue.put(
             _BatchResult(
-                features.cpu(),
+                features,
                 copied,
-                np.asarray(batch["video_index"], dtype=np.int64),
-                np.asarray(batch["clip_index"], dtype=np.int64),
+                {n: np.asarray(models[n]["video_index"], dtype=np.int64) for n in features},
+                {n: np.asarray(models[n]["clip_index"], dtype=np.int64) for n in features},
                 batch["videos"],
                 batch["ends"],
                 batch["failures"],
@@ -157,7 +184,7 @@ class FeatureWriter(BasePredictionWriter):
             # the same command resumes.
             self._finish_writing()
             raise StoppedBySignal(
-                f"stopped by SIGTERM; {self.counts.written} video(s) written by this process "
+                f"stopped by SIGTERM; {self.counts.videos_done} video(s) done by this process "
                 "before it; run the same command again to resume"
             )
 
@@ -186,38 +213,61 @@ class FeatureWriter(BasePredictionWriter):
         if result.copied is not None:
             result.copied.synchronize()
         for info in result.videos:
-            self.assembler.add_video(info)
-        finished = self.assembler.add_features(
-            result.features.float().numpy(), result.video_index, result.clip_index
-        )
-        for end in result.ends:
-            finished += self.assembler.add_end(end)
-        for video in finished:
-            info = video.info
-            record = {
-                **self._run_provenance,
-                **video_provenance(info["size_bytes"], info["mtime_ns"]),
-            }
-            save_npz_atomically(
-                output_path_for(self._resolved_output_dir, video.relative_path),
-                {**video.arrays, PROVENANCE_KEY: encode(record)},
+            self._models_left.setdefault(info["index"], len(info["models"]))
+            for name in info["models"]:
+                self._assemblers[name].add_video(info)
+        finished = []
+        for name, features in result.features.items():
+            videos = self._assemblers[name].add_features(
+                features.float().numpy(), result.video_index[name], result.clip_index[name]
             )
-            self.counts.written += 1
-            self.counts.clips += len(video.arrays["features"])
+            finished += [(name, video) for video in videos]
+        for end in result.ends:
+            for name, num_samples in end["num_samples"].items():
+                videos = self._assemblers[name].add_end({**end, "num_samples": num_samples})
+                finished += [(name, video) for video in videos]
+        for name, video in finished:
+            self._save(name, video)
         for failure in result.failures:
-            if self.assembler.drop_video(failure["index"]):  # once per video, not per segment
-                self._record_failure(failure)
+            self._fail(failure)
         self.counts.decoded_bytes += result.decoded_bytes
-        self.counts.clips_in_progress = self.assembler.clips_in_progress
+        first = next(iter(self._assemblers.values()))
+        self.counts.clips_in_progress = first.clips_in_progress
 
-    def _record_failure(self, failure: dict[str, Any]) -> None:
+    def _save(self, name: str, video: FinishedVideo) -> None:
+        info = video.info
+        record = {
+            **self._provenance[name],
+            **video_provenance(info["size_bytes"], info["mtime_ns"]),
+        }
+        save_npz_atomically(
+            output_path_for(self.output_dirs[name], video.relative_path),
+            {**video.arrays, PROVENANCE_KEY: encode(record)},
+        )
+        self.counts.written[name] += 1
+        self.counts.clips[name] += len(video.arrays["features"])
+        self._models_left[info["index"]] -= 1
+        if self._models_left[info["index"]] == 0:
+            self.counts.videos_done += 1
+
+    def _fail(self, failure: dict[str, Any]) -> None:
+        """Drop the video for all its backbones; recorded once per video (a split video's
+        segments may each fail), in each backbone's folder, naming the backbones affected."""
+        for name in failure["models"]:
+            self._assemblers[name].drop_video(failure["index"])
+        if failure["index"] in self._failed_videos:
+            return
+        self._failed_videos.add(failure["index"])
         self.counts.failed += 1
-        record = {k: failure[k] for k in ("path", "relative_path", "stage", "error")}
+        self.counts.videos_done += 1
+        record = {k: failure[k] for k in ("path", "relative_path", "stage", "error", "models")}
         record |= {"run": self._run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        self._resolved_output_dir.mkdir(parents=True, exist_ok=True)
-        # One short line per write with O_APPEND: lines from several ranks never interleave.
-        with open(self._resolved_output_dir / FAILURES_FILE_NAME, "a", encoding="utf-8") as file:
-            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for name in failure["models"]:
+            output_dir = self.output_dirs[name]
+            output_dir.mkdir(parents=True, exist_ok=True)
+            # One short line per write with O_APPEND: lines from several ranks never interleave.
+            with open(output_dir / FAILURES_FILE_NAME, "a", encoding="utf-8") as file:
+                file.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
@@ -227,34 +277,52 @@ class FeatureWriter(BasePredictionWriter):
                 self._queue.put_nowait(None)
             self._thread = None
 
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Before any callback's on_predict_end, so the progress bar's last line is final.
+        self._finish_writing()
+
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._finish_writing()
-        own = {
-            "written": self.counts.written,
-            "failed": self.counts.failed,
-            "clips": self.counts.clips,
-            "unfinished": self.assembler.num_pending,
-        }
-        self.total_failed = own["failed"] + own["unfinished"]
+        own = {"failed": self.counts.failed}
+        for name, assembler in self._assemblers.items():
+            own |= {
+                f"{name}/written": self.counts.written[name],
+                f"{name}/clips": self.counts.clips[name],
+                f"{name}/unfinished": assembler.num_pending,
+            }
+        unfinished = max(assembler.num_pending for assembler in self._assemblers.values())
+        self.total_failed = self.counts.failed + unfinished
         totals = gather_totals(trainer, self._run_id, own)
         if totals is None:  # not rank 0: rank 0 reports for all
             return
-        written, failed, clips, unfinished = (totals[k] for k in own)
+        names = list(self._assemblers)
+        unfinished = max(totals[f"{name}/unfinished"] for name in names)
+        failed = totals["failed"]
         self.total_failed = failed + unfinished
-        skipped = getattr(trainer.datamodule, "num_skipped", 0)
+        skipped = getattr(trainer.datamodule, "num_skipped", {})
         seconds = time.perf_counter() - self._start_seconds
-        say(
-            f"written {written}, skipped {skipped}, failed {failed}, clips {clips}, "
-            f"wall time {seconds:.1f} s -> {self._resolved_output_dir}"
-        )
+        for name in names:
+            label = f"{name}: " if len(names) > 1 else ""
+            say(
+                f"{label}written {totals[f'{name}/written']}, skipped {skipped.get(name, 0)}, "
+                f"failed {failed}, clips {totals[f'{name}/clips']}, wall time {seconds:.1f} s "
+                f"-> {self.output_dirs[name]}"
+            )
         if failed:
-            # Every rank appended its failures before reporting its totals.
-            failures_file = self._resolved_output_dir / FAILURES_FILE_NAME
-            print(f"vfe: {failed} video(s) failed; reasons in {failures_file}", file=sys.stderr)
-            records = [r for r in read_failures(failures_file) if r.get("run") == self._run_id]
-            for record in records[:MAX_FAILURES_SHOWN]:
+            # Every rank appended its failures before reporting its totals; each failed video
+            # is listed once, with the backbones it was for.
+            files = " and ".join(str(self.output_dirs[n] / FAILURES_FILE_NAME) for n in names)
+            print(f"vfe: {failed} video(s) failed; reasons in {files}", file=sys.stderr)
+            records = {
+                r["relative_path"]: r
+                for name in names
+                for r in read_failures(self.output_dirs[name] / FAILURES_FILE_NAME)
+                if r.get("run") == self._run_id
+            }
+            for record in list(records.values())[:MAX_FAILURES_SHOWN]:
+                models = f" ({', '.join(record['models'])})" if len(names) > 1 else ""
                 reason = f"{record['stage']}: {record['error']}"
-                print(f"  {record['relative_path']}: {reason}", file=sys.stderr)
+                print(f"  {record['relative_path']}{models}: {reason}", file=sys.stderr)
             if failed > MAX_FAILURES_SHOWN:
                 print(f"  ... and {failed - MAX_FAILURES_SHOWN} more", file=sys.stderr)
         if unfinished:

@@ -20,12 +20,14 @@ from vfe.transforms import normalize
 class InputSpec:
     """How a backbone wants its clips.
 
-    frames_per_clip: None for image backbones: every frame of the clip is one sample
-        `(C, H, W)`, and the clip feature is the mean over frames. An integer N for video
-        backbones: N frames spread uniformly over the clip form one sample `(C, N, H, W)`.
+    frames_per_clip: None: every frame of the clip; N: N frames spread uniformly over the clip
+        (PyTorchVideo's `UniformTemporalSubsample` rule).
+    stack_frames: False for image backbones: each frame is one sample `(C, H, W)` and the clip
+        feature is the mean over them. True for video backbones: the N frames form one sample
+        `(C, N, H, W)` (needs frames_per_clip).
     short_side_size, crop_size, interpolation, antialias: resize the short side, then center crop.
     mean, std: per-channel normalisation of `pixels / 255`, applied on the model's device.
-    default_batch_size: samples per forward pass when `--batch_size` is not given.
+    default_batch_size: samples per forward pass when no batch size is given.
     """
 
     frames_per_clip: int | None
@@ -36,9 +38,36 @@ class InputSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     default_batch_size: int
+    stack_frames: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stack_frames and self.frames_per_clip is None:
+            raise ValueError("stack_frames needs frames_per_clip")
 
 
-class Backbone(LightningModule, ABC):
+class Extractor(LightningModule, ABC):
+    """What `vfe predict` runs: one backbone, or several fed from one decode (`MultiBackbone`).
+
+    `members()` names the backbones; each batch holds, per member, the samples its InputSpec
+    asked for, and `predict_step` returns, per member, `(B, feature_dim) float32` features.
+    """
+
+    @abstractmethod
+    def members(self) -> dict[str, "Backbone"]: ...
+
+    @property
+    def input_specs(self) -> dict[str, InputSpec]:
+        return {name: member.input_spec for name, member in self.members().items()}
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {
+            name: member.features(batch["models"][name]["pixels"])
+            for name, member in self.members().items()
+            if name in batch["models"]
+        }
+
+
+class Backbone(Extractor):
     """A headless feature extractor; `predict_step` returns `(B, feature_dim) float32` features.
 
     `__init__` only records the options; weights load in `configure_model` (Lightning calls it
@@ -83,11 +112,11 @@ class Backbone(LightningModule, ABC):
     def encode(self, samples: torch.Tensor) -> torch.Tensor:
         """Normalised float samples `(B, C, H, W)` or `(B, C, T, H, W)` -> `(B, feature_dim)`."""
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        pixels: torch.Tensor = batch["pixels"]
-        if pixels.shape[0] == 0:
-            # A batch may carry only failure reports.
-            return torch.zeros(0, self.feature_dim, device=pixels.device)
+    def members(self) -> dict[str, "Backbone"]:
+        return {self.name: self}
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 samples `(B, C, H, W)` or `(B, C, T, H, W)` -> `(B, feature_dim)` float32."""
         spec = self.input_spec
         # In the module's own dtype: under `bf16-true` / `16-true` the weights are half precision.
         samples = normalize(pixels, spec.mean, spec.std, channel_dim=1).to(self.dtype)

@@ -145,14 +145,26 @@ class CLIPBackbone(Backbone):
         arch: OpenAI CLIP name (ViT-B/32, RN50, ViT-B/16, ViT-L/14, ...), or 'custom' to take
             the architecture from the weights file.
         weights: a local checkpoint file, 'random', or unset for the official weights.
+        frames_per_clip: encode N frames spread uniformly over each clip (PyTorchVideo's
+            rule) instead of every frame; the clip feature is their mean.
     """
 
     name: ClassVar[str] = "clip"
 
-    def __init__(self, arch: str = "ViT-B/32", weights: str | None = None) -> None:
+    def __init__(
+        self, arch: str = "ViT-B/32", weights: str | None = None, frames_per_clip: int | None = None
+    ) -> None:
         super().__init__()
+        if frames_per_clip is not None and (
+            not isinstance(frames_per_clip, int) or frames_per_clip < 1
+        ):
+            raise VfeError(
+                f"--model.frames_per_clip must be a positive integer or unset (every frame), "
+                f"got {frames_per_clip!r}"
+            )
         self.arch = arch
         self.weights = weights
+        self.frames_per_clip = frames_per_clip
         self.visual: nn.Module | None = None
         self._input_spec: InputSpec | None = None
         self._weights_record: dict[str, str] = {}
@@ -183,7 +195,7 @@ class CLIPBackbone(Backbone):
         }
         resolution = int(self.visual.input_resolution)
         self._input_spec = InputSpec(
-            frames_per_clip=None,
+            frames_per_clip=self.frames_per_clip,
             short_side_size=resolution,
             crop_size=resolution,
             interpolation=InterpolationMode.BICUBIC,

@@ -113,6 +113,7 @@ class SlowFastBackbone(Backbone):
             mean=(0.45, 0.45, 0.45),
             std=(0.225, 0.225, 0.225),
             default_batch_size=8,
+            stack_frames=True,
         )
 
     def prepare_data(self) -> None:

@@ -1,0 +1,95 @@
+"""Several backbones fed from one decode: `--model clip,slowfast`.
+
+The datamodule reads each member's InputSpec, decodes every frame once and resizes it once per
+backbone that wants it; each member gets batches of its own size and writes its own folder. No
+member is special: a new backbone works here as soon as it is registered.
+"""
+
+import dataclasses
+import inspect
+from importlib import import_module
+from typing import Any
+
+from torch import nn
+
+from vfe.backbones.base import Backbone, Extractor, InputSpec
+from vfe.errors import VfeError
+from vfe.registry import resolve_model
+
+BATCH_SIZE_OPTION = "batch_size"
+
+
+def build_backbone(name: str, options: dict[str, Any]) -> Backbone:
+    """The registered (or class-path) backbone `name` built with `options`."""
+    module_name, class_name = resolve_model(name).rsplit(".", 1)
+    backbone_class = getattr(import_module(module_name), class_name)
+    allowed = [p for p in inspect.signature(backbone_class.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise VfeError(
+            f"--model.{name}.{unknown[0]} is not an option of {name}; its options are "
+            f"{', '.join([*allowed, BATCH_SIZE_OPTION])}"
+        )
+    return backbone_class(**options)
+
+
+class MultiBackbone(Extractor):
+    """Runs several backbones on the same clips, each as it would run alone.
+
+    Args:
+        models: backbone names (or class paths), e.g. `[clip, slowfast]`.
+        options: per backbone name, its own options (`arch`, `weights`, ...) and `batch_size`
+            (samples per forward pass; default the backbone's own).
+    """
+
+    def __init__(self, models: list[str], options: dict[str, dict[str, Any]] | None = None):
+        super().__init__()
+        options = options or {}
+        if len(models) < 1:
+            raise VfeError("--model needs at least one backbone name")
+        unknown = sorted(set(options) - set(models))
+        if unknown:
+            raise VfeError(
+                f"--model.{unknown[0]}.* names a backbone that is not in --model {','.join(models)}"
+            )
+        members: dict[str, Backbone] = {}
+        self._batch_sizes: dict[str, int] = {}
+        for name in models:
+            member_options = dict(options.get(name) or {})
+            batch_size = member_options.pop(BATCH_SIZE_OPTION, None)
+            member = build_backbone(name, member_options)
+            if member.name in members:
+                raise VfeError(f"--model names {member.name} twice")
+            if batch_size is not None:
+                if not isinstance(batch_size, int) or batch_size < 1:
+                    raise VfeError(
+                        f"--model.{name}.batch_size must be a positive integer, got {batch_size!r}"
+                    )
+                self._batch_sizes[member.name] = batch_size
+            members[member.name] = member
+        self.backbones = nn.ModuleDict(members)
+
+    def members(self) -> dict[str, Backbone]:
+        return dict(self.backbones.items())
+
+    @property
+    def input_specs(self) -> dict[str, InputSpec]:
+        specs = super().input_specs
+        return {
+            name: dataclasses.replace(spec, default_batch_size=self._batch_sizes[name])
+            if name in self._batch_sizes
+            else spec
+            for name, spec in specs.items()
+        }
+
+    def prepare_data(self) -> None:
+        for member in self.members().values():
+            member.prepare_data()
+
+    def configure_model(self) -> None:
+        for member in self.members().values():
+            member.configure_model()
+
+    def on_predict_start(self) -> None:
+        for member in self.members().values():
+            member.on_predict_start()
