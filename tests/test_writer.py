@@ -144,3 +144,32 @@ def test_progress_in_a_log_is_lines_not_redraws(
     clips = [int(line.split("clips=")[1].split(",")[0]) for line in lines]
     assert clips == sorted(clips) and clips[-1] == 3
     assert any(0 < count < 3 for count in clips)  # moves before the first video ends
+
+
+def test_a_video_failing_in_two_segments_is_one_failure(tmp_path: Path):
+    from vfe.writer import FeatureWriter, read_failures
+
+    writer = FeatureWriter(output_dir=tmp_path)
+    writer.output_dirs = {"m": tmp_path}
+    writer._assemblers = {"m": ClipFeatureAssembler()}
+    failure = {
+        "index": 3, "path": "/in/v.mp4", "relative_path": "v.mp4", "stage": "decode",
+        "error": "DecodeError: corrupt packet", "models": ["m"],
+    }  # fmt: skip
+    writer._fail(failure)
+    writer._fail({**failure, "error": "DecodeError: another corrupt packet"})  # next segment
+    assert writer.counts.failed == 1 and writer.counts.videos_done == 1
+    assert [r["error"] for r in read_failures(tmp_path / "failures.jsonl")] == [failure["error"]]
+
+
+def test_an_error_in_the_writer_thread_stops_the_run(video_dir: Path, tiny_clip_file, tmp_path):
+    from conftest import extract
+
+    from vfe.backbones.openai_clip import CLIPBackbone
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "nested").write_text("a file where a folder must go")
+    model = CLIPBackbone(arch="custom", weights=str(tiny_clip_file))
+    with pytest.raises((FileExistsError, NotADirectoryError)):
+        extract(model, video_dir, tmp_path / "out")
+    assert (tmp_path / "out" / "moving.npz").exists()  # the other video was written

@@ -259,6 +259,12 @@ def main(argv: list[str] | None = None) -> None:
         help="peak RSS per process, 1- vs 60-minute video, no model",
     )
     parser.add_argument(
+        "--decode_threads",
+        type=int,
+        default=None,
+        help="FFmpeg threads per worker for --scaling/--memory/--multi (default: vfe's)",
+    )
+    parser.add_argument(
         "--multi",
         action="store_true",
         help="--models one at a time vs all from one decode, on --sets",

@@ -68,9 +68,14 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
 
     model = build_backbone(options["model"])
     if options.get("passthrough"):
+        from vfe.backbones.multi import MultiBackbone
         from vfe.bench_scaling import PassThroughBackbone
 
-        model = PassThroughBackbone(model.input_spec, model.feature_dim)
+        stand_ins = [
+            PassThroughBackbone(member.input_spec, member.feature_dim, name)
+            for name, member in model.members().items()
+        ]
+        model = stand_ins[0] if len(stand_ins) == 1 else MultiBackbone.of(stand_ins)
     timers: dict[str, float] = {}
 
     class WorkerTimes(Callback):
@@ -104,6 +109,7 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
             overwrite=True,
             decoder=options["decoder"],
             min_segment_seconds=options.get("min_segment_seconds", 30.0),
+            decode_threads=options.get("decode_threads"),
         )
         started = time.perf_counter()
         trainer.predict(model, datamodule=datamodule, return_predictions=False)

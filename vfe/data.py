@@ -44,14 +44,17 @@ _M_MMAP_THRESHOLD = -3
 WORKER_MMAP_THRESHOLD_BYTES = 1 << 20
 
 
-def _keep_large_buffers_out_of_the_heap() -> None:
+def keep_large_buffers_out_of_the_heap() -> None:
     """Stop glibc from raising its mmap threshold as large blocks are freed.
 
-    A worker allocates and frees a batch-sized buffer per batch (frames, resized samples, the
-    copy the DataLoader makes into shared memory). glibc's default raises the mmap threshold to
-    the size of each freed mmapped block (up to 32 MiB), after which such buffers come from the
-    heap, whose fragmentation grew a worker from 0.5 to 1.1 GB over a 10-minute video. A fixed
-    threshold keeps them mmapped, so memory returns to the system on free.
+    Every batch allocates and frees batch-sized buffers: in a worker the frames, the resized
+    samples and the copy the DataLoader makes into shared memory; in the main process the
+    float samples and the model's activations. glibc's default raises the mmap threshold to the
+    size of each freed mmapped block (up to 32 MiB), after which such buffers come from the
+    heap, whose fragmentation grew a worker from 0.5 to 1.1 GB over a 10-minute video, and
+    made the main process swing between 0.9 and 1.2 GB (0.80-0.86 GB with the fix; tiny CLIP,
+    60-minute video). A fixed threshold keeps them mmapped, so their memory returns to the
+    system when freed.
     """
     try:
         libc = ctypes.CDLL(None)
@@ -67,7 +70,7 @@ def _init_worker(worker_id: int) -> None:
     to the whole process group by schedulers) is the main process's to act on: it stops after
     the batch in hand and then shuts the workers down."""
     os.nice(WORKER_NICENESS)
-    _keep_large_buffers_out_of_the_heap()
+    keep_large_buffers_out_of_the_heap()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
@@ -225,6 +228,7 @@ class VideoDataModule(LightningDataModule):
         )
 
     def predict_dataloader(self) -> DataLoader:
+        keep_large_buffers_out_of_the_heap()  # the main process's batches (workers: _init_worker)
         self._list_videos()
         specs: dict[str, InputSpec] = self.trainer.lightning_module.input_specs
         root_device = self.trainer.strategy.root_device

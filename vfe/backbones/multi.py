@@ -69,6 +69,15 @@ class MultiBackbone(Extractor):
             members[member.name] = member
         self.backbones = nn.ModuleDict(members)
 
+    @classmethod
+    def of(cls, backbones: list[Backbone]) -> "MultiBackbone":
+        """Built from backbone objects rather than names (benchmarks and tests)."""
+        multi = cls.__new__(cls)
+        Extractor.__init__(multi)
+        multi._batch_sizes = {}
+        multi.backbones = nn.ModuleDict({backbone.name: backbone for backbone in backbones})
+        return multi
+
     def members(self) -> dict[str, Backbone]:
         return dict(self.backbones.items())
 
