@@ -135,11 +135,20 @@ def test_killed_run_resumes_without_redoing_finished_videos(
     assert not [p for p in output.iterdir() if p.name.startswith(".")]
 
 
-def test_ddp_two_processes_equal_one_process(tiny_clip_file: Path, tmp_path: Path):
+@pytest.mark.parametrize("models", ["clip", "clip,slowfast"], ids=["one backbone", "two"])
+def test_ddp_two_processes_equal_one_process(
+    models, tiny_clip_file: Path, slowfast_pyth_file: Path, tmp_path: Path
+):
     for index, num_frames in enumerate([85, 30, 60, 12, 1]):
         write_video(tmp_path / "in" / f"v{index}.mp4", num_frames=num_frames, seed=index)
+    weights = {"clip": ["--model.arch", "custom", "--model.weights", str(tiny_clip_file)]}
+    if models != "clip":
+        weights = {
+            "clip": ["--model.clip.arch", "custom", "--model.clip.weights", str(tiny_clip_file)],
+            "slowfast": ["--model.slowfast.weights", str(slowfast_pyth_file)],
+        }
     common = [
-        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--model", models, *(arg for args in weights.values() for arg in args),
         "--input_dir", "in", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar",
         "false", "--data.num_workers", "1",
     ]  # fmt: skip
@@ -150,12 +159,15 @@ def test_ddp_two_processes_equal_one_process(tiny_clip_file: Path, tmp_path: Pat
         cwd=tmp_path,
     )  # fmt: skip
     assert double.returncode == 0, double.stderr
-    assert "written 5, skipped 0, failed 0, clips 7" in double.stdout + double.stderr
-    for index in range(5):
-        one = np.load(tmp_path / "one" / f"v{index}.npz")
-        two = np.load(tmp_path / "two" / f"v{index}.npz")
-        np.testing.assert_allclose(two["features"], one["features"], rtol=1e-4, atol=1e-5)
-        np.testing.assert_array_equal(two["timestamps"], one["timestamps"])
+    for name in weights:
+        label = f"{name}: " if len(weights) > 1 else ""
+        assert f"{label}written 5, skipped 0, failed 0, clips 7" in double.stderr
+        folder = name if len(weights) > 1 else ""
+        for index in range(5):
+            one = np.load(tmp_path / "one" / folder / f"v{index}.npz")
+            two = np.load(tmp_path / "two" / folder / f"v{index}.npz")
+            np.testing.assert_allclose(two["features"], one["features"], rtol=1e-4, atol=1e-5)
+            np.testing.assert_array_equal(two["timestamps"], one["timestamps"])
 
 
 NATIVE_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
