@@ -74,6 +74,14 @@ def test_assigner_reports_held_clips_and_rejects_bad_times():
         ClipAssigner(Fraction(1)).add(Fraction(1, 2))
 
 
+def test_assigner_of_a_segment_starts_at_its_first_clip():
+    segment = ClipAssigner(Fraction(2), first_clip=3)
+    assert segment.add(Fraction(61, 10)) == (3, range(3, 3))  # nothing before clip 3 is held
+    assert segment.add(Fraction(11)) == (5, range(4, 5))  # an empty window inside is
+    with pytest.raises(ValueError, match="comes before clip 3"):
+        ClipAssigner(Fraction(2), first_clip=3).add(Fraction(59, 10))
+
+
 @pytest.mark.parametrize(
     ("num_clips", "clip_len", "duration", "expected"),
     [

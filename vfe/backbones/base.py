@@ -68,7 +68,8 @@ class Extractor(LightningModule, ABC):
 
 
 class Backbone(Extractor):
-    """A headless feature extractor; `predict_step` returns `(B, feature_dim) float32` features.
+    """A headless feature extractor; `features` turns a batch of uint8 samples into
+    `(B, feature_dim) float32` features (a run of one backbone is its own only member).
 
     `__init__` only records the options; weights load in `configure_model` (Lightning calls it
     at the start of `predict`), so building the CLI and `--print_config` stay instant and
