@@ -9,8 +9,9 @@ from torchvision.transforms import InterpolationMode
 
 from vfe.assembly import ClipFeatureAssembler
 from vfe.backbones.base import InputSpec
+from vfe.batching import BatchBuilder
 from vfe.clip_grid import uniform_indices
-from vfe.dataset import VideoClipDataset, _BatchBuilder
+from vfe.dataset import VideoClipDataset
 from vfe.errors import VfeError
 from vfe.paths import find_videos, output_path_for
 from vfe.work_plan import WorkItem
@@ -33,7 +34,7 @@ def pixels_of(batch: dict) -> torch.Tensor:
 
 
 def test_batch_builder_cuts_exact_batches_per_backbone_and_keeps_order():
-    builder = _BatchBuilder({"a": 4, "b": 1})
+    builder = BatchBuilder({"a": 4, "b": 1})
     builder.add_video({"index": 0})
     builder.add_samples("a", torch.arange(3).view(3, 1), 0, [0, 0, 1])
     builder.add_end({"index": 0})

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vfe.backbones.base import InputSpec
+from vfe.batching import BatchBuilder
 from vfe.clip_grid import ClipAssigner, clip_length_fraction, uniform_indices
 from vfe.paths import VideoEntry
 from vfe.transforms import resize_and_center_crop
@@ -45,97 +46,6 @@ def describe_error(error: BaseException, max_chars: int = 300) -> str:
     lines = str(error).strip().splitlines() or [""]
     message = re.sub(r"(\[[\d:]+\] \S+:\d+: )+", "", lines[0]).strip()
     return f"{type(error).__name__}: {message}"[:max_chars]
-
-
-class _SampleBuffer:
-    """One backbone's samples waiting for a batch."""
-
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size = batch_size
-        self.chunks: list[torch.Tensor] = []
-        self.video_index: list[int] = []
-        self.clip_index: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self.clip_index)
-
-    def take(self) -> dict[str, Any]:
-        """Up to `batch_size` samples, oldest first."""
-        count = min(self.batch_size, len(self))
-        pixels = self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
-        self.chunks = [pixels[count:]] if count < len(pixels) else []
-        taken = {
-            "pixels": pixels[:count],
-            "video_index": self.video_index[:count],
-            "clip_index": self.clip_index[:count],
-        }
-        del self.video_index[:count], self.clip_index[:count]
-        return taken
-
-
-class _BatchBuilder:
-    """Collects samples per backbone and cuts them into batches of each one's batch size."""
-
-    def __init__(self, batch_sizes: dict[str, int]) -> None:
-        self._buffers = {name: _SampleBuffer(size) for name, size in batch_sizes.items()}
-        self._videos: list[dict[str, Any]] = []
-        self._ends: list[dict[str, Any]] = []
-        self._failures: list[dict[str, Any]] = []
-        self.decoded_bytes = 0
-        self.decode_seconds = 0.0
-        self.preprocess_seconds = 0.0
-
-    def add_samples(
-        self, model: str, pixels: torch.Tensor, video_index: int, clip_index: list[int]
-    ) -> None:
-        """`pixels (N, ...)` samples for `model` of one video, sample n of clip `clip_index[n]`."""
-        buffer = self._buffers[model]
-        buffer.chunks.append(pixels)
-        buffer.video_index += [video_index] * len(clip_index)
-        buffer.clip_index += clip_index
-
-    def add_video(self, info: dict[str, Any]) -> None:
-        self._videos.append(info)
-
-    def add_end(self, end: dict[str, Any]) -> None:
-        self._ends.append(end)
-
-    def add_failure(self, failure: dict[str, Any]) -> None:
-        self._failures.append(failure)
-
-    def full(self) -> bool:
-        """Some backbone has a whole batch waiting."""
-        return any(len(buffer) >= buffer.batch_size for buffer in self._buffers.values())
-
-    def has_anything(self) -> bool:
-        return bool(
-            any(len(buffer) for buffer in self._buffers.values())
-            or self._videos
-            or self._ends
-            or self._failures
-            or self.decoded_bytes
-        )
-
-    def pop(self, final: bool = False) -> dict[str, Any]:
-        """The next batch: every whole batch waiting (with `final`, also short ones), plus all
-        pending records."""
-        batch = {
-            "models": {
-                name: buffer.take()
-                for name, buffer in self._buffers.items()
-                if len(buffer) >= buffer.batch_size or (final and len(buffer))
-            },
-            "videos": self._videos,
-            "ends": self._ends,
-            "failures": self._failures,
-            "decoded_bytes": self.decoded_bytes,
-            "decode_seconds": self.decode_seconds,
-            "preprocess_seconds": self.preprocess_seconds,
-        }
-        self._videos, self._ends, self._failures = [], [], []
-        self.decoded_bytes = 0
-        self.decode_seconds = self.preprocess_seconds = 0.0
-        return batch
 
 
 class _FileError(Exception):
@@ -201,7 +111,7 @@ class VideoClipDataset(IterableDataset):
         return self.video_models[video_index]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        builder = _BatchBuilder(self.batch_sizes)
+        builder = BatchBuilder(self.batch_sizes)
         for item in self.worker_items():
             try:
                 yield from self._add_item(builder, item)
@@ -220,7 +130,7 @@ class VideoClipDataset(IterableDataset):
         while builder.has_anything():
             yield builder.pop(final=True)
 
-    def _add_item(self, builder: _BatchBuilder, item: WorkItem) -> Iterator[dict[str, Any]]:
+    def _add_item(self, builder: BatchBuilder, item: WorkItem) -> Iterator[dict[str, Any]]:
         """Decode one video or segment once for all its backbones, adding their samples and
         finally its end record."""
         entry = self.videos[item.video_index]
@@ -309,7 +219,7 @@ class VideoClipDataset(IterableDataset):
             yield builder.pop()
 
     def to_samples(
-        self, builder: _BatchBuilder, spec: InputSpec, frames: list[Frame]
+        self, builder: BatchBuilder, spec: InputSpec, frames: list[Frame]
     ) -> torch.Tensor:
         """Decoded frames -> `(T, C, h, w)` uint8, resized and cropped as `spec` says."""
         started = time.perf_counter()
@@ -343,7 +253,7 @@ class VideoClipDataset(IterableDataset):
 
 
 def _emitter_for(
-    dataset: VideoClipDataset, builder: _BatchBuilder, model: str, video_index: int, first_clip: int
+    dataset: VideoClipDataset, builder: BatchBuilder, model: str, video_index: int, first_clip: int
 ) -> "_ImageSamples | _ClipSamples":
     spec = dataset.specs[model]
     if spec.frames_per_clip is None:
@@ -356,7 +266,7 @@ class _ImageSamples:
     backbone's batch size as they arrive, so a clip is never held whole."""
 
     def __init__(
-        self, dataset: VideoClipDataset, builder: _BatchBuilder, model: str, video_index: int
+        self, dataset: VideoClipDataset, builder: BatchBuilder, model: str, video_index: int
     ):
         self.dataset, self.builder, self.model = dataset, builder, model
         self.spec, self.video_index = dataset.specs[model], video_index
@@ -394,7 +304,7 @@ class _ClipSamples:
     def __init__(
         self,
         dataset: VideoClipDataset,
-        builder: _BatchBuilder,
+        builder: BatchBuilder,
         model: str,
         video_index: int,
         first_clip: int = 0,

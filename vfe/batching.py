@@ -1,0 +1,98 @@
+"""Cutting samples into batches: one buffer per backbone, each with its own batch size, and
+the records (video starts, ends, failures) that travel with the next batch (`vfe.dataset`
+describes the batch)."""
+
+from typing import Any
+
+import torch
+
+
+class _SampleBuffer:
+    """One backbone's samples waiting for a batch."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.chunks: list[torch.Tensor] = []
+        self.video_index: list[int] = []
+        self.clip_index: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.clip_index)
+
+    def take(self) -> dict[str, Any]:
+        """Up to `batch_size` samples, oldest first."""
+        count = min(self.batch_size, len(self))
+        pixels = self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
+        self.chunks = [pixels[count:]] if count < len(pixels) else []
+        taken = {
+            "pixels": pixels[:count],
+            "video_index": self.video_index[:count],
+            "clip_index": self.clip_index[:count],
+        }
+        del self.video_index[:count], self.clip_index[:count]
+        return taken
+
+
+class BatchBuilder:
+    """Collects samples per backbone and cuts them into batches of each one's batch size."""
+
+    def __init__(self, batch_sizes: dict[str, int]) -> None:
+        self._buffers = {name: _SampleBuffer(size) for name, size in batch_sizes.items()}
+        self._videos: list[dict[str, Any]] = []
+        self._ends: list[dict[str, Any]] = []
+        self._failures: list[dict[str, Any]] = []
+        self.decoded_bytes = 0
+        self.decode_seconds = 0.0
+        self.preprocess_seconds = 0.0
+
+    def add_samples(
+        self, model: str, pixels: torch.Tensor, video_index: int, clip_index: list[int]
+    ) -> None:
+        """`pixels (N, ...)` samples for `model` of one video, sample n of clip `clip_index[n]`."""
+        buffer = self._buffers[model]
+        buffer.chunks.append(pixels)
+        buffer.video_index += [video_index] * len(clip_index)
+        buffer.clip_index += clip_index
+
+    def add_video(self, info: dict[str, Any]) -> None:
+        self._videos.append(info)
+
+    def add_end(self, end: dict[str, Any]) -> None:
+        self._ends.append(end)
+
+    def add_failure(self, failure: dict[str, Any]) -> None:
+        self._failures.append(failure)
+
+    def full(self) -> bool:
+        """Some backbone has a whole batch waiting."""
+        return any(len(buffer) >= buffer.batch_size for buffer in self._buffers.values())
+
+    def has_anything(self) -> bool:
+        return bool(
+            any(len(buffer) for buffer in self._buffers.values())
+            or self._videos
+            or self._ends
+            or self._failures
+            or self.decoded_bytes
+        )
+
+    def pop(self, final: bool = False) -> dict[str, Any]:
+        """The next batch: every whole batch waiting (with `final`, also short ones), plus all
+        pending records."""
+        batch = {
+            "models": {
+                name: buffer.take()
+                for name, buffer in self._buffers.items()
+                if len(buffer) >= buffer.batch_size or (final and len(buffer))
+            },
+            "videos": self._videos,
+            "ends": self._ends,
+            "failures": self._failures,
+            "decoded_bytes": self.decoded_bytes,
+            "decode_seconds": self.decode_seconds,
+            "preprocess_seconds": self.preprocess_seconds,
+        }
+        self._videos, self._ends, self._failures = [], [], []
+        self.decoded_bytes = 0
+        self.decode_seconds = self.preprocess_seconds = 0.0
+        return batch
