@@ -115,6 +115,11 @@ def test_usage_error_is_one_line_without_traceback(tmp_path: Path):
         (["--model", "clip", "--device", "tpu"], "--device 'tpu' is not allowed"),
         (["--model", "slowfast", "--input_dir", "{empty}"], "holds no videos"),
         (["--model", "clip", "--clip_len", "0"], "--clip_len must be a positive"),
+        (
+            ["--model", "clip", "--data.min_segment_seconds", "-5"],
+            "--data.min_segment_seconds must be a positive number of seconds, got -5",
+        ),
+        (["--model", "clip", "--model.frames_per_clip", "0"], "--model.frames_per_clip must be"),
     ],
 )
 def test_usage_errors(args, message, tmp_path: Path, capsys, video_dir: Path):

@@ -196,8 +196,9 @@ def test_several_model_names_on_the_command_line(argv, expected):
     ],
 )
 def test_bad_multi_model_options_are_clear_errors(models, options, message):
+    model = MultiBackbone(models, options)  # records only: errors come on first use
     with pytest.raises(VfeError, match=message):
-        MultiBackbone(models, options)
+        model.members()
 
 
 def test_one_batch_size_for_several_backbones_is_refused(two_videos: Path, tmp_path: Path):
@@ -233,3 +234,14 @@ def test_mixed_precision_runs_every_backbone_as_alone(
     assert features[precision].dtype == np.float32
     assert not np.array_equal(features[precision], features["32-true"])  # bf16 did run
     assert cosine(features[precision], features["32-true"]).min() >= 0.99
+
+
+def test_a_bad_backbone_option_is_one_line_on_the_command_line(two_videos: Path, tmp_path):
+    result = run_vfe(
+        "--model", "clip,slowfast", "--model.clip.colour", "1", "--input_dir", str(two_videos),
+        "--output_dir", "out", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "vfe: error: --model.clip.colour is not an option of clip" in result.stderr
+    assert not (tmp_path / "out").exists()

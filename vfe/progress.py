@@ -10,6 +10,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
+from vfe.work_plan import work_shares
 from vfe.writer import FeatureWriter
 
 MEBIBYTE = 1 << 20
@@ -51,9 +52,8 @@ class VideoProgressBar(TQDMProgressBar):
         super().on_predict_start(trainer, pl_module)
         self._start_seconds = self._last_line_seconds = time.perf_counter()
         work = getattr(trainer.datamodule, "work", [])
-        items = [item for items in work for item in items]
-        self._num_videos = len({item.video_index for item in items})
-        total_bytes = sum(item.size_bytes for item in items)
+        self._num_videos = len({item.video_index for items in work for item in items})
+        total_bytes = sum(work_shares(work))
         self.predict_progress_bar.total = max(total_bytes, 1) / MEBIBYTE
         self._description = "Extracting"
         if trainer.world_size > 1:

@@ -44,18 +44,38 @@ class MultiBackbone(Extractor):
 
     def __init__(self, models: list[str], options: dict[str, dict[str, Any]] | None = None):
         super().__init__()
-        options = options or {}
-        if len(models) < 1:
+        # Only recorded here: the backbones are built on first use (`members()`, inside
+        # `predict`), so a bad name or option reaches the user as one line, not as the
+        # argument parser's traceback.
+        self.models = list(models)
+        self.options = dict(options or {})
+        self._batch_sizes: dict[str, int] = {}
+        self.backbones: nn.ModuleDict | None = None
+
+    @classmethod
+    def of(cls, backbones: list[Backbone]) -> "MultiBackbone":
+        """Built from backbone objects rather than names (benchmarks and tests)."""
+        multi = cls([backbone.name for backbone in backbones])
+        multi.backbones = nn.ModuleDict({backbone.name: backbone for backbone in backbones})
+        return multi
+
+    def members(self) -> dict[str, Backbone]:
+        if self.backbones is None:
+            self.backbones = nn.ModuleDict(self._build_members())
+        return dict(self.backbones.items())
+
+    def _build_members(self) -> dict[str, Backbone]:
+        if not self.models:
             raise VfeError("--model needs at least one backbone name")
-        unknown = sorted(set(options) - set(models))
+        unknown = sorted(set(self.options) - set(self.models))
         if unknown:
             raise VfeError(
-                f"--model.{unknown[0]}.* names a backbone that is not in --model {','.join(models)}"
+                f"--model.{unknown[0]}.* names a backbone that is not in --model "
+                f"{','.join(self.models)}"
             )
         members: dict[str, Backbone] = {}
-        self._batch_sizes: dict[str, int] = {}
-        for name in models:
-            member_options = dict(options.get(name) or {})
+        for name in self.models:
+            member_options = dict(self.options.get(name) or {})
             batch_size = member_options.pop(BATCH_SIZE_OPTION, None)
             member = build_backbone(name, member_options)
             if member.name in members:
@@ -67,19 +87,7 @@ class MultiBackbone(Extractor):
                     )
                 self._batch_sizes[member.name] = batch_size
             members[member.name] = member
-        self.backbones = nn.ModuleDict(members)
-
-    @classmethod
-    def of(cls, backbones: list[Backbone]) -> "MultiBackbone":
-        """Built from backbone objects rather than names (benchmarks and tests)."""
-        multi = cls.__new__(cls)
-        Extractor.__init__(multi)
-        multi._batch_sizes = {}
-        multi.backbones = nn.ModuleDict({backbone.name: backbone for backbone in backbones})
-        return multi
-
-    def members(self) -> dict[str, Backbone]:
-        return dict(self.backbones.items())
+        return members
 
     @property
     def input_specs(self) -> dict[str, InputSpec]:

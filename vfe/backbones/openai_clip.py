@@ -155,13 +155,6 @@ class CLIPBackbone(Backbone):
         self, arch: str = "ViT-B/32", weights: str | None = None, frames_per_clip: int | None = None
     ) -> None:
         super().__init__()
-        if frames_per_clip is not None and (
-            not isinstance(frames_per_clip, int) or frames_per_clip < 1
-        ):
-            raise VfeError(
-                f"--model.frames_per_clip must be a positive integer or unset (every frame), "
-                f"got {frames_per_clip!r}"
-            )
         self.arch = arch
         self.weights = weights
         self.frames_per_clip = frames_per_clip
@@ -178,6 +171,12 @@ class CLIPBackbone(Backbone):
     def configure_model(self) -> None:
         if self.visual is not None:
             return
+        frames = self.frames_per_clip
+        if frames is not None and (not isinstance(frames, int) or frames < 1):
+            raise VfeError(
+                f"--model.frames_per_clip must be a positive integer or unset (every frame), "
+                f"got {frames!r}"
+            )
         # The text tower is never used; keeping only the image encoder halves the memory.
         self.visual = load_clip(self.arch, self.weights).visual
         # clip.load verifies the official file against the sha256 in its URL.
