@@ -183,7 +183,7 @@ def test_every_frame_fed_to_the_model_is_the_ffmpeg_frame_of_its_clip(
     """On every awkward file a decoder claims: the samples of clip i are exactly the frames a
     sequential FFmpeg decode presents in [i*L, (i+1)*L) (all, or 8 spread uniformly). Split:
     the same when every (half-second) clip is decoded as a separate segment, from a seek, as
-    workers do with segments of a long video."""
+    workers do with segments of a long video, and feeds a second backbone at the same time."""
     if not decoder_available(decoder):
         pytest.skip(f"{decoder} cannot run here")
     monkeypatch.setattr("vfe.dataset.resize_and_center_crop", raw_pixels)
@@ -198,6 +198,9 @@ def test_every_frame_fed_to_the_model_is_the_ffmpeg_frame_of_its_clip(
             dataset = dataset_for(
                 [entry], spec, float(clip_len), work=work and [work], decoder=decoder
             )
+            if split:  # and a second backbone fed from the same decode
+                dataset.specs["other"] = CLIP8_SPEC
+                dataset.batch_sizes["other"] = 2
             batches += _all_batches(dataset)
         assert not [f for b in batches for f in b["failures"]]
         clips = samples_by_clip(batches, 0)
