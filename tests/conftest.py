@@ -17,17 +17,22 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from vfe.bench.synthetic import (
+    REAL_WORLD_VIDEOS,
+    ffmpeg_encoders,
+    write_real_world_videos,
+    write_video,
+)
+from vfe.decoding.video import check_decoder
 from vfe.errors import VfeError
-from vfe.synthetic import REAL_WORLD_VIDEOS, ffmpeg_encoders, write_real_world_videos, write_video
-from vfe.video import check_decoder
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from clip.model import CLIP  # noqa: E402
 
 from vfe.backbones.base import Backbone  # noqa: E402
-from vfe.data import VideoDataModule  # noqa: E402
-from vfe.writer import FeatureWriter  # noqa: E402
+from vfe.data.datamodule import VideoDataModule  # noqa: E402
+from vfe.output.writer import FeatureWriter  # noqa: E402
 
 FPS = 25
 # 85 frames at 25 fps with 2 s clips: one clip of 50 frames and a short last one of 35.
@@ -110,7 +115,7 @@ class ReferenceDecode:
 
     def clip_frames(self, clip_len: Fraction) -> list[list[int]]:
         """The contract's clips: frames starting in [i*L, (i+1)*L); an empty window holds the
-        frame on screen at its start. Written independently of `vfe.clip_grid`."""
+        frame on screen at its start. Written independently of `vfe.data.clip_grid`."""
         num_clips = math.floor(self.times[-1] / clip_len) + 1
         clips = []
         for i in range(num_clips):
@@ -152,7 +157,7 @@ def reference_decode(path: Path) -> ReferenceDecode:
 
 @pytest.fixture(scope="session")
 def real_world_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The awkward files of `vfe.synthetic.REAL_WORLD_VIDEOS` this ffmpeg can write."""
+    """The awkward files of `vfe.bench.synthetic.REAL_WORLD_VIDEOS` this ffmpeg can write."""
     if not ffmpeg_encoders():
         pytest.skip("needs the ffmpeg command line (apt-get install ffmpeg)")
     return write_real_world_videos(tmp_path_factory.mktemp("real_world"))

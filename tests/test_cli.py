@@ -12,7 +12,7 @@ import torch
 from conftest import run_vfe
 
 from vfe.cli import main, rewrite_model_names, wants_verbose, warn_if_bf16_is_emulated
-from vfe.writer import TEMPORARY_SUFFIX
+from vfe.output.writer import TEMPORARY_SUFFIX
 
 
 def test_clip_run_writes_the_npz_contract_and_resumes(
@@ -51,7 +51,7 @@ def test_clip_run_writes_the_npz_contract_and_resumes(
 
 
 def test_slowfast_run_writes_2304_d_clips(slowfast_pyth_file: Path, tmp_path: Path):
-    from vfe.synthetic import write_video
+    from vfe.bench.synthetic import write_video
 
     write_video(tmp_path / "in" / "v.mp4", num_frames=30, fps=25, height=72, width=96)
     result = run_vfe(

@@ -13,8 +13,8 @@ from PIL import Image
 
 from vfe.backbones import openai_clip
 from vfe.backbones.openai_clip import CLIP_ARCHS, CLIPBackbone
+from vfe.bench.synthetic import write_video
 from vfe.errors import VfeError
-from vfe.synthetic import write_video
 
 
 def reference_clip_features(weights: Path, video: Path, clip_len: float) -> np.ndarray:

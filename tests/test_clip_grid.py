@@ -5,7 +5,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from vfe.clip_grid import (
+from vfe.data.clip_grid import (
     ClipAssigner,
     clip_frame_indices,
     clip_length_fraction,

@@ -7,14 +7,14 @@ import torch
 from conftest import DECODER_RESULTS, EXACT, decoder_available
 from torchvision.transforms import InterpolationMode
 
-from vfe.assembly import ClipFeatureAssembler
-from vfe.backbones.base import InputSpec
-from vfe.batching import BatchBuilder
-from vfe.clip_grid import uniform_indices
-from vfe.dataset import VideoClipDataset
+from vfe.data.batching import BatchBuilder
+from vfe.data.clip_grid import uniform_indices
+from vfe.data.dataset import VideoClipDataset
+from vfe.data.input_spec import InputSpec
+from vfe.data.paths import find_videos, output_path_for
+from vfe.data.work_plan import WorkItem
 from vfe.errors import VfeError
-from vfe.paths import find_videos, output_path_for
-from vfe.work_plan import WorkItem
+from vfe.output.assembly import ClipFeatureAssembler
 
 IMAGE_SPEC = InputSpec(None, 16, 16, InterpolationMode.BICUBIC, True, (0.5,) * 3, (0.5,) * 3, 32)
 VIDEO_SPEC = InputSpec(
@@ -186,7 +186,7 @@ def test_every_frame_fed_to_the_model_is_the_ffmpeg_frame_of_its_clip(
     workers do with segments of a long video, and feeds a second backbone at the same time."""
     if not decoder_available(decoder):
         pytest.skip(f"{decoder} cannot run here")
-    monkeypatch.setattr("vfe.dataset.resize_and_center_crop", raw_pixels)
+    monkeypatch.setattr("vfe.data.dataset.resize_and_center_crop", raw_pixels)
     clip_len = Fraction(1, 2) if split else Fraction(2)  # split: many seeks per file
     folder = next(iter(real_world_videos.values())).parent
     claimed = [e for e in find_videos(folder) if DECODER_RESULTS[decoder][e.relative_path] == EXACT]
@@ -232,7 +232,7 @@ def test_workers_cover_every_video_once(video_dir: Path, num_workers, monkeypatc
     seen = []
     for worker in range(num_workers):
         info = type("WorkerInfo", (), {"id": worker, "num_workers": num_workers})
-        monkeypatch.setattr("vfe.dataset.get_worker_info", lambda info=info: info)
+        monkeypatch.setattr("vfe.data.dataset.get_worker_info", lambda info=info: info)
         dataset = dataset_for(videos, VIDEO_SPEC, batch_size=2)
         seen += [item.video_index for item in dataset.worker_items()]
     assert sorted(seen) == list(range(len(videos)))

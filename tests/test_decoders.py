@@ -17,9 +17,9 @@ from conftest import (
     reference_decode,
 )
 
+from vfe.bench.synthetic import write_faststart_video, write_video
+from vfe.decoding.video import DecodeError, Timeline, check_decoder, open_video
 from vfe.errors import VfeError
-from vfe.synthetic import write_faststart_video, write_video
-from vfe.video import DecodeError, Timeline, check_decoder, open_video
 
 # Times from libraries that report float seconds are exact to the microsecond only.
 TIME_TOLERANCE = {
@@ -112,7 +112,7 @@ def test_truncated_file_is_an_error_not_a_shorter_video(tmp_path: Path):
 
 
 def test_a_file_without_video_is_an_error(tmp_path: Path):
-    from vfe.synthetic import write_audio_only
+    from vfe.bench.synthetic import write_audio_only
 
     with pytest.raises(DecodeError, match="no video stream"):
         open_video(write_audio_only(tmp_path / "audio.mp4"), "pyav")
@@ -143,7 +143,7 @@ def test_timeline_without_any_duration_cannot_place_a_frame():
 
 
 def test_frames_are_converted_only_when_asked(tmp_path: Path, monkeypatch):
-    from vfe.decoders import pyav
+    from vfe.decoding import pyav
 
     converted = []
     original = pyav._rgb_of

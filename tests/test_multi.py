@@ -10,12 +10,13 @@ import torch
 from conftest import cosine, extract, run_vfe
 from torchvision.transforms import InterpolationMode
 
-from vfe.backbones.base import Backbone, InputSpec
+from vfe.backbones.base import Backbone
 from vfe.backbones.multi import MultiBackbone
+from vfe.bench.synthetic import write_video
 from vfe.cli import rewrite_model_names
+from vfe.data.input_spec import InputSpec
 from vfe.errors import VfeError
-from vfe.synthetic import write_video
-from vfe.writer import read_failures
+from vfe.output.failures import read_failures
 
 ARRAYS = ("features", "timestamps", "fps", "clip_length")
 
@@ -145,7 +146,7 @@ def test_a_bad_video_is_reported_once_with_the_backbones_affected(
     assert writer.total_failed == 1
     assert capsys.readouterr().err.count("broken.mp4 (clip, mean_colour): open:") == 1
     for name in ("clip", "mean_colour"):
-        (record,) = read_failures(tmp_path / "out" / name / "failures.jsonl")
+        (record,) = read_failures(tmp_path / "out" / name / "failures.jsonl").records
         assert record["models"] == ["clip", "mean_colour"]
         assert (tmp_path / "out" / name / "a.npz").exists()
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import run_vfe
 
-from vfe.provenance import PROVENANCE_KEY, read_provenance
+from vfe.output.provenance import PROVENANCE_KEY, read_provenance
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def output_of(result) -> str:
 def test_every_file_records_how_it_was_made(
     clip_args, tiny_clip_file: Path, video_dir: Path, tmp_path: Path
 ):
-    from vfe.provenance import sha256_of_file
+    from vfe.output.provenance import sha256_of_file
 
     result = run_vfe(*clip_args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -15,12 +15,12 @@ from conftest import cosine, extract, run_vfe
 
 from vfe.backbones.openai_clip import CLIPBackbone
 from vfe.backbones.slowfast import SlowFastBackbone
-from vfe.data import VideoDataModule
-from vfe.synthetic import (
+from vfe.bench.synthetic import (
     write_audio_only,
     write_faststart_video,
     write_video,
 )
+from vfe.data.datamodule import VideoDataModule
 
 
 @pytest.fixture(scope="module")
@@ -238,9 +238,9 @@ def test_frames_held_do_not_grow_with_video_length(spec_kind, batch_size, tmp_pa
     `batch_size` frames (every-frame backbones) or one clip's frames (clip backbones)."""
     from torchvision.transforms import InterpolationMode
 
-    from vfe.backbones.base import InputSpec
-    from vfe.dataset import VideoClipDataset
-    from vfe.paths import find_videos
+    from vfe.data.dataset import VideoClipDataset
+    from vfe.data.input_spec import InputSpec
+    from vfe.data.paths import find_videos
 
     write_video(tmp_path / "in" / "long.mp4", num_frames=6000, fps=25, height=16, width=16)
     frames_per_clip = None if spec_kind == "frames" else 32
@@ -360,8 +360,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import DDPStrategy
 
 from vfe.backbones.openai_clip import CLIPBackbone
-from vfe.data import VideoDataModule
-from vfe.writer import FeatureWriter
+from vfe.data.datamodule import VideoDataModule
+from vfe.output.writer import FeatureWriter
 
 
 class SlowCLIP(CLIPBackbone):

@@ -10,8 +10,8 @@ import torchvision.transforms._functional_tensor
 from conftest import cosine, extract, reference_decode
 
 from vfe.backbones.slowfast import SlowFastBackbone
+from vfe.bench.synthetic import write_video
 from vfe.errors import VfeError
-from vfe.synthetic import write_video
 
 # pytorchvideo.transforms imports a torchvision module that was renamed; the reference pipeline
 # below needs it, vfe itself does not.

@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from vfe.work_plan import WorkItem, assign_ranks, split_over_workers, work_shares
+from vfe.data.work_plan import WorkItem, assign_ranks, split_over_workers, work_shares
 
 TWO_SECONDS = Fraction(2)
 

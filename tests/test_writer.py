@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vfe.assembly import ClipFeatureAssembler
-from vfe.writer import save_npz_atomically
+from vfe.output.assembly import ClipFeatureAssembler
+from vfe.output.writer import save_npz_atomically
 
 
 def start(index: int) -> dict:
@@ -96,9 +96,9 @@ def test_progress_bar_counts_videos_and_clips(video_dir: Path, tiny_clip_file: P
     from lightning.pytorch import Trainer
 
     from vfe.backbones.openai_clip import CLIPBackbone
-    from vfe.data import VideoDataModule
-    from vfe.progress import VideoProgressBar
-    from vfe.writer import FeatureWriter
+    from vfe.data.datamodule import VideoDataModule
+    from vfe.output.progress import VideoProgressBar
+    from vfe.output.writer import FeatureWriter
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.mp4").write_bytes((video_dir / "moving.mp4").read_bytes())
@@ -123,9 +123,9 @@ def test_progress_in_a_log_is_lines_not_redraws(
     from lightning.pytorch import Trainer
 
     from vfe.backbones.openai_clip import CLIPBackbone
-    from vfe.data import VideoDataModule
-    from vfe.progress import VideoProgressBar
-    from vfe.writer import FeatureWriter
+    from vfe.data.datamodule import VideoDataModule
+    from vfe.output.progress import VideoProgressBar
+    from vfe.output.writer import FeatureWriter
 
     bar = VideoProgressBar(log_interval_seconds=0)  # a line after every batch
     writer = FeatureWriter(output_dir=tmp_path / "out")
@@ -147,7 +147,8 @@ def test_progress_in_a_log_is_lines_not_redraws(
 
 
 def test_a_video_failing_in_two_segments_is_one_failure(tmp_path: Path):
-    from vfe.writer import FeatureWriter, read_failures
+    from vfe.output.failures import read_failures
+    from vfe.output.writer import FeatureWriter
 
     writer = FeatureWriter(output_dir=tmp_path)
     writer.output_dirs = {"m": tmp_path}
@@ -159,7 +160,8 @@ def test_a_video_failing_in_two_segments_is_one_failure(tmp_path: Path):
     writer._fail(failure)
     writer._fail({**failure, "error": "DecodeError: another corrupt packet"})  # next segment
     assert writer.counts.failed == 1 and writer.counts.videos_done == 1
-    assert [r["error"] for r in read_failures(tmp_path / "failures.jsonl")] == [failure["error"]]
+    records = read_failures(tmp_path / "failures.jsonl").records
+    assert [r["error"] for r in records] == [failure["error"]]
 
 
 def test_an_error_in_the_writer_thread_stops_the_run(video_dir: Path, tiny_clip_file, tmp_path):

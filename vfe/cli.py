@@ -13,10 +13,10 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vfe.backbones.base import Extractor
-from vfe.data import VideoDataModule
+from vfe.backbones.registry import resolve_model
+from vfe.data.datamodule import VideoDataModule
 from vfe.errors import VfeError
-from vfe.registry import resolve_model
-from vfe.writer import FeatureWriter, StoppedBySignal
+from vfe.output.writer import FeatureWriter, StoppedBySignal
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -96,7 +96,7 @@ class VfeCLI(LightningCLI):
         if config.trainer.enable_progress_bar is not False:
             callbacks = config.trainer.callbacks or []
             if not any("ProgressBar" in str(cb.get("class_path", "")) for cb in callbacks):
-                callbacks.append(Namespace(class_path="vfe.progress.VideoProgressBar"))
+                callbacks.append(Namespace(class_path="vfe.output.progress.VideoProgressBar"))
             config.trainer.callbacks = callbacks
         if config.get("return_predictions") is None:
             # FeatureWriter writes features as they come; keeping them would grow memory.
@@ -246,12 +246,12 @@ def main(args: list[str] | None = None) -> None:
     """Run the CLI; exit 1 if any video failed, 2 with a one-line message on a usage error."""
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["bench"]:
-        from vfe.bench import main as bench_main
+        from vfe.bench.command import main as bench_main
 
         bench_main(argv[1:])
         return
     if argv[:1] == ["info"]:
-        from vfe.info import main as info_main
+        from vfe.output.info import main as info_main
 
         info_main(argv[1:])
         return

@@ -6,43 +6,13 @@ samples, the model encodes each sample, and the clip feature is the mean over it
 """
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch import LightningModule
-from torchvision.transforms import InterpolationMode
 
-from vfe.transforms import normalize
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How a backbone wants its clips.
-
-    frames_per_clip: None: every frame of the clip; N: N frames spread uniformly over the clip
-        (PyTorchVideo's `UniformTemporalSubsample` rule).
-    stack_frames: False for image backbones: each frame is one sample `(C, H, W)` and the clip
-        feature is the mean over them. True for video backbones: the N frames form one sample
-        `(C, N, H, W)` (needs frames_per_clip).
-    short_side_size, crop_size, interpolation, antialias: resize the short side, then center crop.
-    mean, std: per-channel normalisation of `pixels / 255`, applied on the model's device.
-    default_batch_size: samples per forward pass when no batch size is given.
-    """
-
-    frames_per_clip: int | None
-    short_side_size: int
-    crop_size: int
-    interpolation: InterpolationMode
-    antialias: bool
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    default_batch_size: int
-    stack_frames: bool = False
-
-    def __post_init__(self) -> None:
-        if self.stack_frames and self.frames_per_clip is None:
-            raise ValueError("stack_frames needs frames_per_clip")
+from vfe.data.input_spec import InputSpec
+from vfe.data.transforms import normalize
 
 
 class Extractor(LightningModule, ABC):
@@ -91,7 +61,7 @@ class Backbone(Extractor):
         """`{"arch", "weights", "weights_sha256"}` of the loaded network (after configure_model)."""
 
     def provenance(self) -> dict[str, Any]:
-        """What this backbone contributes to each file's provenance (`vfe.provenance`)."""
+        """What this backbone contributes to each file's provenance (`vfe.output.provenance`)."""
         spec = self.input_spec
         preprocessing = {
             "frames_per_clip": spec.frames_per_clip,

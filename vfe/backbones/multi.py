@@ -12,9 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from vfe.backbones.base import Backbone, Extractor, InputSpec
+from vfe.backbones.base import Backbone, Extractor
+from vfe.backbones.registry import resolve_model
+from vfe.data.input_spec import InputSpec
 from vfe.errors import VfeError
-from vfe.registry import resolve_model
 
 BATCH_SIZE_OPTION = "batch_size"
 

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from vfe.backbones.base import Backbone, InputSpec
+from vfe.backbones.base import Backbone
 from vfe.backbones.weights import (
     RANDOM,
     download_official,
     resolve_weights_file,
     weights_record,
 )
+from vfe.data.input_spec import InputSpec
 from vfe.errors import VfeError
 
 # `clip` imports pkg_resources, which warns on every run; the pin setuptools<81 keeps it working.

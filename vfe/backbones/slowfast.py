@@ -10,9 +10,10 @@ from pytorchvideo.models.hub import slowfast as slowfast_hub
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from vfe.backbones.base import Backbone, InputSpec
+from vfe.backbones.base import Backbone
 from vfe.backbones.weights import RANDOM, download_official, resolve_weights_file, weights_record
-from vfe.clip_grid import uniform_indices
+from vfe.data.clip_grid import uniform_indices
+from vfe.data.input_spec import InputSpec
 from vfe.errors import VfeError
 
 FAST_FRAMES = 32

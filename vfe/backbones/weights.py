@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from vfe.errors import VfeError
-from vfe.provenance import sha256_of_file
+from vfe.output.provenance import sha256_of_file
 
 RANDOM = "random"
 

@@ -14,8 +14,8 @@ import av
 import numpy as np
 import torch
 
+from vfe.decoding.video import DecodeError, Frame, Timeline
 from vfe.errors import VfeError
-from vfe.video import DecodeError, Frame, Timeline
 
 # Frames leave the decoder in presentation order, but some containers (AVI with packed B-frames)
 # attach timestamps in decode order. Each frame takes the smallest timestamp among the next

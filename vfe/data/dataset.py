@@ -2,9 +2,9 @@
 decoded once, sequentially, inside workers.
 
 The dataset is iterable: each DataLoader worker of a rank decodes its own list of work items
-(`vfe.work_plan`): whole videos, or segments of whole clips of a long video, each decoded
+(`vfe.data.work_plan`): whole videos, or segments of whole clips of a long video, each decoded
 sequentially from a keyframe before it. Frames are grouped into clips of presentation time as
-they stream (`vfe.clip_grid`), so memory holds at most one clip. Each backbone (by name) gets
+they stream (`vfe.data.clip_grid`), so memory holds at most one clip. Each backbone (by name) gets
 the frames its InputSpec asks for, resized its way, in batches of its own size. A batch is:
 
     models:      {name: {pixels, video_index, clip_index}} for the backbones with samples in it:
@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vfe.backbones.base import InputSpec
-from vfe.batching import BatchBuilder
-from vfe.clip_grid import ClipAssigner, clip_length_fraction, uniform_indices
-from vfe.paths import VideoEntry
-from vfe.transforms import resize_and_center_crop
-from vfe.video import DEFAULT_DECODER, Frame, open_video
-from vfe.work_plan import WorkItem, split_over_workers
+from vfe.data.batching import BatchBuilder
+from vfe.data.clip_grid import ClipAssigner, clip_length_fraction, uniform_indices
+from vfe.data.input_spec import InputSpec
+from vfe.data.paths import VideoEntry
+from vfe.data.transforms import resize_and_center_crop
+from vfe.data.work_plan import WorkItem, split_over_workers
+from vfe.decoding.video import DEFAULT_DECODER, Frame, open_video
 
 
 def describe_error(error: BaseException, max_chars: int = 300) -> str:

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from vfe.backbones.base import Backbone, InputSpec
+from vfe.backbones.base import Backbone
+from vfe.data.input_spec import InputSpec
 from vfe.errors import VfeError
 
 SCALING_RESOLUTION = (720, 1280)

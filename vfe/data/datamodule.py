@@ -1,5 +1,5 @@
 """The LightningDataModule: lists the videos to do (and what to skip), checks the data
-options, and feeds `vfe.dataset.VideoClipDataset` batches through DataLoader workers."""
+options, and feeds `vfe.data.dataset.VideoClipDataset` batches through DataLoader workers."""
 
 import ctypes
 import math
@@ -12,22 +12,22 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from vfe.backbones.base import InputSpec
-from vfe.clip_grid import GRID_VERSION, clip_length_fraction
-from vfe.dataset import VideoClipDataset
-from vfe.errors import VfeError
-from vfe.messages import say
-from vfe.paths import VideoEntry, check_output_dir, find_videos, model_output_dirs
-from vfe.provenance import run_provenance
-from vfe.resume import plan_run
-from vfe.video import (
+from vfe.data.clip_grid import GRID_VERSION, clip_length_fraction
+from vfe.data.dataset import VideoClipDataset
+from vfe.data.input_spec import InputSpec
+from vfe.data.paths import VideoEntry, check_output_dir, find_videos, model_output_dirs
+from vfe.data.work_plan import WorkItem, assign_ranks, split_over_workers
+from vfe.decoding.video import (
     DEFAULT_DECODER,
     check_decoder,
     decoder_version,
     probe_duration_seconds,
     supports_segments,
 )
-from vfe.work_plan import WorkItem, assign_ranks, split_over_workers
+from vfe.errors import VfeError
+from vfe.messages import say
+from vfe.output.provenance import run_provenance
+from vfe.output.resume import plan_run
 
 
 def default_decode_threads(num_workers: int) -> int:
@@ -164,7 +164,7 @@ class VideoDataModule(LightningDataModule):
             check_output_dir(output_dir)
 
     def provenance(self) -> dict[str, Any]:
-        """The data settings each feature file records (`vfe.provenance`)."""
+        """The data settings each feature file records (`vfe.output.provenance`)."""
         return {
             "clip_length": self.clip_len,
             "grid_version": GRID_VERSION,
@@ -206,7 +206,7 @@ class VideoDataModule(LightningDataModule):
             )
 
     def plan_work(self, rank: int, world_size: int) -> list[list[WorkItem]]:
-        """This rank's work items, one list per DataLoader worker (`vfe.work_plan`)."""
+        """This rank's work items, one list per DataLoader worker (`vfe.data.work_plan`)."""
         sizes = [video.size_bytes for video in self.videos]
         rank_videos = assign_ranks(sizes, world_size)[rank]
         duration_of = None

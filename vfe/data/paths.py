@@ -12,7 +12,6 @@ VIDEO_EXTENSIONS = frozenset(
         ".mpeg", ".mpg", ".mts", ".ogv", ".ts", ".webm", ".wmv",
     }
 )  # fmt: skip
-FAILURES_FILE_NAME = "failures.jsonl"
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
-from vfe.work_plan import work_shares
-from vfe.writer import FeatureWriter
+from vfe.data.work_plan import work_shares
+from vfe.output.writer import FeatureWriter
 
 MEBIBYTE = 1 << 20
 

@@ -5,7 +5,7 @@ Sizes in bytes stand in for decoding work (they are known without opening a file
 videos are laid end to end and cut into `num_workers` equal lengths; a video a cut falls inside
 is split there, at the clip boundary nearest the cut's share of its duration, so each worker
 gets the same share whatever the number and length of the videos. Each segment is decoded
-from the nearest earlier keyframe (`vfe.decoders.pyav`), so a split video's features equal the
+from the nearest earlier keyframe (`vfe.decoding.pyav`), so a split video's features equal the
 unsplit ones. Segments of one video stay on one rank, which assembles and writes the video: a
 single video is therefore decoded by one rank's workers, however many ranks there are.
 """

@@ -1,4 +1,4 @@
-"""The measurements of `vfe bench`, each run in a fresh process (`python -m vfe.bench_measure
+"""The measurements of `vfe bench`, each run in a fresh process (`python -m vfe.bench.measure
 OPTIONS`) for clean peak memory, thread settings and caches: pipeline, decode ceiling, model
 ceiling, and the original scripts' approach. Nothing here knows a backbone by name."""
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vfe.registry import resolve_model
+from vfe.backbones.registry import resolve_model
 
 CLIP_LEN_SECONDS = 2.0
 
@@ -63,13 +63,13 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
     from lightning.pytorch import Callback, Trainer
 
-    from vfe.data import VideoDataModule
-    from vfe.writer import FeatureWriter
+    from vfe.data.datamodule import VideoDataModule
+    from vfe.output.writer import FeatureWriter
 
     model = build_backbone(options["model"])
     if options.get("passthrough"):
         from vfe.backbones.multi import MultiBackbone
-        from vfe.bench_scaling import PassThroughBackbone
+        from vfe.bench.scaling import PassThroughBackbone
 
         stand_ins = [
             PassThroughBackbone(member.input_spec, member.feature_dim, name)
@@ -123,8 +123,8 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
 
 def _bench_dataset(options: dict[str, Any], spec: Any) -> Any:
     """The pipeline's own dataset over the set's videos, on one process."""
-    from vfe.dataset import VideoClipDataset
-    from vfe.paths import find_videos
+    from vfe.data.dataset import VideoClipDataset
+    from vfe.data.paths import find_videos
 
     return VideoClipDataset(
         find_videos(Path(options["videos"])),
@@ -195,8 +195,8 @@ def measure_baseline(options: dict[str, Any]) -> dict[str, Any]:
     from torch.nn import functional as F
     from torchvision.transforms.v2 import functional as TF
 
-    from vfe.clip_grid import uniform_indices
-    from vfe.paths import find_videos
+    from vfe.data.clip_grid import uniform_indices
+    from vfe.data.paths import find_videos
 
     device = _device(options["device"])
     model = build_backbone(options["model"]).to(device)

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfe.paths import VideoEntry, output_path_for
-from vfe.provenance import first_difference, read_provenance
+from vfe.data.paths import VideoEntry, output_path_for
+from vfe.output.provenance import first_difference, read_provenance
 
 CHOICES = "rerun with --overwrite to redo such files, or write to another --output_dir"
 

@@ -10,17 +10,11 @@ from pathlib import Path
 
 import torch
 
+from vfe.decoding.video import Frame, Timeline, seconds_fraction
 from vfe.errors import VfeError
-from vfe.video import Frame, Timeline
 
 # Frames decoded per call: sequential reads without holding a whole video.
 CHUNK_FRAMES = 16
-
-
-def seconds_fraction(seconds: float) -> Fraction:
-    """A float time in seconds as a Fraction, to the microsecond (the libraries' own precision
-    is float32 or float64 seconds, so nothing finer is real)."""
-    return Fraction(round(seconds * 1_000_000), 1_000_000)
 
 
 class DecordVideo:

@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from vfe.paths import FAILURES_FILE_NAME
-from vfe.provenance import DETERMINING_SETTINGS, PROVENANCE_KEY
-from vfe.writer import read_failures
+from vfe.output.failures import FAILURES_FILE_NAME, read_failures
+from vfe.output.provenance import DETERMINING_SETTINGS, PROVENANCE_KEY
 
 MAX_LISTED = 10
 
@@ -54,10 +53,12 @@ def describe_folder(folder: Path) -> dict[str, Any]:
             continue
         for key in DETERMINING_SETTINGS:
             settings[key][json.dumps(provenance.get(key), sort_keys=True)] += 1
+    failure_log = read_failures(folder / FAILURES_FILE_NAME)
     failures = [
         record
-        for record in read_failures(folder / FAILURES_FILE_NAME)
-        if not (folder / record["relative_path"]).with_suffix(".npz").exists()
+        for record in failure_log.records
+        if "relative_path" in record
+        and not (folder / record["relative_path"]).with_suffix(".npz").exists()
     ]
     latest = {record["relative_path"]: record for record in failures}  # last attempt wins
     return {
@@ -68,6 +69,7 @@ def describe_folder(folder: Path) -> dict[str, Any]:
         "without_provenance": without_provenance,
         "unreadable": unreadable,
         "failed_videos": list(latest.values()),
+        "unreadable_failure_lines": failure_log.num_unreadable,
     }
 
 
@@ -103,7 +105,15 @@ def format_folder(report: dict[str, Any]) -> str:
             lines.append(f"  {len(items)} {title}: " + ", ".join(items[:MAX_LISTED]))
     failed = report["failed_videos"]
     lines.append(f"  {len(failed)} failed video(s) without features")
-    lines += [f"    {r['relative_path']}: {r['stage']}: {r['error']}" for r in failed[:MAX_LISTED]]
+    lines += [
+        f"    {r['relative_path']}: {r.get('stage', '?')}: {r.get('error', '?')}"
+        for r in failed[:MAX_LISTED]
+    ]
+    if report["unreadable_failure_lines"]:
+        lines.append(
+            f"  {report['unreadable_failure_lines']} unreadable line(s) in {FAILURES_FILE_NAME} "
+            "(cut off by a killed process?)"
+        )
     return "\n".join(lines)
 
 

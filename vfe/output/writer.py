@@ -2,7 +2,6 @@
 failures, and reports the run's totals."""
 
 import contextlib
-import json
 import os
 import queue
 import sys
@@ -17,11 +16,12 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vfe.assembly import ClipFeatureAssembler, FinishedVideo
+from vfe.data.paths import model_output_dirs, output_path_for
 from vfe.messages import say
-from vfe.paths import FAILURES_FILE_NAME, model_output_dirs, output_path_for
-from vfe.provenance import PROVENANCE_KEY, encode, run_provenance, video_provenance
-from vfe.run_totals import gather_totals
+from vfe.output.assembly import ClipFeatureAssembler, FinishedVideo
+from vfe.output.failures import FAILURES_FILE_NAME, append_failure, read_failures
+from vfe.output.provenance import PROVENANCE_KEY, encode, run_provenance, video_provenance
+from vfe.output.run_totals import gather_totals
 
 TEMPORARY_SUFFIX = ".vfe-tmp"
 # A temporary is written and renamed within seconds; one this old belongs to a killed run.
@@ -88,7 +88,7 @@ class FeatureWriter(BasePredictionWriter):
     with several backbones, `<output_dir>/<name>/<relative path>.npz` for each.
 
     Off the model's path: each batch's features are copied to the host without waiting and
-    handed to a writer thread, which reassembles them (`vfe.assembly`) and saves finished
+    handed to a writer thread, which reassembles them (`vfe.output.assembly`) and saves finished
     videos, so the next forward pass starts at once.
 
     Args:
@@ -263,11 +263,7 @@ class FeatureWriter(BasePredictionWriter):
         record = {k: failure[k] for k in ("path", "relative_path", "stage", "error", "models")}
         record |= {"run": self._run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         for name in failure["models"]:
-            output_dir = self.output_dirs[name]
-            output_dir.mkdir(parents=True, exist_ok=True)
-            # One short line per write with O_APPEND: lines from several ranks never interleave.
-            with open(output_dir / FAILURES_FILE_NAME, "a", encoding="utf-8") as file:
-                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            append_failure(self.output_dirs[name] / FAILURES_FILE_NAME, record)
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
@@ -316,7 +312,7 @@ class FeatureWriter(BasePredictionWriter):
             records = {
                 r["relative_path"]: r
                 for name in names
-                for r in read_failures(self.output_dirs[name] / FAILURES_FILE_NAME)
+                for r in read_failures(self.output_dirs[name] / FAILURES_FILE_NAME).records
                 if r.get("run") == self._run_id
             }
             for record in list(records.values())[:MAX_FAILURES_SHOWN]:
@@ -327,11 +323,3 @@ class FeatureWriter(BasePredictionWriter):
                 print(f"  ... and {failed - MAX_FAILURES_SHOWN} more", file=sys.stderr)
         if unfinished:
             say(f"{unfinished} video(s) ended incomplete and were not written")
-
-
-def read_failures(failures_file: Path) -> list[dict[str, Any]]:
-    """The records of `failures.jsonl` (every run appends its own, marked with its `run`)."""
-    if not failures_file.exists():
-        return []
-    with open(failures_file, encoding="utf-8") as file:
-        return [json.loads(line) for line in file if line.strip()]

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 
-from vfe.decoders.decord import seconds_fraction
+from vfe.decoding.video import Frame, Timeline, seconds_fraction
 from vfe.errors import VfeError
-from vfe.video import Frame, Timeline
 
 
 class TorchcodecVideo:

@@ -1,7 +1,7 @@
 """`vfe bench`: end-to-end speed per backbone, its two ceilings, and the straightforward baseline.
 
 On a fixed set of generated videos (one set per resolution) and random weights, each measurement
-(`vfe.bench_measure`) runs in its own process (clean peak memory, thread settings and caches):
+(`vfe.bench.measure`) runs in its own process (clean peak memory, thread settings and caches):
 
 - pipeline: the real `vfe predict` path (Trainer.predict, workers, writer), with time per stage;
 - decode ceiling: the same dataset and DataLoader workers (decode + resize), no model;
@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from vfe.bench_measure import CLIP_LEN_SECONDS, build_backbone
-from vfe.clip_grid import clip_length_fraction
+from vfe.backbones.registry import MODELS
+from vfe.bench.measure import CLIP_LEN_SECONDS, build_backbone
+from vfe.data.clip_grid import clip_length_fraction
+from vfe.decoding.video import DECODERS, DEFAULT_DECODER
 from vfe.errors import VfeError
-from vfe.registry import MODELS
-from vfe.video import DECODERS, DEFAULT_DECODER
 
 VIDEO_SETS = {"720p": (720, 1280), "240p": (240, 320)}
 VIDEOS_PER_SET = 2
@@ -41,7 +41,7 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10"
 def make_videos(videos_dir: Path, seconds: float) -> dict[str, Path]:
     """Generate (once) `VIDEOS_PER_SET` H.264 videos per resolution; returns set -> folder."""
     try:
-        from vfe.synthetic import write_video
+        from vfe.bench.synthetic import write_video
     except ImportError as error:
         message = f"vfe bench needs PyAV and matplotlib: pip install -e '.[bench]' ({error})"
         raise VfeError(message) from error
@@ -64,7 +64,7 @@ def video_workload(folder: Path, frames_per_clip: int | None) -> dict[str, float
     `folder`, from their headers."""
     import av
 
-    from vfe.paths import find_videos
+    from vfe.data.paths import find_videos
 
     seconds = clips = frames = samples = 0.0
     clip_len = clip_length_fraction(CLIP_LEN_SECONDS)
@@ -81,7 +81,7 @@ def video_workload(folder: Path, frames_per_clip: int | None) -> dict[str, float
 
 
 def _run_measurement(options: dict[str, Any]) -> dict[str, Any]:
-    command = [sys.executable, "-m", "vfe.bench_measure", json.dumps(options)]
+    command = [sys.executable, "-m", "vfe.bench.measure", json.dumps(options)]
     completed = subprocess.run(command, capture_output=True, text=True)
     for line in completed.stdout.splitlines():
         if line.startswith("VFE_BENCH_RESULT "):
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_png", default="bench.png")
     args = parser.parse_args(argv)
     if args.scaling or args.memory or args.multi:
-        from vfe.bench_scaling import run_memory, run_multi, run_scaling
+        from vfe.bench.scaling import run_memory, run_multi, run_scaling
 
         try:
             rows = run_scaling(args, _run_measurement) if args.scaling else []

@@ -1,5 +1,5 @@
 """Cutting samples into batches: one buffer per backbone, each with its own batch size, and
-the records (video starts, ends, failures) that travel with the next batch (`vfe.dataset`
+the records (video starts, ends, failures) that travel with the next batch (`vfe.data.dataset`
 describes the batch)."""
 
 from typing import Any

@@ -36,7 +36,7 @@ class Video(Protocol):
     """An opened video whose frames are decoded only while iterating.
 
     Decoders whose class sets `supports_segments` can start mid-file, frame-exactly, and give
-    `probe_duration_seconds(path)`; long videos are then split over workers (`vfe.work_plan`).
+    `probe_duration_seconds(path)`; long videos are then split over workers (`vfe.data.work_plan`).
     """
 
     bytes_read: int  # how far into the file decoding has got (0 where the library hides it)
@@ -55,6 +55,12 @@ def supports_segments(decoder: str) -> bool:
 def probe_duration_seconds(path: Path, decoder: str) -> float | None:
     """A segment decoder's reading of the duration the container declares."""
     return _decoder_class(decoder).probe_duration_seconds(path)
+
+
+def seconds_fraction(seconds: float) -> Fraction:
+    """A float time in seconds as a Fraction, to the microsecond (the libraries' own precision
+    is float32 or float64 seconds, so nothing finer is real)."""
+    return Fraction(round(seconds * 1_000_000), 1_000_000)
 
 
 class Timeline:
@@ -98,9 +104,9 @@ class Timeline:
 
 # name -> "module:class"; imported on use, so a missing optional library only matters if chosen.
 DECODERS: dict[str, str] = {
-    "pyav": "vfe.decoders.pyav:PyAVVideo",
-    "decord": "vfe.decoders.decord:DecordVideo",
-    "torchcodec": "vfe.decoders.torchcodec:TorchcodecVideo",
+    "pyav": "vfe.decoding.pyav:PyAVVideo",
+    "decord": "vfe.decoding.decord:DecordVideo",
+    "torchcodec": "vfe.decoding.torchcodec:TorchcodecVideo",
 }
 DEFAULT_DECODER = "pyav"
 DECODE_DEVICES = ("cpu", "cuda")

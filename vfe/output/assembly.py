@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vfe.clip_grid import clip_length_fraction, clip_windows
+from vfe.data.clip_grid import clip_length_fraction, clip_windows
 
 
 @dataclass
@@ -48,7 +48,7 @@ class _PendingVideo:
 class FinishedVideo:
     relative_path: str
     arrays: dict[str, np.ndarray]
-    info: dict[str, Any]  # the video's start record (see `vfe.dataset`)
+    info: dict[str, Any]  # the video's start record (see `vfe.data.dataset`)
 
 
 class ClipFeatureAssembler:
@@ -98,7 +98,7 @@ class ClipFeatureAssembler:
         return finished
 
     def add_end(self, end: dict[str, Any]) -> list[FinishedVideo]:
-        """A segment's end record (see `vfe.dataset`); returns the video finished if all its
+        """A segment's end record (see `vfe.data.dataset`); returns the video finished if all its
         segments and samples are in."""
         if end["index"] in self._failed:
             return []

@@ -1,0 +1,1 @@
+"""`vfe bench`: the benchmark command, its measurements and synthetic videos."""

@@ -1,0 +1,1 @@
+"""The data path: clip grid, work plan, the dataset and datamodule, preprocessing."""

@@ -1,0 +1,1 @@
+"""Decoding: frames in presentation order with exact times, one module per library."""

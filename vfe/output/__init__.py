@@ -1,0 +1,1 @@
+"""What a run produces: feature files, provenance, failure records, totals, progress."""
