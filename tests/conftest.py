@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
@@ -207,3 +208,19 @@ def run_vfe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of two `(N, D)` arrays."""
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def stop_after_first_file(
+    args: list[str], cwd: Path, output: Path, signum: int, env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Start `args`, send `signum` once its first .npz appears; (exit status, stderr)."""
+    process = subprocess.Popen(
+        args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    deadline = time.monotonic() + 300
+    while not list(output.glob("*.npz")) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr.decode()

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from conftest import run_vfe
 
+from vfe.bench.synthetic import write_video
+from vfe.data.paths import video_fingerprint
 from vfe.output.provenance import PROVENANCE_KEY, read_provenance
 
 
@@ -50,7 +52,11 @@ def test_every_file_records_how_it_was_made(
     assert (record["decoder"], record["precision"]) == ("pyav", "32-true")
     assert record["decoder_version"] and record["versions"]["torch"]
     stat = (video_dir / "moving.mp4").stat()
-    assert record["video"] == {"size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    assert record["video"] == {
+        "size_bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "fingerprint": video_fingerprint(video_dir / "moving.mp4"),
+    }
     assert json.loads(str(saved[PROVENANCE_KEY]))["feature_dim"] == 32
 
 
@@ -109,19 +115,52 @@ def test_rerun_with_other_weights_stops(clip_args, tiny_clip_file: Path, tmp_pat
     assert rerun.returncode == 2 and "weights_sha256" in rerun.stderr
 
 
-def test_changed_video_and_old_files_need_overwrite(clip_args, video_dir: Path, tmp_path: Path):
+def test_touched_or_copied_videos_are_recognised_by_their_bytes(
+    clip_args, video_dir: Path, tmp_path: Path
+):
+    inputs, copy = tmp_path / "in", tmp_path / "copy"
+    shutil.copytree(video_dir, inputs)
+    args = [str(inputs) if a == str(video_dir) else a for a in clip_args]
+    assert run_vfe(*args, cwd=tmp_path).returncode == 0
+    os.utime(inputs / "moving.mp4", ns=(1, 1))  # touched: same bytes, another time
+    touched = run_vfe(*args, cwd=tmp_path)
+    assert touched.returncode == 0 and "written 0, skipped 2" in output_of(touched)
+    shutil.copytree(inputs, copy, copy_function=shutil.copy)  # copied: new times everywhere
+    copied_args = [str(copy) if a == str(inputs) else a for a in args]
+    copied = run_vfe(*copied_args, cwd=tmp_path)
+    assert copied.returncode == 0 and "written 0, skipped 2" in output_of(copied), copied.stderr
+
+
+def test_changed_video_stops_the_rerun_and_overwrite_changed_redoes_only_it(
+    clip_args, video_dir: Path, tmp_path: Path
+):
     inputs = tmp_path / "in"
     shutil.copytree(video_dir, inputs)
     args = [str(inputs) if a == str(video_dir) else a for a in clip_args]
     assert run_vfe(*args, cwd=tmp_path).returncode == 0
-    same = run_vfe(*args, cwd=tmp_path)
-    assert same.returncode == 0 and "written 0, skipped 2" in output_of(same)
-    os.utime(inputs / "moving.mp4", ns=(1, 1))  # the video was replaced
-    changed = run_vfe(*args, cwd=tmp_path)
-    assert changed.returncode == 2 and "the video changed since" in changed.stderr
-    assert run_vfe(*args, "--overwrite", cwd=tmp_path).returncode == 0
+    kept = (tmp_path / "out" / "nested" / "short.npz").stat().st_mtime_ns
+    video = inputs / "moving.mp4"
+    original = video.read_bytes()
+    edited = bytearray(original)
+    edited[len(edited) // 2] ^= 0xFF  # same size, other bytes
+    video.write_bytes(bytes(edited))
+    same_size = run_vfe(*args, cwd=tmp_path)
+    assert same_size.returncode == 2, same_size.stderr
+    assert "the video's bytes changed since (same size" in same_size.stderr
+    assert "--overwrite changed" in same_size.stderr and "Traceback" not in same_size.stderr
+    write_video(video, num_frames=60, seed=9)  # replaced by another video
+    replaced = run_vfe(*args, cwd=tmp_path)
+    assert replaced.returncode == 2 and "the video changed since (size" in replaced.stderr
+    redo = run_vfe(*args, "--overwrite", "changed", cwd=tmp_path)
+    assert redo.returncode == 0 and "written 1, skipped 1" in output_of(redo), redo.stderr
+    assert (tmp_path / "out" / "nested" / "short.npz").stat().st_mtime_ns == kept
+    assert np.load(tmp_path / "out" / "moving.npz")["features"].shape == (2, 32)  # 60 frames
+
+
+def test_files_from_an_earlier_vfe_need_overwrite(clip_args, video_dir: Path, tmp_path: Path):
+    assert run_vfe(*clip_args, cwd=tmp_path).returncode == 0
     old = tmp_path / "out" / "moving.npz"  # as an earlier vfe wrote it
     arrays = {k: v for k, v in np.load(old).items() if k != PROVENANCE_KEY}
     np.savez(old, **arrays)
-    legacy = run_vfe(*args, cwd=tmp_path)
+    legacy = run_vfe(*clip_args, cwd=tmp_path)
     assert legacy.returncode == 2 and "records no settings" in legacy.stderr

@@ -5,13 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import cosine, extract, run_vfe
+from conftest import cosine, extract, run_vfe, stop_after_first_file
 
 from vfe.backbones.openai_clip import CLIPBackbone
 from vfe.backbones.slowfast import SlowFastBackbone
@@ -93,18 +92,6 @@ def test_unreadable_file_is_a_failure(tmp_path: Path, tiny_clip_file: Path):
     )  # fmt: skip
     assert result.returncode == 1
     assert "locked.mp4" in (tmp_path / "out" / "failures.jsonl").read_text()
-
-
-def stop_after_first_file(args: list[str], cwd: Path, output: Path, signum: int) -> tuple[int, str]:
-    """Start `args`, send `signum` once its first .npz appears; (exit status, stderr)."""
-    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not list(output.glob("*.npz")) and process.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
-    return process.returncode, stderr.decode()
 
 
 def test_killed_run_resumes_without_redoing_finished_videos(
@@ -348,54 +335,3 @@ def test_a_long_video_split_over_workers_gives_the_unsplit_features(
     np.testing.assert_allclose(split["features"], whole["features"], rtol=1e-5, atol=1e-6)
     for key in ("timestamps", "fps", "clip_length"):
         np.testing.assert_array_equal(split[key], whole[key])
-
-
-UNEVEN_DDP_RUN = """
-import sys
-import time
-from datetime import timedelta
-from pathlib import Path
-
-from lightning.pytorch import Trainer
-from lightning.pytorch.strategies import DDPStrategy
-
-from vfe.backbones.openai_clip import CLIPBackbone
-from vfe.data.datamodule import VideoDataModule
-from vfe.output.writer import FeatureWriter
-
-
-class SlowCLIP(CLIPBackbone):
-    def encode(self, samples):
-        time.sleep(0.5)  # 15 batches: the working rank ends 7 s after the idle one
-        return super().encode(samples)
-
-
-if __name__ == "__main__":
-    input_dir, output_dir, weights = sys.argv[1:4]
-    writer = FeatureWriter(Path(output_dir))
-    trainer = Trainer(
-        accelerator="cpu", devices=2, strategy=DDPStrategy(timeout=timedelta(seconds=4)),
-        logger=False, callbacks=[writer], enable_progress_bar=False, enable_model_summary=False,
-    )
-    datamodule = VideoDataModule(Path(input_dir), Path(output_dir), batch_size=4, num_workers=0)
-    trainer.predict(SlowCLIP(arch="custom", weights=weights), datamodule=datamodule,
-                    return_predictions=False)
-    print(f"rank {trainer.global_rank} done, failed {writer.total_failed}", flush=True)
-"""
-
-
-def test_ranks_ending_far_apart_never_wait_in_a_collective(tiny_clip_file: Path, tmp_path: Path):
-    """One video on 2 ranks: rank 1 has no work and ends at once, rank 0 works for longer than
-    the process group's 4-s timeout; a collective at the end would kill the run."""
-    write_video(tmp_path / "in" / "only.mp4", num_frames=60, fps=25, seed=6)
-    script = tmp_path / "uneven.py"
-    script.write_text(UNEVEN_DDP_RUN)
-    result = subprocess.run(
-        [sys.executable, str(script), "in", "out", str(tiny_clip_file)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "rank 0 done, failed 0" in result.stdout and "rank 1 done" in result.stdout
-    assert "written 1, skipped 0, failed 0, clips 2" in result.stderr
-    assert np.load(tmp_path / "out" / "only.npz")["features"].shape == (2, 32)

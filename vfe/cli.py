@@ -4,8 +4,10 @@ import json
 import logging
 import signal
 import sys
+import traceback
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import torch
 import yaml
@@ -15,8 +17,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from vfe.backbones.base import Extractor
 from vfe.backbones.registry import resolve_model
 from vfe.data.datamodule import VideoDataModule
-from vfe.errors import VfeError
-from vfe.output.writer import FeatureWriter, StoppedBySignal
+from vfe.errors import ExitCode, VfeError
+from vfe.output.run_totals import RankLost
+from vfe.output.stopping import STOP_REQUEST, STOP_SIGNALS, StoppedBySignal
+from vfe.output.writer import FeatureWriter
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -53,11 +57,12 @@ class VfeCLI(LightningCLI):
         )
         parser.add_argument(
             "--overwrite",
-            type=bool,
+            type=bool | Literal["changed"],
             nargs="?",
             const=True,
             default=False,
-            help="redo videos whose .npz exists (also those made with other settings)",
+            help="redo every video whose .npz exists; 'changed': redo only those whose .npz no "
+            "longer matches (other settings, or a changed video), keeping the rest",
         )
         parser.add_argument(
             "--verbose",
@@ -243,7 +248,7 @@ def quiet_libraries() -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the CLI; exit 1 if any video failed, 2 with a one-line message on a usage error."""
+    """Run the CLI; the exit status says how it ended (`vfe.errors.ExitCode`)."""
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["bench"]:
         from vfe.bench.command import main as bench_main
@@ -261,27 +266,47 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
     if not wants_verbose(argv):
         quiet_libraries()
+    previous_handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    STOP_REQUEST.reset()
+    STOP_REQUEST.install()  # Ctrl-C stops after the batch in hand from here on
     try:
-        if args is None:
-            # Rewritten in place so DDP's launcher, which re-runs sys.argv, sees class paths.
-            sys.argv[1:] = rewrite_model_names(sys.argv[1:])
-        cli = VfeCLI(
-            model_class=Extractor,
-            subclass_mode_model=True,
-            datamodule_class=VideoDataModule,
-            save_config_callback=None,
-            trainer_defaults={"logger": False, "enable_model_summary": False},
-            seed_everything_default=False,  # inference: nothing random to seed
-            parser_kwargs={"prog": "vfe"},
-            auto_configure_optimizers=False,
-            args=None if args is None else rewrite_model_names(args),
-        )
+        exit_code = _predict(args)
     except VfeError as error:
         print(f"vfe: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        exit_code = ExitCode.USAGE
     except StoppedBySignal as stop:
         print(f"vfe: {stop}", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+        exit_code = stop.exit_code
+    except RankLost as lost:
+        print(f"vfe: error: {lost}", file=sys.stderr)
+        exit_code = ExitCode.RANK_LOST
+    except Exception:  # a bug or a resource error: its traceback, and an exit status of its own
+        traceback.print_exc()
+        exit_code = ExitCode.CRASHED
+    finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+    if exit_code != ExitCode.OK:
+        sys.exit(exit_code)
+
+
+def _predict(args: list[str] | None) -> int:
+    """Run `vfe predict`; the exit status for its outcome."""
+    if args is None:
+        # Rewritten in place so DDP's launcher, which re-runs sys.argv, sees class paths.
+        sys.argv[1:] = rewrite_model_names(sys.argv[1:])
+    cli = VfeCLI(
+        model_class=Extractor,
+        subclass_mode_model=True,
+        datamodule_class=VideoDataModule,
+        save_config_callback=None,
+        trainer_defaults={"logger": False, "enable_model_summary": False},
+        seed_everything_default=False,  # inference: nothing random to seed
+        parser_kwargs={"prog": "vfe"},
+        auto_configure_optimizers=False,
+        args=None if args is None else rewrite_model_names(args),
+    )
     writers = [cb for cb in cli.trainer.callbacks if isinstance(cb, FeatureWriter)]
     if any(writer.total_failed for writer in writers):
-        sys.exit(1)
+        return ExitCode.VIDEOS_FAILED
+    return ExitCode.OK

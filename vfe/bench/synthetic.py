@@ -90,6 +90,25 @@ def write_faststart_video(path: Path, num_frames: int, fps: int = 25) -> Path:
     return path
 
 
+def write_program_stream(path: Path, num_frames: int, fps: int = 25, seed: int = 3) -> Path:
+    """An MPEG-2 program stream (.mpg) with B-frames, muxed through FFmpeg's library API (as
+    PyAV, and many capture tools, mux it): after a seek its timestamps are half a frame off
+    the sequential decode's, so it must never be split into segments."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mpeg") as container:
+        stream = container.add_stream("mpeg2video", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.codec_context.gop_size = 20
+        stream.codec_context.max_b_frames = 2
+        stream.bit_rate = 2_000_000
+        for array in moving_frames(num_frames, 64, 96, seed):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 # Files made the way real datasets are made, each a case some decoder gets wrong (README:
 # "Which files are exact"). name -> ffmpeg arguments after `-f lavfi -i testsrc2=...` (or, for
 # cuts, from an intermediate source), and the encoder it needs.
@@ -111,6 +130,7 @@ REAL_WORLD_VIDEOS: dict[str, tuple[str, str, list[str]]] = {
     "vfr_gap.mkv": ("", "30", []),  # written by PyAV, see below
     "ntsc_29.97.mp4": ("libx264", "30000/1001", ["-t", "3", *_X264]),
     "rotated_90.mp4": ("libx264", "25", []),  # rotation metadata on a stream copy, see below
+    "program_stream.mpg": ("", "25", []),  # MPEG-2 with B-frames, muxed by PyAV, see below
 }
 
 
@@ -144,6 +164,8 @@ def write_real_world_videos(folder: Path) -> dict[str, Path]:
             write_video(path, 60, 30, frame_durations=VFR_FRAME_DURATIONS)
         elif name == "edit_list_cut.mp4":  # how moment-retrieval datasets cut clips
             _ffmpeg("-ss", "1.5", "-i", str(source), "-t", "2", "-c", "copy", str(path))
+        elif name == "program_stream.mpg":  # DVD/broadcast captures; seeks land off-timeline
+            write_program_stream(path, 100, 25)
         elif name == "rotated_90.mp4":  # a phone held upright
             _ffmpeg("-i", str(source), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(path))
         else:

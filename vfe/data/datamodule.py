@@ -7,7 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
@@ -21,21 +21,31 @@ from vfe.decoding.video import (
     DEFAULT_DECODER,
     check_decoder,
     decoder_version,
-    probe_duration_seconds,
+    file_errors,
+    split_duration_seconds,
     supports_segments,
 )
 from vfe.errors import VfeError
 from vfe.messages import say
 from vfe.output.provenance import run_provenance
 from vfe.output.resume import plan_run
+from vfe.output.stopping import STOP_SIGNALS
 
 
-def default_decode_threads(num_workers: int) -> int:
-    """FFmpeg threads per decoding process: the cores shared out over the workers (1 when
-    decoding in the main process, whose cores the model needs)."""
+def default_decode_threads(num_workers: int, processes_on_node: int = 1) -> int:
+    """FFmpeg threads per decoding process: the cores shared out over the node's decoding
+    processes (1 when decoding in the main process, whose cores the model needs).
+
+    `processes_on_node` ranks each run `num_workers` workers. Where this process may use every
+    core of the machine (no scheduler binding), the cores are shared over all those ranks'
+    workers: 8 ranks x 8 workers on 64 cores get 1 thread each, not 8. Where a scheduler bound
+    the rank to its own cores (SLURM's --cpus-per-task), they are that rank's alone.
+    """
     if num_workers == 0:
         return 1
-    return max(1, len(os.sched_getaffinity(0)) // num_workers)
+    cores = len(os.sched_getaffinity(0))
+    sharing = processes_on_node if cores >= (os.cpu_count() or cores) else 1
+    return max(1, cores // (num_workers * sharing))
 
 
 WORKER_NICENESS = 10
@@ -66,12 +76,13 @@ def keep_large_buffers_out_of_the_heap() -> None:
 
 def _init_worker(worker_id: int) -> None:
     """Where workers and the model share cores, decoding (the smaller share of the work) should
-    fill the cycles the model leaves idle rather than preempt the model's threads. SIGTERM (sent
-    to the whole process group by schedulers) is the main process's to act on: it stops after
-    the batch in hand and then shuts the workers down."""
+    fill the cycles the model leaves idle rather than preempt the model's threads. Stop signals
+    (SIGTERM from schedulers and Ctrl-C's SIGINT reach the whole process group) are the main
+    process's to act on: it stops after the batch in hand and then shuts the workers down."""
     os.nice(WORKER_NICENESS)
     keep_large_buffers_out_of_the_heap()
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class VideoDataModule(LightningDataModule):
@@ -85,14 +96,18 @@ class VideoDataModule(LightningDataModule):
         batch_size: samples per forward pass (frames for image models, clips for video models);
             default: the model's own.
         num_workers: DataLoader worker processes that decode and resize.
-        overwrite: redo videos whose .npz already exists.
+        overwrite: redo videos whose .npz already exists; "changed": only those whose .npz no
+            longer matches the run (other settings, or a changed video).
         decoder: video decoding library: pyav (frame-exact on every file type vfe was checked
             on), decord or torchcodec (CPU or CUDA; needs FFmpeg); README: "Which files are
             exact".
         decode_device: cpu, or cuda to decode with NVDEC on the model's GPU (torchcodec only;
             decoding then runs in the main process, so num_workers must be 0).
         decode_threads: FFmpeg decoding threads per decoding process; default: the available
-            cores divided by num_workers (1 with num_workers 0).
+            cores divided by all decoding workers on the node (1 with num_workers 0).
+        allow_concealed_errors: write videos in which the decoder reported errors in the data
+            (and concealed them), recording the count in provenance; by default such a video is
+            a failure.
         min_segment_seconds: a long video is split into segments decoded by several workers
             (pyav only) so that all workers get equal shares; no segment is shorter than this.
     """
@@ -104,11 +119,12 @@ class VideoDataModule(LightningDataModule):
         clip_len: float = 2.0,
         batch_size: int | None = None,
         num_workers: int = 2,
-        overwrite: bool = False,
+        overwrite: bool | Literal["changed"] = False,
         decoder: str = DEFAULT_DECODER,
         decode_device: str = "cpu",
         decode_threads: int | None = None,
         min_segment_seconds: float = 30.0,
+        allow_concealed_errors: bool = False,
     ) -> None:
         super().__init__()
         if not (math.isfinite(clip_len) and clip_len > 0):
@@ -142,14 +158,14 @@ class VideoDataModule(LightningDataModule):
         self.overwrite = overwrite
         self.decoder = decoder
         self.decode_device = decode_device
-        self.decode_threads = (
-            default_decode_threads(num_workers) if decode_threads is None else decode_threads
-        )
+        self.decode_threads = decode_threads  # None: sized per node once the ranks are known
+        self.allow_concealed_errors = allow_concealed_errors
         self.min_segment_seconds = min_segment_seconds
         self.videos: list[VideoEntry] = []
         self.work: list[list[WorkItem]] = []  # this rank's, one list per worker
         self.video_models: list[tuple[str, ...]] = []
         self.num_skipped: dict[str, int] = {}
+        self.videos_per_rank: list[int] = []  # how many videos each rank decodes
         self.run_id = ""
 
     def setup(self, stage: str) -> None:
@@ -170,6 +186,7 @@ class VideoDataModule(LightningDataModule):
             "grid_version": GRID_VERSION,
             "decoder": self.decoder,
             "decoder_version": decoder_version(self.decoder),
+            "allow_concealed_errors": self.allow_concealed_errors,
         }
 
     def _list_videos(self) -> None:
@@ -208,14 +225,17 @@ class VideoDataModule(LightningDataModule):
     def plan_work(self, rank: int, world_size: int) -> list[list[WorkItem]]:
         """This rank's work items, one list per DataLoader worker (`vfe.data.work_plan`)."""
         sizes = [video.size_bytes for video in self.videos]
-        rank_videos = assign_ranks(sizes, world_size)[rank]
+        shares = assign_ranks(sizes, world_size)
+        self.videos_per_rank = [len(share) for share in shares]
+        rank_videos = shares[rank]
         duration_of = None
         if supports_segments(self.decoder):
+            bad_file = file_errors(self.decoder)
 
             def duration_of(video_index: int) -> float | None:
                 try:
-                    return probe_duration_seconds(self.videos[video_index].path, self.decoder)
-                except Exception:  # a broken file is not split; decoding it records why
+                    return split_duration_seconds(self.videos[video_index].path, self.decoder)
+                except bad_file:  # a broken file is not split; decoding it records why
                     return None
 
         return split_over_workers(
@@ -226,6 +246,13 @@ class VideoDataModule(LightningDataModule):
             duration_of,
             self.min_segment_seconds,
         )
+
+    def resolved_decode_threads(self) -> int:
+        """`decode_threads`, or the default for this node's ranks and workers."""
+        if self.decode_threads is not None:
+            return self.decode_threads
+        ranks_on_node = self.trainer.num_devices if self.trainer.world_size > 1 else 1
+        return default_decode_threads(self.num_workers, ranks_on_node)
 
     def predict_dataloader(self) -> DataLoader:
         keep_large_buffers_out_of_the_heap()  # the main process's batches (workers: _init_worker)
@@ -251,8 +278,9 @@ class VideoDataModule(LightningDataModule):
             work=self.work,
             decoder=self.decoder,
             decode_device=decode_device,
-            decode_threads=self.decode_threads,
+            decode_threads=self.resolved_decode_threads(),
             video_models=self.video_models,
+            allow_concealed_errors=self.allow_concealed_errors,
         )
         return DataLoader(
             dataset,

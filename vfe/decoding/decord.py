@@ -8,9 +8,17 @@ from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
+import decord
 import torch
 
-from vfe.decoding.video import Frame, Timeline, seconds_fraction
+from vfe.decoding.video import (
+    DecodeError,
+    Frame,
+    Timeline,
+    check_complete,
+    declared_video_duration_seconds,
+    seconds_fraction,
+)
 from vfe.errors import VfeError
 
 # Frames decoded per call: sequential reads without holding a whole video.
@@ -20,7 +28,7 @@ CHUNK_FRAMES = 16
 class DecordVideo:
     """A video read with decord on the CPU. Raises on open for files decord cannot parse."""
 
-    bytes_read = 0  # the library does not say how far it has read
+    file_errors = (decord.DECORDError, RuntimeError, DecodeError)
 
     @staticmethod
     def check(device: str) -> None:
@@ -28,9 +36,11 @@ class DecordVideo:
             raise VfeError(f"--data.decode_device {device} needs --data.decoder torchcodec")
 
     def __init__(self, path: Path, device: str = "cpu", num_threads: int = 1) -> None:
-        import decord
-
         self.check(device)
+        self._path = path
+        self.bytes_read = 0  # the library does not say how far it has read
+        self.decode_errors = 0  # nor which errors it concealed
+        self.error_messages: list[str] = []
         # FFmpeg's per-file warnings would otherwise flood stderr on large runs.
         decord.logging.set_level(decord.logging.QUIET)
         self._reader = decord.VideoReader(str(path), num_threads=num_threads)
@@ -50,4 +60,12 @@ class DecordVideo:
                 time_seconds, duration = timeline.place(
                     seconds_fraction(start), seconds_fraction(end - start)
                 )
-                yield Frame(time_seconds, duration, lambda image=image: image)
+                yield Frame(time_seconds, duration, lambda image=image: image, image.nbytes)
+        if num_frames:
+            # decord counts only the frames present: compare their span with the declared end.
+            first, last = self._reader.get_frame_timestamp([0, num_frames - 1]).tolist()
+            declared = declared_video_duration_seconds(self._path)
+            if declared is not None:
+                check_complete(
+                    seconds_fraction(last[1] - first[0]), declared, declared, self._nominal
+                )

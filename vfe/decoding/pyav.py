@@ -2,6 +2,8 @@
 
 Frames come out exactly as the FFmpeg command line presents them: edit lists honoured, display
 rotation applied, exact rational timestamps, colour converted by FFmpeg's swscale to RGB24.
+Errors the decoder concealed (damaged data it painted over) are counted from FFmpeg's own
+error log for the stream and from frames it flags corrupt.
 """
 
 import heapq
@@ -11,10 +13,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.logging
 import numpy as np
 import torch
 
-from vfe.decoding.video import DecodeError, Frame, Timeline
+from vfe.decoding.video import DecodeError, Frame, Timeline, check_complete
 from vfe.errors import VfeError
 
 # Frames leave the decoder in presentation order, but some containers (AVI with packed B-frames)
@@ -22,9 +25,15 @@ from vfe.errors import VfeError
 # REORDER_FRAMES ones, which undoes that and leaves increasing timestamps untouched; 16 is
 # H.264's and HEVC's deepest reordering.
 REORDER_FRAMES = 16
-# A file whose packets end this many nominal frames (at least 0.1 s) before the duration its
-# container declares was cut short: a truncated download or copy.
-TRUNCATION_TOLERANCE_FRAMES = 2
+# Containers whose seeks were checked to land on the sequential decode's timeline (every cut of
+# the real-world corpus, open GOP included). FFmpeg's MPEG program stream demuxer (.mpg, .vob)
+# is not among them: after a seek its timestamps are half a frame off the sequential ones, so
+# such files (and any other format) are decoded from their start, never split.
+SEEKABLE_FORMATS = frozenset(
+    {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts", "avi", "flv", "asf"}
+)
+# How many error messages (the first one's text goes into the failure's reason) to keep.
+KEPT_ERROR_MESSAGES = 1
 
 
 def _rgb_of(frame: av.VideoFrame) -> torch.Tensor:
@@ -42,6 +51,7 @@ class PyAVVideo:
     """
 
     supports_segments = True
+    file_errors = (av.FFmpegError, DecodeError)
 
     @staticmethod
     def check(device: str) -> None:
@@ -52,17 +62,38 @@ class PyAVVideo:
             )
 
     @staticmethod
-    def probe_duration_seconds(path: Path) -> float | None:
-        """The duration the container declares (None if it declares none)."""
+    def split_duration_seconds(path: Path) -> float | None:
+        """The video stream's own duration, if the file may be split into segments (None if
+        its container does not seek exactly, or the duration cannot be read).
+
+        Taken from the video stream's last packets, not the container's header: a container
+        declares its longest stream, and audio may run far past the video.
+        """
         with av.open(str(path)) as container:
-            if not container.streams.video:
+            if not container.streams.video or container.format.name not in SEEKABLE_FORMATS:
                 return None
             stream = container.streams.video[0]
+            time_base = stream.time_base
+            first = stream.start_time
+            declared = None
             if stream.duration is not None:
-                return float(stream.duration * stream.time_base)
-            if container.duration is not None:
-                return container.duration / av.time_base
-        return None
+                declared = stream.duration * time_base
+            elif container.duration is not None:
+                declared = Fraction(container.duration, av.time_base)
+            if first is None or declared is None:
+                return None
+            # The keyframe before the declared end (or the end of the video, if sooner), then
+            # every video packet from there to the end of the file.
+            container.seek(first + int(declared / time_base), stream=stream, backward=True)
+            video_end = None
+            for packet in container.demux(stream):
+                start = packet.pts if packet.pts is not None else packet.dts
+                if packet.size and start is not None:
+                    end = start + (packet.duration or 0)
+                    video_end = end if video_end is None else max(video_end, end)
+            if video_end is None:
+                return float(declared)
+            return float((video_end - first) * time_base)
 
     def __init__(self, path: Path, device: str = "cpu", num_threads: int = 1) -> None:
         self.check(device)
@@ -75,22 +106,47 @@ class PyAVVideo:
         self._stream.thread_count = num_threads
         rate = self._stream.guessed_rate or self._stream.average_rate
         self._nominal = 1 / Fraction(rate) if rate else Fraction(0)
+        self.seeks_exactly = self._container.format.name in SEEKABLE_FORMATS
         self.bytes_read = 0  # the furthest file position demuxed so far
+        self.decode_errors = 0  # errors the decoder reported (and concealed) so far
+        self.error_messages: list[str] = []  # the first of them
 
     def frames(self, start_seconds: Fraction = Fraction(0)) -> Iterator[Frame]:
         """Frames in presentation order from `start_seconds` on, preceded by at least the
-        frame on screen just before it (decoding starts at a keyframe before it)."""
+        frame on screen just before it (decoding starts at a keyframe before it, or at the
+        file's start where the container does not seek exactly)."""
+        # FFmpeg's decoder threads log errors too, so the capture is process-wide: a decoding
+        # process decodes one video at a time.
+        previous_level = av.logging.get_level()
+        av.logging.set_level(av.logging.ERROR)
+        capture = av.logging.Capture(local=False)
+        capture.__enter__()
         try:
-            if start_seconds <= 0:
-                yield from self._placed(self._decode(), first_ticks=None)
+            if start_seconds <= 0 or not self.seeks_exactly:
+                yield from self._placed(self._decode(capture), first_ticks=None)
                 return
-            first_ticks = next(self._decode(), (None, None))[0]
+            first_ticks = next(self._decode(capture), (None, None))[0]
             self._rewind(0)
-            yield from self._frames_from(start_seconds, first_ticks)
+            yield from self._frames_from(start_seconds, first_ticks, capture)
         finally:
+            self._count_logged_errors(capture)
+            capture.__exit__(None, None, None)
+            av.logging.set_level(previous_level)
             self._container.close()
 
-    def _frames_from(self, start_seconds: Fraction, first_ticks: int | None) -> Iterator[Frame]:
+    def _count_logged_errors(self, capture: av.logging.Capture) -> None:
+        """Add the error messages this stream's decoder logged since the last call."""
+        codec_name = self._stream.codec_context.name
+        for level, name, message in capture.logs:
+            if level <= av.logging.ERROR and name == codec_name:
+                self.decode_errors += 1
+                if len(self.error_messages) < KEPT_ERROR_MESSAGES:
+                    self.error_messages.append(message.strip())
+        capture.logs.clear()
+
+    def _frames_from(
+        self, start_seconds: Fraction, first_ticks: int | None, capture: av.logging.Capture
+    ) -> Iterator[Frame]:
         """Decode from a keyframe early enough that the first frame comes before
         `start_seconds` (from the file's start if need be); every frame from that keyframe on
         is what a decode from the start gives, so the frames equal the unsplit ones."""
@@ -100,7 +156,7 @@ class PyAVVideo:
             if target <= 0:
                 break
             self._rewind(first_ticks + int(target / self._stream.time_base))
-            frames = self._placed(self._decode(from_keyframe=True), first_ticks)
+            frames = self._placed(self._decode(capture, from_keyframe=True), first_ticks)
             first = next(frames, None)
             if first is not None and first.time_seconds < start_seconds:
                 yield first
@@ -109,7 +165,7 @@ class PyAVVideo:
             frames.close()
             back_off *= 2
         self._rewind(0)
-        yield from self._placed(self._decode(), first_ticks=None)
+        yield from self._placed(self._decode(capture), first_ticks=None)
 
     def _rewind(self, ticks: int) -> None:
         """Seek to the keyframe at or before `ticks` (stream time base)."""
@@ -130,9 +186,14 @@ class PyAVVideo:
             raw = None if ticks is None else ticks * time_base
             duration = frame.duration * time_base if frame.duration else None
             time_seconds, duration_seconds = timeline.place(raw, duration)
-            yield Frame(time_seconds, duration_seconds, lambda frame=frame: _rgb_of(frame))
+            num_bytes = sum(plane.buffer_size for plane in frame.planes)
+            yield Frame(
+                time_seconds, duration_seconds, lambda frame=frame: _rgb_of(frame), num_bytes
+            )
 
-    def _decode(self, from_keyframe: bool = False) -> Iterator[tuple[int | None, av.VideoFrame]]:
+    def _decode(
+        self, capture: av.logging.Capture, from_keyframe: bool = False
+    ) -> Iterator[tuple[int | None, av.VideoFrame]]:
         """`(ticks, frame)` in presentation order from the current position to the end.
 
         `from_keyframe`: after a seek, drop what the decoder outputs before its first keyframe
@@ -158,9 +219,19 @@ class PyAVVideo:
                 end = start + (packet.duration or 0)
                 packets_end = end if packets_end is None else max(packets_end, end)
             for frame in packet.decode():
-                if waiting_for_keyframe and not frame.key_frame:
-                    continue
-                waiting_for_keyframe = False
+                if waiting_for_keyframe:
+                    # Pictures decoded before the first keyframe after a seek reference frames
+                    # before it (FFmpeg logs e.g. "co located POCs unavailable"): they are
+                    # dropped, and their errors with them. They lie before the segment (at
+                    # least a second before its start), where the previous segment decodes them
+                    # in order and counts any real error.
+                    capture.logs.clear()
+                    if not frame.key_frame:
+                        continue
+                    waiting_for_keyframe = False
+                if frame.is_corrupt and not capture.logs:  # flagged, but nothing logged
+                    self.decode_errors += 1
+                self._count_logged_errors(capture)
                 ticks = frame.pts if frame.pts is not None else frame.dts
                 if ticks is not None:
                     heapq.heappush(candidate_ticks, ticks)
@@ -177,13 +248,12 @@ class PyAVVideo:
         if stream.duration is None or packets_end is None:
             return
         declared_end = (stream.start_time or 0) + stream.duration
-        missing = (declared_end - packets_end) * stream.time_base
-        if missing > max(TRUNCATION_TOLERANCE_FRAMES * nominal, Fraction(1, 10)):
-            raise DecodeError(
-                f"the file ends {float(missing):.2f} s before the "
-                f"{float(stream.duration * stream.time_base):.2f} s its container declares "
-                "(truncated?)"
-            )
+        check_complete(
+            packets_end * stream.time_base,
+            declared_end * stream.time_base,
+            stream.duration * stream.time_base,
+            nominal,
+        )
 
 
 def _seconds(ticks: int | None, time_base: Fraction) -> str:

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import torch
 
-from vfe.decoding.video import Frame, Timeline, seconds_fraction
+from vfe.decoding.video import DecodeError, Frame, Timeline, check_complete, seconds_fraction
 from vfe.errors import VfeError
 
 
 class TorchcodecVideo:
     """A video decoded sequentially by torchcodec; frames stay on the decoding device."""
 
-    bytes_read = 0  # the library does not say how far it has read
+    # torchcodec's C++ core raises RuntimeError (and ValueError) for files it cannot read.
+    file_errors = (RuntimeError, ValueError, DecodeError)
 
     @staticmethod
     def check(device: str) -> None:
@@ -40,7 +41,13 @@ class TorchcodecVideo:
 
         self._device = torch.device(device)
         self._demuxer = Demuxer(str(path), streams="video")
-        (stream,) = self._demuxer.streams
+        if not self._demuxer.streams:
+            raise DecodeError("the file has no video stream")
+        stream = self._demuxer.streams[0]
+        self._metadata = stream.metadata
+        self.bytes_read = 0  # the library does not say how far it has read
+        self.decode_errors = 0  # nor which errors it concealed
+        self.error_messages: list[str] = []
         fps = stream.metadata.average_fps_from_header
         self._nominal = seconds_fraction(1 / fps) if fps else seconds_fraction(0)
         self._decoder = stream.make_decoder(device=self._device, num_ffmpeg_threads=num_threads)
@@ -50,11 +57,18 @@ class TorchcodecVideo:
         if start_seconds:
             raise NotImplementedError("this decoder decodes whole videos only")
         timeline = Timeline(self._nominal)
+        decoded_end = None  # raw seconds
 
         def frame_of(raw) -> Frame:
-            time_seconds, duration = timeline.place(
-                seconds_fraction(raw.pts_seconds), seconds_fraction(raw.duration_seconds)
+            nonlocal decoded_end
+            start, length = (
+                seconds_fraction(raw.pts_seconds),
+                seconds_fraction(raw.duration_seconds),
             )
+            decoded_end = (
+                start + length if decoded_end is None else max(decoded_end, start + length)
+            )
+            time_seconds, duration = timeline.place(start, length)
             return Frame(
                 time_seconds,
                 duration,
@@ -66,3 +80,8 @@ class TorchcodecVideo:
                 yield frame_of(raw)
         for raw in self._decoder.drain():
             yield frame_of(raw)
+        declared = self._metadata.duration_seconds_from_header
+        if decoded_end is not None and declared:
+            begin = seconds_fraction(self._metadata.begin_stream_seconds_from_header or 0)
+            declared_fraction = seconds_fraction(declared)
+            check_complete(decoded_end, begin + declared_fraction, declared_fraction, self._nominal)

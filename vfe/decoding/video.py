@@ -30,16 +30,21 @@ class Frame:
     duration_seconds: Fraction  # how long it stays on screen (the nominal frame duration, or
     # 0, where the file does not say)
     rgb: Callable[[], torch.Tensor]  # -> (H, W, 3) uint8, display orientation
+    num_bytes: int = 0  # memory the decoded picture holds until converted (for bounds)
 
 
 class Video(Protocol):
     """An opened video whose frames are decoded only while iterating.
 
     Decoders whose class sets `supports_segments` can start mid-file, frame-exactly, and give
-    `probe_duration_seconds(path)`; long videos are then split over workers (`vfe.data.work_plan`).
+    `split_duration_seconds(path)` for files that may be split; long videos are then split over
+    workers (`vfe.data.work_plan`). Each decoder class names in `file_errors` the exceptions a
+    bad file makes it raise: only those count as a failure of the video.
     """
 
     bytes_read: int  # how far into the file decoding has got (0 where the library hides it)
+    decode_errors: int  # errors the decoder concealed so far (0 where the library hides them)
+    error_messages: list[str]  # the first of those errors, as the library logged them
 
     def frames(self, start_seconds: Fraction = Fraction(0)) -> Iterator[Frame]:
         """Every frame once, in presentation order; times strictly increase from the first
@@ -52,9 +57,53 @@ def supports_segments(decoder: str) -> bool:
     return getattr(_decoder_class(decoder), "supports_segments", False)
 
 
-def probe_duration_seconds(path: Path, decoder: str) -> float | None:
-    """A segment decoder's reading of the duration the container declares."""
-    return _decoder_class(decoder).probe_duration_seconds(path)
+def split_duration_seconds(path: Path, decoder: str) -> float | None:
+    """A segment decoder's reading of the video stream's duration, or None where the file
+    must not be split (its container does not seek exactly)."""
+    return _decoder_class(decoder).split_duration_seconds(path)
+
+
+def file_errors(decoder: str) -> tuple[type[BaseException], ...]:
+    """The exceptions the decoder raises for a bad file (anything else is a bug: it stops the
+    run with its traceback)."""
+    return _decoder_class(decoder).file_errors
+
+
+def declared_video_duration_seconds(path: Path) -> Fraction | None:
+    """The duration the container declares for its first video stream (read with PyAV, which
+    vfe always has), for decoders whose library does not say."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            return None
+        stream = container.streams.video[0]
+        if stream.duration is not None:
+            return stream.duration * stream.time_base
+        if container.duration is not None:
+            return Fraction(container.duration, av.time_base)
+    return None
+
+
+# A file whose data ends this many nominal frames (at least 0.1 s) before the duration its
+# container declares was cut short: a truncated download or copy.
+TRUNCATION_TOLERANCE_FRAMES = 2
+
+
+def check_complete(
+    decoded_end_seconds: Fraction,
+    declared_end_seconds: Fraction,
+    declared_duration_seconds: Fraction,
+    nominal_frame_seconds: Fraction,
+) -> None:
+    """The one completeness rule of every decoder: raise `DecodeError` if what was decoded ends
+    well before the end the container declares (both on the same time axis)."""
+    missing = declared_end_seconds - decoded_end_seconds
+    if missing > max(TRUNCATION_TOLERANCE_FRAMES * nominal_frame_seconds, Fraction(1, 10)):
+        raise DecodeError(
+            f"the file ends {float(missing):.2f} s before the "
+            f"{float(declared_duration_seconds):.2f} s its container declares (truncated?)"
+        )
 
 
 def seconds_fraction(seconds: float) -> Fraction:

@@ -49,6 +49,7 @@ class FinishedVideo:
     relative_path: str
     arrays: dict[str, np.ndarray]
     info: dict[str, Any]  # the video's start record (see `vfe.data.dataset`)
+    decode_errors: int = 0  # errors the decoder concealed (written only where allowed)
 
 
 class ClipFeatureAssembler:
@@ -130,4 +131,5 @@ class ClipFeatureAssembler:
             "clip_length": np.float64(clip_length),
             "timestamps": windows,
         }
-        return FinishedVideo(pending.info["relative_path"], arrays, pending.info)
+        decode_errors = sum(end.get("decode_errors", 0) for end in pending.ends)
+        return FinishedVideo(pending.info["relative_path"], arrays, pending.info, decode_errors)

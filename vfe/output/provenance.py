@@ -7,11 +7,14 @@ decoder, the precision, the library versions, and the video's size and modificat
 
 import hashlib
 import json
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vfe.data.paths import VideoEntry, video_fingerprint
 
 PROVENANCE_KEY = "provenance"
 FORMAT_VERSION = 1
@@ -62,8 +65,20 @@ def run_provenance(model: Any, data_settings: dict[str, Any], precision: str) ->
     }
 
 
-def video_provenance(size_bytes: int, mtime_ns: int) -> dict[str, Any]:
-    return {"video": {"size_bytes": size_bytes, "mtime_ns": mtime_ns}}
+def video_provenance(
+    size_bytes: int, mtime_ns: int, fingerprint: str, decode_errors: int = 0
+) -> dict[str, Any]:
+    """The video a file was made from: its size, modification time and a fingerprint of its
+    bytes (`vfe.data.paths.video_fingerprint`); `decode_errors` where the decoder concealed
+    errors in it (written only with --data.allow_concealed_errors)."""
+    video: dict[str, Any] = {
+        "size_bytes": size_bytes,
+        "mtime_ns": mtime_ns,
+        "fingerprint": fingerprint,
+    }
+    if decode_errors:
+        video["decode_errors"] = decode_errors
+    return {"video": video}
 
 
 def encode(provenance: dict[str, Any]) -> np.ndarray:
@@ -80,16 +95,39 @@ def read_provenance(npz_path: Path) -> dict[str, Any] | None:
 
 
 def first_difference(
-    existing: dict[str, Any], wanted: dict[str, Any], size_bytes: int, mtime_ns: int
+    existing: dict[str, Any], wanted: dict[str, Any], video: VideoEntry
 ) -> str | None:
-    """The first setting (or the video itself) that differs, as `name: old -> new`."""
+    """The first setting (or the video itself) that differs, as `name: old -> new`.
+
+    The video is the same if its size and modification time are; if only the time differs (a
+    copied or touched dataset), its bytes are compared by fingerprint.
+    """
     for key in DETERMINING_SETTINGS:
         if existing.get(key) != wanted.get(key):
             return f"{key}: {existing.get(key)!r} in the file, {wanted.get(key)!r} now"
-    video = existing.get("video", {})
-    if (video.get("size_bytes"), video.get("mtime_ns")) != (size_bytes, mtime_ns):
+    recorded = existing.get("video", {})
+    if recorded.get("size_bytes") != video.size_bytes:
         return (
-            f"the video changed since (size {video.get('size_bytes')} -> {size_bytes} bytes, "
-            f"modified {video.get('mtime_ns')} -> {mtime_ns} ns)"
+            f"the video changed since (size {recorded.get('size_bytes')} -> "
+            f"{video.size_bytes} bytes)"
         )
+    if recorded.get("mtime_ns") == video.mtime_ns:
+        return None
+    modified = (
+        f"modified {_local_time(recorded.get('mtime_ns'))} then, {_local_time(video.mtime_ns)} now"
+    )
+    if "fingerprint" not in recorded:
+        return f"the video was {modified}, and the file records no fingerprint to compare with"
+    try:
+        fingerprint = video_fingerprint(video.path)
+    except OSError as error:
+        return f"the video cannot be read to compare its bytes ({error})"
+    if fingerprint != recorded["fingerprint"]:
+        return f"the video's bytes changed since (same size; {modified})"
     return None
+
+
+def _local_time(mtime_ns: int | None) -> str:
+    if mtime_ns is None:
+        return "unknown"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime_ns / 1e9))

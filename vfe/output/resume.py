@@ -3,12 +3,15 @@
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vfe.data.paths import VideoEntry, output_path_for
 from vfe.output.provenance import first_difference, read_provenance
 
-CHOICES = "rerun with --overwrite to redo such files, or write to another --output_dir"
+CHOICES = (
+    "rerun with --overwrite changed to redo only such files (keeping the others), --overwrite "
+    "to redo every video, or write to another --output_dir"
+)
 
 
 @dataclass
@@ -23,30 +26,37 @@ class RunPlan:
 def plan_run(
     videos: list[VideoEntry],
     output_dirs: dict[str, Path],
-    overwrite: bool,
+    overwrite: bool | Literal["changed"],
     wanted: dict[str, dict[str, Any]],
 ) -> RunPlan:
     """Per backbone (by name: its folder and the settings `wanted` of its files), skip a video
-    only if its .npz exists and records those settings and the video as it is now; any other
+    only if its .npz exists and records those settings and the video as it is now. Any other
     existing file stops the run (a file made otherwise is never kept silently), unless
-    `overwrite`. A video done for some backbones is decoded again only for the others."""
+    `overwrite` (redo every video) or `overwrite == "changed"` (redo just those files). A video
+    done for some backbones is decoded again only for the others."""
     todo: list[VideoEntry] = []
     todo_models: list[tuple[str, ...]] = []
     num_skipped = dict.fromkeys(output_dirs, 0)
+    mismatched: list[str] = []
     for entry in videos:
         needed = []
         for name, output_dir in output_dirs.items():
             path = output_path_for(output_dir, entry.relative_path)
-            if overwrite or not path.exists():
+            if overwrite is True or not path.exists():
                 needed.append(name)
                 continue
             problem = _why_not_reusable(path, entry, wanted[name])
-            if problem is not None:
-                return RunPlan([], [], {}, problem)
-            num_skipped[name] += 1
+            if problem is None:
+                num_skipped[name] += 1
+                continue
+            mismatched.append(problem)
+            needed.append(name)
         if needed:
             todo.append(entry)
             todo_models.append(tuple(needed))
+    if mismatched and overwrite != "changed":
+        count = f"{len(mismatched)} existing feature file(s) do not match this run; first: "
+        return RunPlan([], [], {}, f"{count}{mismatched[0]}; {CHOICES}")
     return RunPlan(todo, todo_models, num_skipped, None)
 
 
@@ -54,10 +64,10 @@ def _why_not_reusable(path: Path, entry: VideoEntry, wanted: dict[str, Any]) -> 
     try:
         existing = read_provenance(path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        return f"{path} cannot be read ({error}); {CHOICES}"
+        return f"{path} cannot be read ({error})"
     if existing is None:
-        return f"{path} records no settings (made by an earlier vfe); {CHOICES}"
-    difference = first_difference(existing, wanted, entry.size_bytes, entry.mtime_ns)
+        return f"{path} records no settings (made by an earlier vfe)"
+    difference = first_difference(existing, wanted, entry)
     if difference is not None:
-        return f"{path} was made otherwise: {difference}; {CHOICES}"
+        return f"{path} was made otherwise: {difference}"
     return None

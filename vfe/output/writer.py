@@ -21,7 +21,8 @@ from vfe.messages import say
 from vfe.output.assembly import ClipFeatureAssembler, FinishedVideo
 from vfe.output.failures import FAILURES_FILE_NAME, append_failure, read_failures
 from vfe.output.provenance import PROVENANCE_KEY, encode, run_provenance, video_provenance
-from vfe.output.run_totals import gather_totals
+from vfe.output.run_totals import RankReports
+from vfe.output.stopping import STOP_REQUEST
 
 TEMPORARY_SUFFIX = ".vfe-tmp"
 # A temporary is written and renamed within seconds; one this old belongs to a killed run.
@@ -43,10 +44,6 @@ def save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
         temporary.unlink(missing_ok=True)
 
 
-class StoppedBySignal(Exception):
-    """SIGTERM (a scheduler's stop) arrived: the run stopped after the batch in hand."""
-
-
 @dataclass
 class RunCounts:
     """This process's progress; per backbone where backbones differ."""
@@ -54,6 +51,7 @@ class RunCounts:
     written: dict[str, int] = field(default_factory=dict)
     clips: dict[str, int] = field(default_factory=dict)
     failed: int = 0  # videos, once each whatever the backbones affected
+    concealed: int = 0  # videos written with errors the decoder concealed (where allowed)
     videos_done: int = 0  # written for all their backbones, or failed
     decoded_bytes: int = 0  # how far decoding has got through this rank's files
     clips_in_progress: int = 0  # clips with features so far, of videos not yet written
@@ -81,6 +79,9 @@ class _BatchResult:
 
 # Batches the writer thread may fall behind before the model waits for it (bounds memory).
 MAX_QUEUED_BATCHES = 16
+# How long a failing run waits for the writer thread to end (a hung file system must not hang
+# the run's exit).
+THREAD_JOIN_SECONDS = 60.0
 
 
 class FeatureWriter(BasePredictionWriter):
@@ -93,11 +94,14 @@ class FeatureWriter(BasePredictionWriter):
 
     Args:
         output_dir: default `features/<model name>/` (`features/` with several backbones).
+        rank_timeout_seconds: with several ranks, how long rank 0 waits at the end for a rank
+            that sends no news (killed, node lost) before it reports it and exits.
     """
 
-    def __init__(self, output_dir: Path | None = None) -> None:
+    def __init__(self, output_dir: Path | None = None, rank_timeout_seconds: float = 600.0) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
+        self.rank_timeout_seconds = rank_timeout_seconds
         self.counts = RunCounts()
         self.output_dirs: dict[str, Path] = {}
         self._assemblers: dict[str, ClipFeatureAssembler] = {}
@@ -108,6 +112,7 @@ class FeatureWriter(BasePredictionWriter):
         self._run_id = ""
         self._queue: queue.Queue[_BatchResult | None] = queue.Queue(MAX_QUEUED_BATCHES)
         self._thread: threading.Thread | None = None
+        self._reports: RankReports | None = None
         self._thread_error: BaseException | None = None
         self.total_failed = 0
 
@@ -139,9 +144,19 @@ class FeatureWriter(BasePredictionWriter):
             name: run_provenance(member, data_settings, trainer.precision)
             for name, member in pl_module.members().items()
         }
+        # A queue and thread per run: a second predict in the same process never shares them.
+        self._stop_thread()
         self._thread_error = None
-        self._thread = threading.Thread(target=self._write_batches, name="vfe-writer", daemon=True)
+        self._queue = queue.Queue(MAX_QUEUED_BATCHES)
+        self._thread = threading.Thread(
+            target=self._write_batches, args=(self._queue,), name="vfe-writer", daemon=True
+        )
         self._thread.start()
+        self._reports = RankReports(trainer, self._run_id, self.rank_timeout_seconds)
+        self._reports.beat(0, force=True)
+        # Replaces Lightning's SIGTERM handler (registered just before this hook), which
+        # broadcasts inside the handler and fails once a rank has finished.
+        STOP_REQUEST.install(getattr(trainer.strategy.launcher, "procs", []))
 
     def write_on_batch_end(
         self,
@@ -178,20 +193,19 @@ class FeatureWriter(BasePredictionWriter):
                 batch.get("decoded_bytes", 0),
             )
         )
-        if trainer.received_sigterm:
-            # Lightning only notes the signal during predict. Every finished video is on disk
-            # (atomically) once the writer thread is done; unfinished ones leave nothing, so
-            # the same command resumes.
+        self._reports.beat(self.counts.videos_done)
+        if STOP_REQUEST.signum is not None:
+            # Every finished video is on disk (atomically) once the writer thread is done;
+            # unfinished ones leave nothing, so the same command resumes.
             self._finish_writing()
-            raise StoppedBySignal(
-                f"stopped by SIGTERM; {self.counts.videos_done} video(s) done by this process "
-                "before it; run the same command again to resume"
+            STOP_REQUEST.raise_if_requested(
+                f"{self.counts.videos_done} video(s) done by this process before it"
             )
 
-    def _write_batches(self) -> None:
+    def _write_batches(self, batches: "queue.Queue[_BatchResult | None]") -> None:
         """The writer thread: every queued batch in order until None; after an error it keeps
         taking batches (so the model never blocks on a full queue) and the main thread raises."""
-        while (result := self._queue.get()) is not None:
+        while (result := batches.get()) is not None:
             if self._thread_error is None:
                 try:
                     self._write(result)
@@ -208,6 +222,17 @@ class FeatureWriter(BasePredictionWriter):
             self._thread.join()
             self._thread = None
         self._raise_writer_error()
+
+    def _stop_thread(self) -> None:
+        """End the writer thread after a failure: it drains the queue (dropping what it has not
+        written) and is joined, so no thread of this run outlives it."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        deadline = time.monotonic() + THREAD_JOIN_SECONDS
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=THREAD_JOIN_SECONDS)
+        thread.join(max(0.0, deadline - time.monotonic()))
 
     def _write(self, result: _BatchResult) -> None:
         if result.copied is not None:
@@ -238,13 +263,17 @@ class FeatureWriter(BasePredictionWriter):
         info = video.info
         record = {
             **self._provenance[name],
-            **video_provenance(info["size_bytes"], info["mtime_ns"]),
+            **video_provenance(
+                info["size_bytes"], info["mtime_ns"], info["fingerprint"], video.decode_errors
+            ),
         }
         save_npz_atomically(
             output_path_for(self.output_dirs[name], video.relative_path),
             {**video.arrays, PROVENANCE_KEY: encode(record)},
         )
         self.counts.written[name] += 1
+        if video.decode_errors and self._models_left[info["index"]] == len(info["models"]):
+            self.counts.concealed += 1  # once per video, at its first backbone
         self.counts.clips[name] += len(video.arrays["features"])
         self._models_left[info["index"]] -= 1
         if self._models_left[info["index"]] == 0:
@@ -268,10 +297,9 @@ class FeatureWriter(BasePredictionWriter):
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
-        if self._thread is not None:  # let the thread end; the exception is what matters
-            with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(None)
-            self._thread = None
+        self._stop_thread()
+        if self._reports is not None:  # so that rank 0 does not wait for this rank's totals
+            self._reports.fail(f"{type(exception).__name__}: {exception}")
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Before any callback's on_predict_end, so the progress bar's last line is final.
@@ -279,7 +307,7 @@ class FeatureWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._finish_writing()
-        own = {"failed": self.counts.failed}
+        own = {"failed": self.counts.failed, "concealed": self.counts.concealed}
         for name, assembler in self._assemblers.items():
             own |= {
                 f"{name}/written": self.counts.written[name],
@@ -288,7 +316,11 @@ class FeatureWriter(BasePredictionWriter):
             }
         unfinished = max(assembler.num_pending for assembler in self._assemblers.values())
         self.total_failed = self.counts.failed + unfinished
-        totals = gather_totals(trainer, self._run_id, own)
+        totals = self._reports.gather(
+            own,
+            getattr(trainer.datamodule, "videos_per_rank", []),
+            getattr(trainer.strategy.launcher, "procs", []),
+        )
         if totals is None:  # not rank 0: rank 0 reports for all
             return
         names = list(self._assemblers)
@@ -323,3 +355,8 @@ class FeatureWriter(BasePredictionWriter):
                 print(f"  ... and {failed - MAX_FAILURES_SHOWN} more", file=sys.stderr)
         if unfinished:
             say(f"{unfinished} video(s) ended incomplete and were not written")
+        if totals["concealed"]:
+            say(
+                f"{totals['concealed']} video(s) written although the decoder concealed errors "
+                "in them (--data.allow_concealed_errors; the count is in each file's provenance)"
+            )
