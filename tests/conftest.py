@@ -213,12 +213,13 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def stop_after_first_file(
     args: list[str], cwd: Path, output: Path, signum: int, env: dict[str, str] | None = None
 ) -> tuple[int, str]:
-    """Start `args`, send `signum` once its first .npz appears; (exit status, stderr)."""
+    """Start `args`, send `signum` once it has written its first .npz; (exit status, stderr)."""
+    existing = len(list(output.glob("*.npz")))
     process = subprocess.Popen(
         args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
     deadline = time.monotonic() + 300
-    while not list(output.glob("*.npz")) and process.poll() is None:
+    while len(list(output.glob("*.npz"))) == existing and process.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     process.send_signal(signum)

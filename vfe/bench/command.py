@@ -256,7 +256,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--memory",
         action="store_true",
-        help="peak RSS per process, 1- vs 60-minute video, no model",
+        help="peak RSS per process for --memory_cases, no model",
+    )
+    parser.add_argument(
+        "--memory_cases",
+        nargs="+",
+        default=["length"],
+        choices=["length", "gap", "4k"],
+        help="length: 1- vs 60-minute 240p video; gap: a 40-minute timestamp gap at 1080p; "
+        "4k: 4K60 with 10-s clips",
     )
     parser.add_argument(
         "--decode_threads",

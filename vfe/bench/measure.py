@@ -103,7 +103,7 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
         datamodule = VideoDataModule(
             input_dir=Path(options["videos"]),
             output_dir=Path(output_dir),
-            clip_len=CLIP_LEN_SECONDS,
+            clip_len=options.get("clip_len", CLIP_LEN_SECONDS),
             batch_size=options["batch_size"],
             num_workers=options["num_workers"],
             overwrite=True,

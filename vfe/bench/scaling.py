@@ -4,7 +4,9 @@ one decode for several backbones.
 - scaling: one long video through the real pipeline with 1, 2, ... workers: video-s/s and the
   speed-up over one worker (a long video is split into segments, one per worker);
 - memory: peak RSS of the main process and of the largest worker for a 1-minute and a
-  60-minute video (it must not grow with video length);
+  60-minute video (it must not grow with video length), and for the extremes real files hold:
+  a 40-minute timestamp gap in a 1080p video (2,400 s of empty windows on one frame) and 4K60
+  with 10-s clips (600 frames per clip);
 - multi: the real backbones (random weights) one at a time and all from one decode, on the
   benchmark set: wall time, frames decoded and decode time, and what the shared decode saves.
 
@@ -27,6 +29,9 @@ from vfe.errors import VfeError
 SCALING_RESOLUTION = (720, 1280)
 MEMORY_RESOLUTION = (240, 320)
 MEMORY_MINUTES = (1, 60)
+MEMORY_CASES = ("length", "gap", "4k")
+GAP_RESOLUTION, GAP_SECONDS = (1080, 1920), 2400
+UHD_RESOLUTION, UHD_FPS, UHD_SECONDS, UHD_CLIP_LEN = (2160, 3840), 60, 20, 10.0
 FPS = 30
 
 
@@ -58,17 +63,17 @@ class PassThroughBackbone(Backbone):
         return torch.zeros(samples.shape[0], self._feature_dim, device=samples.device)
 
 
-def make_long_video(folder: Path, seconds: float, size: tuple[int, int]) -> Path:
+def make_long_video(folder: Path, seconds: float, size: tuple[int, int], fps: int = FPS) -> Path:
     """One H.264 video (GOP 2 s, as cameras and uploads typically have), made once."""
     height, width = size
-    path = folder / f"{height}p-{seconds:g}s" / "long.mp4"
+    path = folder / f"{height}p{fps}-{seconds:g}s" / "long.mp4"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.mp4")
         command = [
             "ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-            f"testsrc2=size={width}x{height}:rate={FPS}", "-t", f"{seconds:g}",
-            "-c:v", "libx264", "-preset", "ultrafast", "-g", str(2 * FPS),
+            f"testsrc2=size={width}x{height}:rate={fps}", "-t", f"{seconds:g}",
+            "-c:v", "libx264", "-preset", "ultrafast", "-g", str(2 * fps),
             "-pix_fmt", "yuv420p", str(partial),
         ]  # fmt: skip
         try:
@@ -105,19 +110,47 @@ def run_scaling(args: argparse.Namespace, measure: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def make_gap_video(folder: Path) -> Path:
+    """1080p: 10 frames, a 40-minute gap (a paused screen recording, a motion-triggered
+    camera), 10 frames; made once."""
+    from vfe.bench.synthetic import write_video
+
+    height, width = GAP_RESOLUTION
+    path = folder / f"gap-{height}p-{GAP_SECONDS}s" / "gap.mp4"
+    if not path.exists():
+        durations = [1] * 9 + [GAP_SECONDS * 10] + [1] * 10  # ticks of 1/10 s
+        write_video(path, 20, fps=10, height=height, width=width, frame_durations=durations)
+    return path
+
+
 def run_memory(args: argparse.Namespace, measure: Any) -> list[dict[str, Any]]:
-    """Peak RSS per process for a short and a long video, with workers."""
+    """Peak RSS per process for each of `args.memory_cases`, with workers."""
+    folder = Path(args.videos_dir).expanduser()
+    runs = []  # (case, description, video, clip length)
+    if "length" in args.memory_cases:
+        for minutes in MEMORY_MINUTES:
+            video = make_long_video(folder, minutes * 60, MEMORY_RESOLUTION)
+            runs.append(("length", f"1 x {minutes} min {MEMORY_RESOLUTION[0]}p", video, 2.0))
+    if "gap" in args.memory_cases:
+        video = make_gap_video(folder)
+        description = f"{GAP_RESOLUTION[0]}p, {GAP_SECONDS // 60}-min timestamp gap"
+        runs.append(("gap", description, video, 2.0))
+    if "4k" in args.memory_cases:
+        video = make_long_video(folder, UHD_SECONDS, UHD_RESOLUTION, UHD_FPS)
+        description = f"{UHD_RESOLUTION[0]}p{UHD_FPS} {UHD_SECONDS} s, {UHD_CLIP_LEN:g}-s clips"
+        runs.append(("4k", description, video, UHD_CLIP_LEN))
     rows = []
     for model_name in args.models:
-        for minutes in MEMORY_MINUTES:
-            folder = Path(args.videos_dir).expanduser()
-            video = make_long_video(folder, minutes * 60, MEMORY_RESOLUTION)
+        for case, description, video, clip_len in runs:
             num_workers = args.workers[-1]
-            result = measure(_options(args, model_name, video.parent, num_workers))
+            options = _options(args, model_name, video.parent, num_workers)
+            result = measure({**options, "clip_len": clip_len})
             row = {
                 "kind": "memory",
+                "case": case,
                 "model_inputs": model_name,
-                "video": f"1 x {minutes} min {MEMORY_RESOLUTION[0]}p",
+                "video": description,
+                "clip_len": clip_len,
                 "num_workers": num_workers,
                 "wall_seconds": round(result["wall_seconds"], 1),
                 "peak_rss_mb": result["peak_rss_mb"],

@@ -27,7 +27,7 @@ def append_failure(failures_file: Path, record: dict[str, Any]) -> None:
     another process's; a cut-off line left by a killed writer is ended first."""
     failures_file.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, ensure_ascii=False) + "\n"
-    descriptor = os.open(failures_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    descriptor = os.open(failures_file, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(descriptor).st_size
         if size and os.pread(descriptor, 1, size - 1) != b"\n":
