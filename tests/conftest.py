@@ -180,6 +180,7 @@ DECODER_RESULTS: dict[str, dict[str, str]] = {
         "broadcast.ts": "wrong frames",
         "xvid_bframes.avi": "wrong times",
         "av1.mp4": "cannot open",
+        "program_stream.mpg": "wrong times",
     },
 }
 

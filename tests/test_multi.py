@@ -7,6 +7,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import cosine, extract, run_vfe
 from torchvision.transforms import InterpolationMode
 
@@ -246,3 +247,42 @@ def test_a_bad_backbone_option_is_one_line_on_the_command_line(two_videos: Path,
     assert "Traceback" not in result.stderr
     assert "vfe: error: --model.clip.colour is not an option of clip" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_shipped_two_backbone_config_takes_per_backbone_flags(
+    two_videos: Path, tiny_clip_file: Path, slowfast_pyth_file: Path, tmp_path: Path
+):
+    config = Path(__file__).parents[1] / "configs" / "clip_slowfast.yaml"
+    result = run_vfe(
+        "--config", str(config), "--model.clip.arch", "custom",
+        "--model.clip.weights", str(tiny_clip_file), "--model.slowfast.weights",
+        str(slowfast_pyth_file), "--model.slowfast.batch_size=2", "--input_dir", str(two_videos),
+        "--output_dir", "out", "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "out" / "clip" / "a.npz")["features"].shape[1] == 32
+    assert np.load(tmp_path / "out" / "slowfast" / "a.npz")["features"].shape[1] == 2304
+
+
+@pytest.mark.parametrize(
+    "model_yaml",
+    [
+        "model: [clip, slowfast]",
+        "model: clip,slowfast",
+        "model:\n  clip: {arch: RN50}\n  slowfast: null",
+        "model:\n  class_path: vfe.backbones.multi.MultiBackbone\n"
+        "  init_args: {models: [clip, slowfast]}",
+    ],
+    ids=["list", "comma", "per-backbone", "class path"],
+)
+def test_every_way_of_naming_models_in_yaml_takes_per_backbone_flags(model_yaml, tmp_path: Path):
+    (tmp_path / "in").mkdir()
+    config = tmp_path / "two.yaml"
+    config.write_text(model_yaml + "\n")
+    result = run_vfe(
+        "--config", str(config), "--model.clip.weights", "mine.pt", "--model.slowfast.weights",
+        "sf.pyth", "--input_dir", "in", "--print_config", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    options = yaml.safe_load(result.stdout)["model"]["init_args"]["options"]
+    assert options["clip"]["weights"] == "mine.pt" and options["slowfast"]["weights"] == "sf.pyth"

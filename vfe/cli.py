@@ -7,7 +7,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -119,6 +119,29 @@ def _multi_model_config(names: list[str], options: dict | None = None) -> dict:
     return {"class_path": MULTI_BACKBONE, "init_args": init_args}
 
 
+def _take_backbone_flags(
+    args: list[str], names: list[str]
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Remove each `--model.<name>.<option> VALUE` (a name in `names`) from `args`; the rest of
+    the arguments and those options by backbone name."""
+    remaining: list[str] = []
+    options: dict[str, dict[str, Any]] = {}
+    position = 0
+    while position < len(args):
+        arg = args[position]
+        key, has_value, value = arg.partition("=")
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "--model" and parts[1] in names:
+            if not has_value:
+                position += 1
+                value = args[position] if position < len(args) else ""
+            options.setdefault(parts[1], {})[parts[2]] = yaml.safe_load(value)
+        else:
+            remaining.append(arg)
+        position += 1
+    return remaining, options
+
+
 def rewrite_several_models(args: list[str]) -> list[str]:
     """`--model clip,slowfast` -> the MultiBackbone with those models, and each
     `--model.<name>.<option> VALUE` -> its entry in `--model.options`."""
@@ -131,22 +154,15 @@ def rewrite_several_models(args: list[str]) -> list[str]:
                 names = [name.strip() for name in raw.split(",") if name.strip()]
     if names is None:
         return list(args)
+    remaining, options = _take_backbone_flags(args, names)
     rewritten: list[str] = []
-    options: dict[str, dict] = {}
     position = 0
-    while position < len(args):
-        arg = args[position]
-        key, has_value, value = arg.partition("=")
-        parts = key.split(".")
+    while position < len(remaining):
+        arg = remaining[position]
+        key, has_value, _ = arg.partition("=")
         if key == "--model":
             rewritten += [f"--model={MULTI_BACKBONE}", f"--model.models={json.dumps(names)}"]
             position += 1 if has_value else 2
-        elif len(parts) == 3 and parts[0] == "--model" and parts[1] in names:
-            if not has_value:
-                position += 1
-                value = args[position] if position < len(args) else ""
-            options.setdefault(parts[1], {})[parts[2]] = yaml.safe_load(value)
-            position += 1
         else:
             rewritten.append(arg)
             position += 1
@@ -155,9 +171,9 @@ def rewrite_several_models(args: list[str]) -> list[str]:
     return rewritten
 
 
-def _resolve_config_model(config_text: str) -> str | None:
-    """A yaml config with `model: clip` (or `class_path: clip`) rewritten to class paths; None
-    when nothing needs rewriting."""
+def _config_model(config_text: str) -> dict | None:
+    """The `model` of a yaml config as a class-path dict (short names resolved; several
+    models as the MultiBackbone); None when the config names no model."""
     config = yaml.safe_load(config_text)
     if not isinstance(config, dict) or "model" not in config:
         return None
@@ -165,20 +181,38 @@ def _resolve_config_model(config_text: str) -> str | None:
     if isinstance(model, str) and "," in model:
         model = [name.strip() for name in model.split(",")]
     if isinstance(model, list):  # `model: [clip, slowfast]`
-        config["model"] = _multi_model_config([str(name) for name in model])
-    elif isinstance(model, dict) and model and "class_path" not in model:
+        return _multi_model_config([str(name) for name in model])
+    if isinstance(model, dict) and model and "class_path" not in model:
         # `model: {clip: {arch: ViT-B/16}, slowfast: {batch_size: 4}}`
         options = {name: value for name, value in model.items() if value}
-        config["model"] = _multi_model_config(list(model), options)
-    elif isinstance(model, str):
-        config["model"] = {"class_path": resolve_model(model)}
-    elif isinstance(model, dict) and isinstance(model.get("class_path"), str):
-        config["model"] = {**model, "class_path": resolve_model(model["class_path"])}
-    else:
-        return None
-    if config["model"] == model:
-        return None
-    return yaml.safe_dump(config, sort_keys=False)
+        return _multi_model_config(list(model), options)
+    if isinstance(model, str):
+        return {"class_path": resolve_model(model)}
+    if isinstance(model, dict) and isinstance(model.get("class_path"), str):
+        return {**model, "class_path": resolve_model(model["class_path"])}
+    return None
+
+
+def _resolve_config_model(config_text: str, args: list[str]) -> tuple[str | None, list[str]]:
+    """A yaml config whose `model` needs rewriting to class paths (None if it needs none), and
+    `args` (those after the config) less the per-backbone flags (`--model.<name>.<option>`)
+    merged into it when the config names several backbones."""
+    config = yaml.safe_load(config_text)
+    model = _config_model(config_text)
+    if model is None:
+        return None, args
+    if model.get("class_path") == MULTI_BACKBONE:
+        init_args = model.setdefault("init_args", {})
+        args, flags = _take_backbone_flags(args, [str(n) for n in init_args.get("models", [])])
+        options = dict(init_args.get("options") or {})
+        for name, values in flags.items():
+            options[name] = {**(options.get(name) or {}), **values}
+        if options:
+            init_args["options"] = options
+    if model == config["model"]:
+        return None, args
+    config["model"] = model
+    return yaml.safe_dump(config, sort_keys=False), args
 
 
 def warn_if_bf16_is_emulated(precision: str, device: str) -> None:
@@ -199,18 +233,26 @@ def rewrite_model_names(args: list[str]) -> list[str]:
     file, and `--model` given after `--model.*` options (the parser needs the class first).
     """
     rewritten = rewrite_several_models(args)
+    configs = [
+        position + 1
+        for position, arg in enumerate(rewritten)
+        if arg == "--config" and position + 1 < len(rewritten)
+    ]
+    for position in reversed(configs):  # later configs first: positions stay valid
+        config_path = Path(rewritten[position])
+        if config_path.is_file():
+            # Per-backbone flags are merged into a config that names several backbones.
+            resolved, rest = _resolve_config_model(
+                config_path.read_text(), rewritten[position + 1 :]
+            )
+            if resolved is not None:  # jsonargparse takes yaml text in place of a path
+                rewritten = [*rewritten[:position], resolved, *rest]
     for position, arg in enumerate(rewritten):
         name, has_value, value = arg.partition("=")
         if name in NAME_OPTIONS and has_value:
             rewritten[position] = f"{name}={resolve_model(value)}"
         elif arg in NAME_OPTIONS and position + 1 < len(rewritten):
             rewritten[position + 1] = resolve_model(rewritten[position + 1])
-        elif arg == "--config" and position + 1 < len(rewritten):
-            config_path = Path(rewritten[position + 1])
-            if config_path.is_file():
-                resolved = _resolve_config_model(config_path.read_text())
-                if resolved is not None:  # jsonargparse takes yaml text in place of a path
-                    rewritten[position + 1] = resolved
     # The class must come before its options: move `--model X` in front of the first
     # `--model.*` that precedes it.
     for position, arg in enumerate(rewritten):

@@ -46,6 +46,8 @@ from vfe.decoding.video import DEFAULT_DECODER, DecodeError, Frame, file_errors,
 # open; past this, held frames are kept at the backbone's input size instead (4K60 with 10-s
 # clips would otherwise hold 600 full-resolution frames, ~7.5 GB).
 MAX_HELD_DECODED_BYTES = 256 << 20
+# Held frames converted at once when they go over that bound (each converts to full-size RGB).
+SPILL_FRAMES = 4
 
 Convert = Callable[[list[Frame]], torch.Tensor]  # frames -> (N, C, h, w) uint8 samples
 
@@ -409,8 +411,11 @@ class _ClipSamples(_Emitter):
         self.previous = frame
         if self._held_bytes + frame.num_bytes > MAX_HELD_DECODED_BYTES:
             raw = [i for i, item in enumerate(self._items) if isinstance(item, Frame)]
-            for i, sample in zip(raw, self.samples_of([self._items[i] for i in raw]), strict=True):
-                self._items[i] = sample
+            for start in range(0, len(raw), SPILL_FRAMES):  # few full-size frames at a time
+                chunk = raw[start : start + SPILL_FRAMES]
+                converted = self.samples_of([self._items[i] for i in chunk])
+                for i, sample in zip(chunk, converted, strict=True):
+                    self._items[i] = sample
             self._held_bytes = 0
             self._items.append(self.samples_of([frame])[0])
             return
