@@ -11,8 +11,9 @@ import pytest
 import torch
 from conftest import run_vfe
 
-from vfe.cli import main, rewrite_model_names, wants_verbose, warn_if_bf16_is_emulated
+from vfe.cli import main
 from vfe.output.writer import TEMPORARY_SUFFIX
+from vfe.predict_cli import rewrite_model_names, wants_verbose, warn_if_bf16_is_emulated
 
 
 def test_clip_run_writes_the_npz_contract_and_resumes(
@@ -217,12 +218,58 @@ def test_runs_are_quiet_unless_verbose(video_dir, tiny_clip_file, tmp_path: Path
     assert "GPU available" in verbose.stdout + verbose.stderr
 
 
-def test_help_is_headed_vfe_and_finds_backbone_options(tmp_path: Path):
+def vfe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m vfe ARGS` (any command) in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "vfe", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_vfe_help_is_a_short_page_of_vfe_commands(tmp_path: Path):
+    for args in ([], ["--help"], ["-h"]):
+        result = vfe(*args, cwd=tmp_path)
+        assert result.returncode == 0 and result.stdout.startswith("usage: vfe COMMAND")
+        for command in ("predict", "info", "bench", "--version"):
+            assert f"  {command}" in result.stdout or f"vfe {command}" in result.stdout
+        assert len(result.stdout.splitlines()) < 30 and "Lightning Trainer" not in result.stdout
+    unknown = vfe("extract", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == (
+        "vfe: error: unknown command 'extract'; choose one of predict, info, bench (vfe --help)"
+    )
+
+
+def test_version(tmp_path: Path):
+    from importlib import metadata
+
+    result = vfe("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == f"vfe {metadata.version('vfe')}\n"
+
+
+def test_predict_help_leads_with_vfe_options_and_backbones(tmp_path: Path):
     result = run_vfe("--help", cwd=tmp_path)
-    assert result.returncode == 0 and result.stdout.startswith("usage: vfe")
+    assert result.returncode == 0 and result.stdout.startswith("usage: vfe predict --model NAME")
+    text = result.stdout
+    lightning = text.index("--trainer.accelerator")
+    for own in ("  clip ", "  slowfast ", "--input_dir", "--overwrite", "--model.weights FILE"):
+        assert text.index(own) < lightning, own
+    assert "Useful to" not in text  # Lightning's description, cut mid-sentence
     backbone = run_vfe("--model.help", "clip", cwd=tmp_path)
     assert backbone.returncode == 0, backbone.stderr
     assert "--model.arch ARCH" in backbone.stdout and "ViT-L/14" in backbone.stdout
+
+
+@pytest.mark.parametrize(
+    "ckpt", [["--ckpt_path", "weights.ckpt"], ["--ckpt_path=weights.ckpt"]], ids=["flag", "equals"]
+)
+def test_ckpt_path_points_at_model_weights(ckpt, video_dir: Path, tmp_path: Path):
+    result = run_vfe("--model", "clip", "--input_dir", str(video_dir), *ckpt, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "vfe: error: --ckpt_path weights.ckpt is Lightning's option to resume training; vfe "
+        "loads a backbone's weights with --model.weights FILE (--model.NAME.weights FILE with "
+        "several backbones)"
+    ]
 
 
 def test_bf16_without_native_support_warns_with_the_faster_choice(monkeypatch, capsys):

@@ -1,6 +1,8 @@
 """Several backbones from one decode: `--model clip,slowfast`."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,10 +16,10 @@ from torchvision.transforms import InterpolationMode
 from vfe.backbones.base import Backbone
 from vfe.backbones.multi import MultiBackbone
 from vfe.bench.synthetic import write_video
-from vfe.cli import rewrite_model_names
 from vfe.data.input_spec import InputSpec
 from vfe.errors import VfeError
 from vfe.output.failures import read_failures
+from vfe.predict_cli import rewrite_model_names
 
 ARRAYS = ("features", "timestamps", "fps", "clip_length")
 
@@ -150,6 +152,22 @@ def test_a_bad_video_is_reported_once_with_the_backbones_affected(
         (record,) = read_failures(tmp_path / "out" / name / "failures.jsonl").records
         assert record["models"] == ["clip", "mean_colour"]
         assert (tmp_path / "out" / name / "a.npz").exists()
+    # `vfe info` on the run's root: one report per backbone folder, each with its failure.
+    info = subprocess.run(
+        [sys.executable, "-m", "vfe", "info", "out", "--json"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert info.returncode == 0, info.stderr
+    reports = json.loads(info.stdout)["backbones"]
+    assert sorted(reports) == ["clip", "mean_colour"]
+    for report in reports.values():
+        assert report["files"] == 1
+        assert [r["relative_path"] for r in report["failed_videos"]] == ["broken.mp4"]
+        assert all(len(values) == 1 for values in report["settings"].values())  # not MIXED
+    text = subprocess.run(
+        [sys.executable, "-m", "vfe", "info", "out"], cwd=tmp_path, capture_output=True, text=True
+    ).stdout
+    assert "2 backbone folders" in text and "MIXED" not in text
 
 
 def test_clip_frames_per_clip_is_an_option_recorded_in_provenance(

@@ -73,7 +73,8 @@ def test_info_describes_a_file_and_a_folder(clip_args, tmp_path: Path):
     report = json.loads(folder.stdout)
     assert report["files"] == 2
     assert report["feature_shapes"] == {"[2, 32]": 1, "[1, 32]": 1}
-    assert report["settings"]["clip_length"] == {"2.0": 2}
+    assert report["settings"]["clip_length"] == [{"value": 2.0, "files": 2}]
+    assert report["settings"]["preprocessing"][0]["value"]["crop_size"] == 32  # an object
     assert [r["relative_path"] for r in report["failed_videos"]] == ["gone.mp4"]
     plain = subprocess.run([*info, "out"], cwd=tmp_path, capture_output=True, text=True)
     assert "2 feature files" in plain.stdout and "gone.mp4: open: E: bad" in plain.stdout

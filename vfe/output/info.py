@@ -1,4 +1,8 @@
-"""`vfe info FILE_OR_DIR`: how feature files were made (their provenance), and what failed."""
+"""`vfe info FILE_OR_DIR`: how feature files were made (their provenance), and what failed.
+
+A folder written by several backbones in one run (`<output_dir>/<name>/`) is reported per
+backbone folder, each with its own settings and failures.
+"""
 
 import argparse
 import json
@@ -34,12 +38,53 @@ def describe_file(path: Path) -> dict[str, Any]:
     return report
 
 
-def describe_folder(folder: Path) -> dict[str, Any]:
-    """Counts, feature shapes, the settings found (with how many files each) and failures."""
+def backbone_folders(folder: Path) -> list[Path]:
+    """The sub-folders a run of several backbones wrote (`<folder>/<name>/`): immediate
+    sub-folders whose files record different backbones (a single backbone's sub-folders are
+    just the dataset's own), and, beside them, sub-folders with only a failure log."""
+    models: dict[Path, str] = {}
+    only_failures = []
+    for part in sorted(p for p in folder.iterdir() if p.is_dir()):
+        first = next(part.rglob("*.npz"), None)
+        if first is None:
+            if (part / FAILURES_FILE_NAME).exists():
+                only_failures.append(part)
+            continue
+        try:
+            provenance = describe_file(first)["provenance"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            continue
+        if provenance is not None:
+            models[part] = provenance.get("model", "")
+    if len(set(models.values())) < 2:
+        return []
+    return sorted([*models, *only_failures])
+
+
+def describe(folder: Path) -> dict[str, Any]:
+    """`describe_folder`, or, for the root of a run of several backbones, one report per
+    backbone folder (and one for any files outside them)."""
+    parts = backbone_folders(folder)
+    if not parts:
+        return describe_folder(folder)
+    rest = describe_folder(folder, excluded=parts)
+    reports = {part.name: describe_folder(part) for part in parts}
+    if rest["files"] or rest["failed_videos"] or rest["unreadable_failure_lines"]:
+        reports["(other files)"] = rest
+    return {"folder": str(folder), "backbones": reports}
+
+
+def describe_folder(folder: Path, excluded: list[Path] = ()) -> dict[str, Any]:
+    """Counts, feature shapes, the settings found (each value with how many files record it)
+    and failures; sub-folders in `excluded` are left out."""
     shapes: Counter[str] = Counter()
     settings: dict[str, Counter[str]] = {key: Counter() for key in DETERMINING_SETTINGS}
     without_provenance, unreadable = [], []
-    files = sorted(folder.rglob("*.npz"))
+    files = sorted(
+        path
+        for path in folder.rglob("*.npz")
+        if not any(path.is_relative_to(part) for part in excluded)
+    )
     for path in files:
         try:
             report = describe_file(path)
@@ -65,7 +110,11 @@ def describe_folder(folder: Path) -> dict[str, Any]:
         "folder": str(folder),
         "files": len(files),
         "feature_shapes": dict(shapes),
-        "settings": {key: dict(counts) for key, counts in settings.items() if counts},
+        "settings": {
+            key: [{"value": json.loads(value), "files": n} for value, n in counts.items()]
+            for key, counts in settings.items()
+            if counts
+        },
         "without_provenance": without_provenance,
         "unreadable": unreadable,
         "failed_videos": list(latest.values()),
@@ -88,15 +137,25 @@ def format_file(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_report(report: dict[str, Any]) -> str:
+    """A folder's report as text; one section per backbone for a run of several."""
+    if "backbones" not in report:
+        return format_folder(report)
+    sections = [f"{report['folder']}: {len(report['backbones'])} backbone folders"]
+    sections += [format_folder(part) for part in report["backbones"].values()]
+    return "\n".join(sections)
+
+
 def format_folder(report: dict[str, Any]) -> str:
     lines = [f"{report['folder']}: {report['files']} feature files"]
     for shape, count in report["feature_shapes"].items():
         lines.append(f"  features {shape}: {count} files")
     for key, values in report["settings"].items():
-        if len(values) == 1:
-            lines.append(f"  {key}: {next(iter(values))} (all files with provenance)")
+        shown = [(json.dumps(v["value"], sort_keys=True), v["files"]) for v in values]
+        if len(shown) == 1:
+            lines.append(f"  {key}: {shown[0][0]} (all files with provenance)")
         else:
-            lines.append(f"  {key}: MIXED " + ", ".join(f"{v} ({n})" for v, n in values.items()))
+            lines.append(f"  {key}: MIXED " + ", ".join(f"{v} ({n})" for v, n in shown))
     for title, items in (
         ("without provenance", report["without_provenance"]),
         ("unreadable", report["unreadable"]),
@@ -123,7 +182,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
     if args.path.is_dir():
-        report, text = describe_folder(args.path), format_folder
+        report, text = describe(args.path), format_report
     elif args.path.is_file():
         try:
             report, text = describe_file(args.path), format_file

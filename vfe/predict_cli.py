@@ -1,0 +1,428 @@
+"""`vfe predict ...`: LightningCLI with the seed's plain flags and short model names (imported only
+for `predict`: torch and Lightning take seconds to import)."""
+
+import contextlib
+import io
+import json
+import logging
+import re
+import signal
+import sys
+import traceback
+import warnings
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from vfe.backbones.base import Extractor
+from vfe.backbones.registry import MODELS, resolve_model
+from vfe.data.datamodule import VideoDataModule
+from vfe.errors import ExitCode, VfeError
+from vfe.output.run_totals import RankLost
+from vfe.output.stopping import STOP_REQUEST, STOP_SIGNALS, StoppedBySignal
+from vfe.output.writer import FeatureWriter
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One of vfe's own `predict` options (also listed first by `vfe predict --help`)."""
+
+    name: str
+    help: str
+    options: dict[str, Any]
+
+
+PLAIN_FLAG = {"nargs": "?", "const": True}  # `--overwrite` alone means true
+VFE_FLAGS = (
+    Flag(
+        "--input_dir",
+        "folder of videos, searched recursively",
+        {"type": Path, "default": Path("raw_videos")},
+    ),
+    Flag(
+        "--output_dir",
+        "where the .npz files go (default: features/<model>/)",
+        {"type": Path | None, "default": None},
+    ),
+    Flag("--clip_len", "clip length in seconds (default 2)", {"type": float, "default": 2.0}),
+    Flag(
+        "--batch_size",
+        "samples per forward pass: frames (CLIP) or clips (SlowFast); default the backbone's",
+        {"type": int | None, "default": None},
+    ),
+    Flag("--device", "where the model runs: auto, cpu or cuda", {"type": str, "default": "auto"}),
+    Flag(
+        "--overwrite",
+        "redo every video whose .npz exists; 'changed': redo only those whose .npz no longer "
+        "matches (other settings, or a changed video), keeping the rest",
+        {"type": bool | Literal["changed"], "default": False, **PLAIN_FLAG},
+    ),
+    Flag(
+        "--verbose",
+        "also show Lightning's and the libraries' own messages",
+        {"type": bool, "default": False, **PLAIN_FLAG},
+    ),
+)
+
+
+def predict_help_intro() -> str:
+    """vfe's own options and the backbones, printed before Lightning's full option list."""
+    lines = [
+        "usage: vfe predict --model NAME [options]   (python -m vfe predict ...)",
+        "",
+        "Per-clip features of every video under --input_dir, one .npz per video.",
+        "",
+        "backbones (--model NAME; several from one decode: --model clip,slowfast):",
+    ]
+    for name, class_path in MODELS.items():
+        lines.append(f"  {name:<12}{backbone_summary(class_path)}")
+    lines += [
+        "  (--model.help NAME lists a backbone's options: --model.arch, --model.weights, ...;",
+        "   with several backbones: --model.NAME.OPTION)",
+        "",
+        "vfe's options:",
+    ]
+    for flag in VFE_FLAGS:
+        lines.append(f"  {flag.name:<14}{flag.help}")
+    lines += [
+        "  --data.*      decoding: --data.num_workers, --data.decoder, --data.decode_threads, ...",
+        "  --writer.*    --writer.rank_timeout_seconds: how long rank 0 waits for a silent rank",
+        "  --trainer.*   Lightning's Trainer: --trainer.devices, --trainer.strategy ddp, "
+        "--trainer.precision bf16-mixed, ...",
+        "  --config FILE a yaml config (configs/*.yaml); --print_config prints a complete one",
+        "",
+        "Weights: --model.weights FILE (not --ckpt_path, which resumes Lightning training).",
+        "Exit status: 0 done, 1 some video failed, 2 usage error, 3 a rank was lost, 4 crash, "
+        "128+N stopped by signal N.",
+        "",
+        "Every option, Lightning's included:",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def print_predict_help(args: list[str] | None) -> None:
+    """vfe's page, then the parser's full help with Lightning's description of `predict`
+    (cut at "Useful to:") replaced by a header of vfe's."""
+    page = io.StringIO()
+    with contextlib.redirect_stdout(page), contextlib.suppress(SystemExit):
+        quiet_libraries()
+        _predict(args)
+    text = re.sub(
+        r"Run inference on your data\..*?Useful to:",
+        "Lightning's predict options:",
+        page.getvalue(),
+        flags=re.S,
+    )
+    print(predict_help_intro())
+    print(text, end="")
+
+
+def backbone_summary(class_path: str) -> str:
+    """The first line of a backbone class's docstring."""
+    module_name, class_name = class_path.rsplit(".", 1)
+    backbone = getattr(import_module(module_name), class_name)
+    return (backbone.__doc__ or "").strip().splitlines()[0]
+
+
+class VfeCLI(LightningCLI):
+    """Only `predict`; `--input_dir` and friends are plain flags linked into the datamodule."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"predict": {"model", "dataloaders", "datamodule"}}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for flag in VFE_FLAGS:
+            parser.add_argument(flag.name, help=flag.help, **flag.options)
+        for source, target in (
+            ("input_dir", "data.input_dir"),
+            ("output_dir", "data.output_dir"),
+            ("clip_len", "data.clip_len"),
+            ("batch_size", "data.batch_size"),
+            ("overwrite", "data.overwrite"),
+        ):
+            parser.link_arguments(source, target)
+        parser.add_lightning_class_args(FeatureWriter, "writer")
+        parser.link_arguments("output_dir", "writer.output_dir")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        if config.get("ckpt_path") is not None:
+            raise VfeError(
+                f"--ckpt_path {config.ckpt_path} is Lightning's option to resume training; vfe "
+                "loads a backbone's weights with --model.weights FILE (--model.NAME.weights FILE "
+                "with several backbones)"
+            )
+        device = config.device
+        if device not in DEVICES:
+            raise VfeError(
+                f"--device {device!r} is not allowed; choose one of {', '.join(DEVICES)}"
+            )
+        if device == "cuda" and not torch.cuda.is_available():
+            raise VfeError(
+                "--device cuda was asked for, but PyTorch sees no CUDA GPU here; "
+                "use --device cpu (or auto)"
+            )
+        if device != "auto":
+            config.trainer.accelerator = device
+        warn_if_bf16_is_emulated(str(config.trainer.precision), device)
+        if config.trainer.enable_progress_bar is not False:
+            callbacks = config.trainer.callbacks or []
+            if not any("ProgressBar" in str(cb.get("class_path", "")) for cb in callbacks):
+                callbacks.append(Namespace(class_path="vfe.output.progress.VideoProgressBar"))
+            config.trainer.callbacks = callbacks
+        if config.get("return_predictions") is None:
+            # FeatureWriter writes features as they come; keeping them would grow memory.
+            config.return_predictions = False
+
+
+NAME_OPTIONS = ("--model", "--model.help")
+MULTI_BACKBONE = "vfe.backbones.multi.MultiBackbone"
+
+
+def _multi_model_config(names: list[str], options: dict | None = None) -> dict:
+    init_args: dict = {"models": names}
+    if options:
+        init_args["options"] = options
+    return {"class_path": MULTI_BACKBONE, "init_args": init_args}
+
+
+def _take_backbone_flags(
+    args: list[str], names: list[str]
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Remove each `--model.<name>.<option> VALUE` (a name in `names`) from `args`; the rest of
+    the arguments and those options by backbone name."""
+    remaining: list[str] = []
+    options: dict[str, dict[str, Any]] = {}
+    position = 0
+    while position < len(args):
+        arg = args[position]
+        key, has_value, value = arg.partition("=")
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "--model" and parts[1] in names:
+            if not has_value:
+                position += 1
+                value = args[position] if position < len(args) else ""
+            options.setdefault(parts[1], {})[parts[2]] = yaml.safe_load(value)
+        else:
+            remaining.append(arg)
+        position += 1
+    return remaining, options
+
+
+def rewrite_several_models(args: list[str]) -> list[str]:
+    """`--model clip,slowfast` -> the MultiBackbone with those models, and each
+    `--model.<name>.<option> VALUE` -> its entry in `--model.options`."""
+    names = None
+    for position, arg in enumerate(args):
+        key, has_value, value = arg.partition("=")
+        if key == "--model":
+            raw = value if has_value else (args[position + 1] if position + 1 < len(args) else "")
+            if "," in raw:
+                names = [name.strip() for name in raw.split(",") if name.strip()]
+    if names is None:
+        return list(args)
+    remaining, options = _take_backbone_flags(args, names)
+    rewritten: list[str] = []
+    position = 0
+    while position < len(remaining):
+        arg = remaining[position]
+        key, has_value, _ = arg.partition("=")
+        if key == "--model":
+            rewritten += [f"--model={MULTI_BACKBONE}", f"--model.models={json.dumps(names)}"]
+            position += 1 if has_value else 2
+        else:
+            rewritten.append(arg)
+            position += 1
+    if options:
+        rewritten.append(f"--model.options={json.dumps(options)}")
+    return rewritten
+
+
+def _config_model(config_text: str) -> dict | None:
+    """The `model` of a yaml config as a class-path dict (short names resolved; several
+    models as the MultiBackbone); None when the config names no model."""
+    config = yaml.safe_load(config_text)
+    if not isinstance(config, dict) or "model" not in config:
+        return None
+    model = config["model"]
+    if isinstance(model, str) and "," in model:
+        model = [name.strip() for name in model.split(",")]
+    if isinstance(model, list):  # `model: [clip, slowfast]`
+        return _multi_model_config([str(name) for name in model])
+    if isinstance(model, dict) and model and "class_path" not in model:
+        # `model: {clip: {arch: ViT-B/16}, slowfast: {batch_size: 4}}`
+        options = {name: value for name, value in model.items() if value}
+        return _multi_model_config(list(model), options)
+    if isinstance(model, str):
+        return {"class_path": resolve_model(model)}
+    if isinstance(model, dict) and isinstance(model.get("class_path"), str):
+        return {**model, "class_path": resolve_model(model["class_path"])}
+    return None
+
+
+def _resolve_config_model(config_text: str, args: list[str]) -> tuple[str | None, list[str]]:
+    """A yaml config whose `model` needs rewriting to class paths (None if it needs none), and
+    `args` (those after the config) less the per-backbone flags (`--model.<name>.<option>`)
+    merged into it when the config names several backbones."""
+    config = yaml.safe_load(config_text)
+    model = _config_model(config_text)
+    if model is None:
+        return None, args
+    if model.get("class_path") == MULTI_BACKBONE:
+        init_args = model.setdefault("init_args", {})
+        args, flags = _take_backbone_flags(args, [str(n) for n in init_args.get("models", [])])
+        options = dict(init_args.get("options") or {})
+        for name, values in flags.items():
+            options[name] = {**(options.get(name) or {}), **values}
+        if options:
+            init_args["options"] = options
+    if model == config["model"]:
+        return None, args
+    config["model"] = model
+    return yaml.safe_dump(config, sort_keys=False), args
+
+
+def warn_if_bf16_is_emulated(precision: str, device: str) -> None:
+    """bf16 on a CPU without native bf16 (AVX512-BF16 / AMX) is emulated: many times slower."""
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if "bf16" in precision and on_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print(
+            f"vfe: warning: this CPU has no native bf16, so --trainer.precision {precision} is "
+            "emulated and runs several times slower than fp32; use --trainer.precision 32-true",
+            file=sys.stderr,
+        )
+
+
+def rewrite_model_names(args: list[str]) -> list[str]:
+    """Short model names -> registered class paths, wherever users type them.
+
+    `--model clip` / `--model=clip` / `--model.help clip`, a `model: clip` inside a `--config`
+    file, and `--model` given after `--model.*` options (the parser needs the class first).
+    """
+    rewritten = rewrite_several_models(args)
+    configs = [
+        position + 1
+        for position, arg in enumerate(rewritten)
+        if arg == "--config" and position + 1 < len(rewritten)
+    ]
+    for position in reversed(configs):  # later configs first: positions stay valid
+        config_path = Path(rewritten[position])
+        if config_path.is_file():
+            # Per-backbone flags are merged into a config that names several backbones.
+            resolved, rest = _resolve_config_model(
+                config_path.read_text(), rewritten[position + 1 :]
+            )
+            if resolved is not None:  # jsonargparse takes yaml text in place of a path
+                rewritten = [*rewritten[:position], resolved, *rest]
+    for position, arg in enumerate(rewritten):
+        name, has_value, value = arg.partition("=")
+        if name in NAME_OPTIONS and has_value:
+            rewritten[position] = f"{name}={resolve_model(value)}"
+        elif arg in NAME_OPTIONS and position + 1 < len(rewritten):
+            rewritten[position + 1] = resolve_model(rewritten[position + 1])
+    # The class must come before its options: move `--model X` in front of the first
+    # `--model.*` that precedes it.
+    for position, arg in enumerate(rewritten):
+        if arg == "--model" or arg.startswith("--model="):
+            size = 2 if arg == "--model" else 1
+            first_option = next(
+                (i for i, a in enumerate(rewritten[:position]) if a.startswith("--model.")), None
+            )
+            if first_option is not None:
+                moved = rewritten[position : position + size]
+                del rewritten[position : position + size]
+                rewritten[first_option:first_option] = moved
+            break
+    return rewritten
+
+
+def wants_verbose(argv: list[str]) -> bool:
+    """`--verbose`, `--verbose true` or `--verbose=true` (read before the parser runs, so that
+    Lightning's own setup messages are already hidden)."""
+    for position, arg in enumerate(argv):
+        if arg.startswith("--verbose="):
+            return arg.split("=", 1)[1].lower() == "true"
+        if arg == "--verbose":
+            following = argv[position + 1].lower() if position + 1 < len(argv) else ""
+            return following != "false"
+    return False
+
+
+def quiet_libraries() -> None:
+    """Hide what users cannot act on: Lightning's device and tip lines, upstream deprecations."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\..*` is deprecated")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run `vfe predict` (`args` start with "predict"; None: `sys.argv[1:]`); the exit status
+    says how it ended (`vfe.errors.ExitCode`)."""
+    argv = sys.argv[1:] if args is None else args
+    if any(arg in ("-h", "--help") for arg in argv):
+        print_predict_help(args)
+        return
+    # Expected for an IterableDataset (the writer does not need batch indices) and an upstream
+    # deprecation inside Lightning: neither is actionable for a user.
+    warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+    if not wants_verbose(argv):
+        quiet_libraries()
+    previous_handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    STOP_REQUEST.reset()
+    STOP_REQUEST.install()  # Ctrl-C stops after the batch in hand from here on
+    try:
+        exit_code = _predict(args)
+    except VfeError as error:
+        print(f"vfe: error: {error}", file=sys.stderr)
+        exit_code = ExitCode.USAGE
+    except StoppedBySignal as stop:
+        print(f"vfe: {stop}", file=sys.stderr)
+        exit_code = stop.exit_code
+    except RankLost as lost:
+        print(f"vfe: error: {lost}", file=sys.stderr)
+        exit_code = ExitCode.RANK_LOST
+    except Exception:  # a bug or a resource error: its traceback, and an exit status of its own
+        traceback.print_exc()
+        exit_code = ExitCode.CRASHED
+    finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+    if exit_code != ExitCode.OK:
+        sys.exit(exit_code)
+
+
+def _predict(args: list[str] | None) -> int:
+    """Run `vfe predict`; the exit status for its outcome."""
+    if args is None:
+        # Rewritten in place so DDP's launcher, which re-runs sys.argv, sees class paths.
+        sys.argv[1:] = rewrite_model_names(sys.argv[1:])
+    cli = VfeCLI(
+        model_class=Extractor,
+        subclass_mode_model=True,
+        datamodule_class=VideoDataModule,
+        save_config_callback=None,
+        trainer_defaults={"logger": False, "enable_model_summary": False},
+        seed_everything_default=False,  # inference: nothing random to seed
+        parser_kwargs={
+            "prog": "vfe",
+            "predict": {"description": "Per-clip features of every video, one .npz per video."},
+        },
+        auto_configure_optimizers=False,
+        args=None if args is None else rewrite_model_names(args),
+    )
+    writers = [cb for cb in cli.trainer.callbacks if isinstance(cb, FeatureWriter)]
+    if any(writer.total_failed for writer in writers):
+        return ExitCode.VIDEOS_FAILED
+    return ExitCode.OK
