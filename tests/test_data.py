@@ -60,6 +60,21 @@ def test_batch_builder_cuts_exact_batches_per_backbone_and_keeps_order():
     assert not builder.has_anything()
 
 
+def test_decoded_bytes_travel_with_the_last_samples_decoded_before_them():
+    """Progress counts a file's bytes when the model has their samples, not when they were
+    decoded: a worker runs ahead of the model by whole videos."""
+    builder = BatchBuilder({"a": 2, "b": 1})
+    builder.add_samples("a", torch.zeros(1, 1), 0, [0])
+    builder.add_samples("b", torch.zeros(1, 1), 0, [0])
+    builder.add_decoded_bytes(100)  # after a's first sample and b's
+    builder.add_samples("a", torch.zeros(2, 1), 0, [0, 1])
+    builder.add_decoded_bytes(50)  # the rest of the video: after all three of a's samples
+    first = builder.pop()  # a: samples 1-2, b: sample 1
+    assert first["decoded_bytes"] == 100
+    assert builder.pop(final=True)["decoded_bytes"] == 50
+    assert not builder.has_anything()
+
+
 def test_find_videos_is_recursive_sorted_and_ignores_other_files(tmp_path: Path):
     for name in ["b.mp4", "a/c.MKV", "a/d.webm", "notes.txt", "e.mp4.part"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

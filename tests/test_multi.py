@@ -304,3 +304,23 @@ def test_every_way_of_naming_models_in_yaml_takes_per_backbone_flags(model_yaml,
     assert result.returncode == 0, result.stderr
     options = yaml.safe_load(result.stdout)["model"]["init_args"]["options"]
     assert options["clip"]["weights"] == "mine.pt" and options["slowfast"]["weights"] == "sf.pyth"
+
+
+def test_progress_counts_each_backbones_clips_and_nothing_to_do_shows_no_bar(
+    two_videos: Path, tiny_clip_file: Path, slowfast_pyth_file: Path, tmp_path: Path
+):
+    args = [
+        "--model", "clip,slowfast", *model_args(tiny_clip_file, slowfast_pyth_file),
+        "--input_dir", str(two_videos),
+        "--output_dir", "out", "--trainer.callbacks", "vfe.output.progress.VideoProgressBar",
+        "--trainer.callbacks.log_interval_seconds", "0",
+    ]  # fmt: skip
+    result = run_vfe(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Extracting:")]
+    assert lines[-1].startswith("Extracting: 100%") and "videos=2/2" in lines[-1]
+    assert "clips=clip:3 slowfast:3" in lines[-1], lines[-1]  # a: 2 clips, b: 1
+    nothing = run_vfe(*args, cwd=tmp_path)  # everything is done
+    assert nothing.returncode == 0, nothing.stderr
+    assert "Extracting" not in nothing.stderr + nothing.stdout
+    assert "0 to extract" in nothing.stderr

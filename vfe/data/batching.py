@@ -2,6 +2,7 @@
 the records (video starts, ends, failures) that travel with the next batch (`vfe.data.dataset`
 describes the batch)."""
 
+from collections import deque
 from typing import Any
 
 import torch
@@ -41,15 +42,25 @@ class BatchBuilder:
         self._videos: list[dict[str, Any]] = []
         self._ends: list[dict[str, Any]] = []
         self._failures: list[dict[str, Any]] = []
-        self.decoded_bytes = 0
+        # Bytes decoded, each with the samples added before them: they travel with the batch
+        # that takes the last of those samples, so progress counts what the model has done.
+        self._added = dict.fromkeys(batch_sizes, 0)
+        self._taken = dict.fromkeys(batch_sizes, 0)
+        self._decoded: deque[tuple[dict[str, int], int]] = deque()
         self.decode_seconds = 0.0
         self.preprocess_seconds = 0.0
+
+    def add_decoded_bytes(self, num_bytes: int) -> None:
+        """Decoding advanced `num_bytes` through the file, after the samples added so far."""
+        if num_bytes > 0:
+            self._decoded.append((dict(self._added), num_bytes))
 
     def add_samples(
         self, model: str, pixels: torch.Tensor, video_index: int, clip_index: list[int]
     ) -> None:
         """`pixels (N, ...)` samples for `model` of one video, sample n of clip `clip_index[n]`."""
         buffer = self._buffers[model]
+        self._added[model] += len(clip_index)
         buffer.chunks.append(pixels)
         buffer.video_index += [video_index] * len(clip_index)
         buffer.clip_index += clip_index
@@ -73,26 +84,33 @@ class BatchBuilder:
             or self._videos
             or self._ends
             or self._failures
-            or self.decoded_bytes
+            or self._decoded
         )
 
     def pop(self, final: bool = False) -> dict[str, Any]:
         """The next batch: every whole batch waiting (with `final`, also short ones), plus all
         pending records."""
+        models = {
+            name: buffer.take()
+            for name, buffer in self._buffers.items()
+            if len(buffer) >= buffer.batch_size or (final and len(buffer))
+        }
+        for name, samples in models.items():
+            self._taken[name] += len(samples["clip_index"])
+        decoded_bytes = 0
+        while self._decoded and all(
+            self._decoded[0][0][name] <= self._taken[name] for name in self._taken
+        ):
+            decoded_bytes += self._decoded.popleft()[1]
         batch = {
-            "models": {
-                name: buffer.take()
-                for name, buffer in self._buffers.items()
-                if len(buffer) >= buffer.batch_size or (final and len(buffer))
-            },
+            "models": models,
             "videos": self._videos,
             "ends": self._ends,
             "failures": self._failures,
-            "decoded_bytes": self.decoded_bytes,
+            "decoded_bytes": decoded_bytes,
             "decode_seconds": self.decode_seconds,
             "preprocess_seconds": self.preprocess_seconds,
         }
         self._videos, self._ends, self._failures = [], [], []
-        self.decoded_bytes = 0
         self.decode_seconds = self.preprocess_seconds = 0.0
         return batch

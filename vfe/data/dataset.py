@@ -19,7 +19,8 @@ the frames its InputSpec asks for, resized its way, in batches of its own size. 
                  duration_seconds as a Fraction; else None)
     failures:    list[dict] videos (or segments) that could not be decoded: index, path,
                  relative_path, stage, error, models
-    decoded_bytes: how far decoding advanced through the files since the previous batch
+    decoded_bytes: how far decoding advanced through the files, counting only bytes whose samples
+                 are all in this batch or earlier ones (so progress follows the model)
     decode_seconds, preprocess_seconds: worker time spent on this batch's samples (for benchmarks)
 
 Samples of several videos may share a batch, and a segment's end may arrive before its last
@@ -206,7 +207,7 @@ class VideoClipDataset(IterableDataset):
                 bytes_origin = video.bytes_read
             progress = min(item.size_bytes, video.bytes_read - bytes_origin)
             if progress > bytes_reported:
-                builder.decoded_bytes += progress - bytes_reported
+                builder.add_decoded_bytes(progress - bytes_reported)
                 bytes_reported = progress
             while builder.full():
                 yield builder.pop()
@@ -223,7 +224,7 @@ class VideoClipDataset(IterableDataset):
             )
         for emitter in emitters:
             emitter.finish()
-        builder.decoded_bytes += max(0, item.size_bytes - bytes_reported)
+        builder.add_decoded_bytes(item.size_bytes - bytes_reported)
         video_end = None
         if reached_end and last is not None:
             video_end = {

@@ -1,6 +1,7 @@
-"""One progress bar per run (Lightning's tqdm bar), moving as decoding advances through the
-rank's files, with videos done, clips and clips/s; in a log (stderr not a terminal) a plain
-line at an interval instead."""
+"""One progress bar per run (Lightning's tqdm bar), moving as the model finishes the rank's files
+(bytes whose samples have features), with videos done, and clips and clips/s per backbone; in a
+log (stderr not a terminal) a plain line at an interval instead; no bar when there is nothing
+to extract."""
 
 import sys
 import time
@@ -48,11 +49,12 @@ class VideoProgressBar(TQDMProgressBar):
         )
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._interactive = sys.stderr.isatty()
-        super().on_predict_start(trainer, pl_module)
-        self._start_seconds = self._last_line_seconds = time.perf_counter()
         work = getattr(trainer.datamodule, "work", [])
         self._num_videos = len({item.video_index for items in work for item in items})
+        # No bar at all when there is nothing to extract (all done, or no share for this rank).
+        self._interactive = sys.stderr.isatty() and self._num_videos > 0
+        super().on_predict_start(trainer, pl_module)
+        self._start_seconds = self._last_line_seconds = time.perf_counter()
         total_bytes = sum(work_shares(work))
         self.predict_progress_bar.total = max(total_bytes, 1) / MEBIBYTE
         self._description = "Extracting"
@@ -82,17 +84,24 @@ class VideoProgressBar(TQDMProgressBar):
     def _refresh(self, trainer: Trainer, final: bool) -> None:
         bar = self.predict_progress_bar
         writers = [cb for cb in trainer.callbacks if isinstance(cb, FeatureWriter)]
-        if bar is None or not writers or not trainer.is_global_zero:
+        if bar is None or not writers or not trainer.is_global_zero or not self._num_videos:
             return
         counts = writers[0].counts
         now = time.perf_counter()
-        clips = counts.clips_done + counts.clips_in_progress
+        clips = counts.clips_with_features()
         bar.n = bar.total if final else min(bar.total, counts.decoded_bytes / MEBIBYTE)
+        elapsed = max(now - self._start_seconds, 1e-9)
+        if len(clips) == 1:
+            (count,) = clips.values()
+            shown_clips, rate = str(count), f"{count / elapsed:.1f}"
+        else:  # each backbone's own count: they finish a video's clips at different times
+            shown_clips = " ".join(f"{name}:{count}" for name, count in clips.items())
+            rate = " ".join(f"{name}:{count / elapsed:.1f}" for name, count in clips.items())
         bar.set_postfix(
             {
                 "videos": f"{counts.videos_done}/{self._num_videos}",
-                "clips": clips,
-                "clips_per_s": f"{clips / max(now - self._start_seconds, 1e-9):.1f}",
+                "clips": shown_clips,
+                "clips_per_s": rate,
                 "failed": counts.failed,
             },
             refresh=self._interactive,

@@ -54,12 +54,14 @@ class RunCounts:
     concealed: int = 0  # videos written with errors the decoder concealed (where allowed)
     videos_done: int = 0  # written for all their backbones, or failed
     decoded_bytes: int = 0  # how far decoding has got through this rank's files
-    clips_in_progress: int = 0  # clips with features so far, of videos not yet written
+    clips_in_progress: dict[str, int] = field(default_factory=dict)  # clips with features so
+    # far, of videos not yet written
 
-    @property
-    def clips_done(self) -> int:
-        """Clips of videos written (counted on the first backbone: all share the grid)."""
-        return next(iter(self.clips.values()), 0)
+    def clips_with_features(self) -> dict[str, int]:
+        """Per backbone, clips whose features are computed (written or not yet)."""
+        return {
+            name: done + self.clips_in_progress.get(name, 0) for name, done in self.clips.items()
+        }
 
 
 @dataclass
@@ -256,8 +258,9 @@ class FeatureWriter(BasePredictionWriter):
         for failure in result.failures:
             self._fail(failure)
         self.counts.decoded_bytes += result.decoded_bytes
-        first = next(iter(self._assemblers.values()))
-        self.counts.clips_in_progress = first.clips_in_progress
+        self.counts.clips_in_progress = {
+            name: assembler.clips_in_progress for name, assembler in self._assemblers.items()
+        }
 
     def _save(self, name: str, video: FinishedVideo) -> None:
         info = video.info
