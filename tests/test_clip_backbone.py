@@ -1,3 +1,4 @@
+import hashlib
 import urllib.error
 import urllib.request
 from fractions import Fraction
@@ -119,6 +120,27 @@ def test_official_weights_offline_says_how_to_run_offline(tmp_path: Path, monkey
     assert "ViT-B-16.pt" in message and ".cache/clip" in message and "--model.weights" in message
 
 
+def test_a_foreign_file_in_clips_cache_is_named_as_the_cause(tmp_path: Path, monkeypatch):
+    """clip.load would only warn about the checksum and try to download again (failing
+    offline with "put ViT-B-16.pt in ..."): the cause must be the message."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cached = tmp_path / ".cache" / "clip" / "ViT-B-16.pt"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"a checkpoint of someone's own")
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    for step in ("prepare_data", "configure_model"):
+        with pytest.raises(VfeError) as error:
+            getattr(CLIPBackbone(arch="ViT-B/16"), step)()
+        message = str(error.value)
+        assert f"{cached} is not the official OpenAI CLIP ViT-B/16 file" in message
+        assert hashlib.sha256(cached.read_bytes()).hexdigest() in message
+        assert "--model.weights FILE" in message
+
+
 def test_clip_run_over_real_world_files_matches_clips_pipeline_on_ffmpeg_frames(
     real_world_videos: dict[str, Path], references, tiny_clip_file: Path, tmp_path: Path
 ):
@@ -149,6 +171,8 @@ def test_clip_run_over_real_world_files_matches_clips_pipeline_on_ffmpeg_frames(
 def test_official_weights_are_fetched_by_prepare_data_once(tmp_path: Path, monkeypatch):
     """Lightning runs `prepare_data` on one process per node before any loads the weights."""
     monkeypatch.setattr("vfe.backbones.openai_clip.CLIP_CACHE", tmp_path)
+    digest = hashlib.sha256(b"weights").hexdigest()  # the cached file is checked against it
+    monkeypatch.setitem(clip.clip._MODELS, "ViT-B/32", f"https://example/{digest}/ViT-B-32.pt")
     fetched = []
 
     def fake_download(url, destination, hash_prefix=None, progress=True):

@@ -12,6 +12,7 @@ from torchvision.transforms import InterpolationMode
 from vfe.backbones.base import Backbone
 from vfe.backbones.weights import (
     RANDOM,
+    check_official_file,
     download_official,
     resolve_weights_file,
     weights_record,
@@ -124,6 +125,9 @@ def official_file(arch: str) -> Path:
 
 def _load_official(arch: str) -> CLIP:
     cache = CLIP_CACHE.expanduser()
+    url = clip.clip._MODELS[arch]
+    if official_file(arch).is_file():  # clip's URLs carry the file's sha256
+        check_official_file(official_file(arch), url.split("/")[-2], url, f"OpenAI CLIP {arch}")
     try:
         model, _ = clip.load(arch, device="cpu", jit=False)
     except (OSError, RuntimeError) as error:  # URLError is an OSError

@@ -56,6 +56,7 @@ def download_official(url: str, destination: Path, sha256: str | None, label: st
     nodes sharing one cache never read half a file.
     """
     if destination.is_file():
+        check_official_file(destination, sha256, url, label)
         return
     destination.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -66,3 +67,19 @@ def download_official(url: str, destination: Path, sha256: str | None, label: st
             f"{destination.name} in {destination.parent}/ or pass --model.weights "
             "/path/to/checkpoint"
         ) from error
+
+
+def check_official_file(path: Path, sha256: str | None, url: str, label: str) -> None:
+    """Refuse a file in the upstream cache that is not the official one (the upstream loader
+    would only warn and try to download it again, which fails offline with a misleading
+    message)."""
+    if sha256 is None:
+        return
+    found = sha256_of_file(path)
+    if found != sha256:
+        raise VfeError(
+            f"{path} is not the official {label} file: its sha256 is {found}, the official "
+            f"one's is {sha256} ({url}). Replace it with the official file, or, if it is a "
+            "checkpoint of your own, move it out of that cache and pass it with "
+            "--model.weights FILE"
+        )
