@@ -11,9 +11,10 @@ import pytest
 import torch
 from conftest import run_vfe
 
+from vfe.argv import rewrite_model_names, wants_verbose
 from vfe.cli import main
-from vfe.output.writer import TEMPORARY_SUFFIX
-from vfe.predict_cli import rewrite_model_names, wants_verbose, warn_if_bf16_is_emulated
+from vfe.output.npz import TEMPORARY_SUFFIX
+from vfe.predict_cli import warn_if_bf16_is_emulated
 
 
 def test_clip_run_writes_the_npz_contract_and_resumes(

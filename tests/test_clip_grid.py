@@ -7,7 +7,6 @@ import pytest
 
 from vfe.data.clip_grid import (
     ClipAssigner,
-    clip_frame_indices,
     clip_length_fraction,
     clip_windows,
     uniform_indices,
@@ -21,6 +20,20 @@ def constant_rate(num_frames: int, fps: Fraction) -> list[Fraction]:
 
 def first_frames(clips: list[list[int]]) -> list[int]:
     return [frames[0] for frames in clips]
+
+
+def clip_frame_indices(times_seconds: list[Fraction], clip_len: Fraction) -> list[list[int]]:
+    """Frame indices of each clip for frames at `times_seconds` (first 0, increasing), through
+    `ClipAssigner`, the one route the dataset takes through the grid rule."""
+    assigner = ClipAssigner(clip_len)
+    clips: list[list[int]] = []
+    for frame_index, time_seconds in enumerate(times_seconds):
+        clip_index, held = assigner.add(time_seconds)
+        clips.extend([frame_index - 1] for _ in held)
+        if clip_index == len(clips):
+            clips.append([])
+        clips[clip_index].append(frame_index)
+    return clips
 
 
 @pytest.mark.parametrize(

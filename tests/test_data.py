@@ -116,12 +116,12 @@ def samples_by_clip(batches: list[dict], video_index: int) -> dict[int, list[tor
 
 
 def ends_by_path(batches: list[dict], videos) -> dict[str, dict]:
-    return {videos[e["index"]].relative_path: e for b in batches for e in b["ends"]}
+    return {videos[e.index].relative_path: e for b in batches for e in b["ends"]}
 
 
 def assembled(batches: list[dict]) -> dict[int, dict[str, np.ndarray]]:
     """video index -> the arrays the writer would save (features: each sample's clip index)."""
-    assembler, finished = ClipFeatureAssembler(), []
+    assembler, finished = ClipFeatureAssembler("m"), []
     for batch in batches:
         for info in batch["videos"]:
             assembler.add_video(info)
@@ -132,9 +132,9 @@ def assembled(batches: list[dict]) -> dict[int, dict[str, np.ndarray]]:
             video_index = np.asarray(samples["video_index"], dtype=np.int64)
             finished += assembler.add_features(features, video_index, clip_index)
         for end in batch["ends"]:
-            finished += assembler.add_end({**end, "num_samples": end["num_samples"]["m"]})
+            finished += assembler.add_end(end)
     assert assembler.num_pending == 0
-    return {video.info["index"]: video.arrays for video in finished}
+    return {video.info.index: video.arrays for video in finished}
 
 
 def test_image_spec_yields_every_frame_of_every_clip(video_dir: Path):
@@ -147,10 +147,10 @@ def test_image_spec_yields_every_frame_of_every_clip(video_dir: Path):
     clips = samples_by_clip(batches, 0)
     assert {clip: len(samples) for clip, samples in clips.items()} == {0: 50, 1: 35}
     ends = ends_by_path(batches, videos)
-    assert ends["moving.mp4"]["num_samples"] == {"m": 85}
-    assert ends["moving.mp4"]["num_frames"] == 85
-    assert ends["moving.mp4"]["last"]["num_clips"] == 2
-    assert ends["nested/short.mp4"]["last"]["num_clips"] == 1
+    assert ends["moving.mp4"].num_samples == {"m": 85}
+    assert ends["moving.mp4"].num_frames == 85
+    assert ends["moving.mp4"].last.num_clips == 2
+    assert ends["nested/short.mp4"].last.num_clips == 1
     arrays = assembled(batches)[0]
     assert arrays["timestamps"].tolist() == [[0.0, 2.0], [2.0, 3.4]]
     assert arrays["fps"] == 25.0
@@ -258,5 +258,5 @@ def test_undecodable_file_becomes_a_failure_record(tmp_path: Path, video_dir: Pa
     (tmp_path / "ok.mp4").write_bytes((video_dir / "nested" / "short.mp4").read_bytes())
     batches = _all_batches(dataset_for(find_videos(tmp_path), IMAGE_SPEC, batch_size=8))
     failures = [f for b in batches for f in b["failures"]]
-    assert [(f["relative_path"], f["stage"]) for f in failures] == [("broken.mp4", "open")]
+    assert [(f.relative_path, f.stage) for f in failures] == [("broken.mp4", "open")]
     assert sum(len(pixels_of(b)) for b in batches) == 25

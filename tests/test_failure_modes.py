@@ -18,7 +18,7 @@ from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.openai_clip import CLIPBackbone
 from vfe.bench.synthetic import write_faststart_video, write_video
-from vfe.data import dataset as dataset_module
+from vfe.data import samples as samples_module
 from vfe.data.batching import BatchBuilder
 from vfe.data.dataset import VideoClipDataset
 from vfe.data.input_spec import InputSpec
@@ -166,14 +166,14 @@ def test_held_frames_stay_within_the_memory_bound_and_give_the_same_samples(
     those of the unbounded path."""
 
     def samples(bound: int) -> tuple[np.ndarray, int]:
-        monkeypatch.setattr(dataset_module, "MAX_HELD_DECODED_BYTES", bound)
-        held, original_add = [], dataset_module._ClipSamples.add
+        monkeypatch.setattr(samples_module, "MAX_HELD_DECODED_BYTES", bound)
+        held, original_add = [], samples_module.ClipSamples.add
 
         def recording_add(self, frame, clip_index):
             original_add(self, frame, clip_index)
             held.append(self._held_bytes)
 
-        monkeypatch.setattr(dataset_module._ClipSamples, "add", recording_add)
+        monkeypatch.setattr(samples_module.ClipSamples, "add", recording_add)
         spec = InputSpec(8, 16, 16, InterpolationMode.BICUBIC, True, (0.5,) * 3, (0.5,) * 3, 1)
         dataset = VideoClipDataset(find_videos(video_dir), {"m": spec}, 2.0, {"m": 1})
         pixels = [b["models"]["m"]["pixels"] for b in dataset if b["models"]]

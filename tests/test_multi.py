@@ -13,13 +13,13 @@ import yaml
 from conftest import cosine, extract, run_vfe
 from torchvision.transforms import InterpolationMode
 
+from vfe.argv import rewrite_model_names
 from vfe.backbones.base import Backbone
 from vfe.backbones.multi import MultiBackbone
 from vfe.bench.synthetic import write_video
 from vfe.data.input_spec import InputSpec
 from vfe.errors import VfeError
 from vfe.output.failures import read_failures
-from vfe.predict_cli import rewrite_model_names
 
 ARRAYS = ("features", "timestamps", "fps", "clip_length")
 

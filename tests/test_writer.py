@@ -1,32 +1,34 @@
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from vfe.data.records import SegmentEnd, VideoFailure, VideoStart, VideoTail
 from vfe.output.assembly import ClipFeatureAssembler
-from vfe.output.writer import save_npz_atomically
+from vfe.output.npz import save_npz_atomically
 
 
-def start(index: int) -> dict:
-    return {"index": index, "relative_path": f"v{index}.mp4", "num_segments": 1}
+def start(index: int) -> VideoStart:
+    return VideoStart(index, f"v{index}.mp4", 0, 0, "", 1, ["m"])
 
 
-def end(index: int, num_samples: int, timestamps: list[list[float]]) -> dict:
+def end(index: int, num_samples: int, timestamps: list[list[float]]) -> SegmentEnd:
     """The end record of an unsplit video at 25 fps whose clips end at `timestamps`."""
     duration = Fraction(timestamps[-1][1]).limit_denominator(1000)
-    return {
-        "index": index,
-        "first_clip": 0,
-        "num_samples": num_samples,
-        "num_frames": round(duration * 25),
-        "clip_length": 2.0,
-        "last": {"num_clips": len(timestamps), "duration_seconds": duration},
-    }
+    return SegmentEnd(
+        index=index,
+        first_clip=0,
+        num_samples={"m": num_samples},
+        num_frames=round(duration * 25),
+        clip_length=2.0,
+        last=VideoTail(len(timestamps), duration),
+    )
 
 
 def test_clip_feature_is_the_mean_of_its_samples_across_batches():
-    assembler = ClipFeatureAssembler()
+    assembler = ClipFeatureAssembler("m")
     assembler.add_video(start(0))
     assembler.add_video(start(1))
     first = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 3.0], [7.0, 1.0]])
@@ -48,7 +50,7 @@ def test_clip_feature_is_the_mean_of_its_samples_across_batches():
 
 
 def test_many_clips_arriving_in_order_grow_the_sums():
-    assembler = ClipFeatureAssembler()
+    assembler = ClipFeatureAssembler("m")
     assembler.add_video(start(0))
     for clip in range(100):
         features = np.full((3, 4), float(clip))
@@ -58,7 +60,7 @@ def test_many_clips_arriving_in_order_grow_the_sums():
 
 
 def test_a_clip_without_samples_is_a_bug_not_a_zero_feature():
-    assembler = ClipFeatureAssembler()
+    assembler = ClipFeatureAssembler("m")
     assembler.add_video(start(0))
     assembler.add_features(np.ones((2, 2)), np.array([0, 0]), np.array([0, 2]))
     with pytest.raises(RuntimeError, match="clips without samples"):
@@ -66,7 +68,7 @@ def test_a_clip_without_samples_is_a_bug_not_a_zero_feature():
 
 
 def test_a_failed_video_is_dropped_and_its_later_samples_ignored():
-    assembler = ClipFeatureAssembler()
+    assembler = ClipFeatureAssembler("m")
     assembler.add_video(start(0))
     assembler.add_features(np.ones((1, 2)), np.array([0]), np.array([0]))
     assembler.drop_video(0)
@@ -152,16 +154,13 @@ def test_a_video_failing_in_two_segments_is_one_failure(tmp_path: Path):
 
     writer = FeatureWriter(output_dir=tmp_path)
     writer.output_dirs = {"m": tmp_path}
-    writer._assemblers = {"m": ClipFeatureAssembler()}
-    failure = {
-        "index": 3, "path": "/in/v.mp4", "relative_path": "v.mp4", "stage": "decode",
-        "error": "DecodeError: corrupt packet", "models": ["m"],
-    }  # fmt: skip
+    writer._assemblers = {"m": ClipFeatureAssembler("m")}
+    failure = VideoFailure(3, "/in/v.mp4", "v.mp4", "decode", "DecodeError: corrupt packet", ["m"])
     writer._fail(failure)
-    writer._fail({**failure, "error": "DecodeError: another corrupt packet"})  # next segment
+    writer._fail(replace(failure, error="DecodeError: another corrupt packet"))  # next segment
     assert writer.counts.failed == 1 and writer.counts.videos_done == 1
-    records = read_failures(tmp_path / "failures.jsonl").records
-    assert [r["error"] for r in records] == [failure["error"]]
+    (record,) = read_failures(tmp_path / "failures.jsonl").records
+    assert record["error"] == failure.error and record["relative_path"] == "v.mp4"
 
 
 def test_an_error_in_the_writer_thread_stops_the_run(video_dir: Path, tiny_clip_file, tmp_path):

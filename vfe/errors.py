@@ -5,7 +5,10 @@ from enum import IntEnum
 
 
 class VfeError(Exception):
-    """A problem the user can fix (bad flag, missing file, no network): shown in one line."""
+    """A problem with what the user asked for or set up, found before any work (a bad option, a
+    missing file or library, weights that cannot be had, existing files made otherwise): one
+    line, exit 2. What happens during a run has its own exceptions (a bad video is a failure
+    record; `StoppedBySignal`, `RankLost`)."""
 
 
 class ExitCode(IntEnum):

@@ -3,9 +3,10 @@ the records (video starts, ends, failures) that travel with the next batch (`vfe
 describes the batch)."""
 
 from collections import deque
-from typing import Any
 
 import torch
+
+from vfe.data.records import Batch, ModelSamples, SegmentEnd, VideoFailure, VideoStart
 
 
 class _SampleBuffer:
@@ -20,12 +21,12 @@ class _SampleBuffer:
     def __len__(self) -> int:
         return len(self.clip_index)
 
-    def take(self) -> dict[str, Any]:
+    def take(self) -> ModelSamples:
         """Up to `batch_size` samples, oldest first."""
         count = min(self.batch_size, len(self))
         pixels = self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
         self.chunks = [pixels[count:]] if count < len(pixels) else []
-        taken = {
+        taken: ModelSamples = {
             "pixels": pixels[:count],
             "video_index": self.video_index[:count],
             "clip_index": self.clip_index[:count],
@@ -39,9 +40,9 @@ class BatchBuilder:
 
     def __init__(self, batch_sizes: dict[str, int]) -> None:
         self._buffers = {name: _SampleBuffer(size) for name, size in batch_sizes.items()}
-        self._videos: list[dict[str, Any]] = []
-        self._ends: list[dict[str, Any]] = []
-        self._failures: list[dict[str, Any]] = []
+        self._videos: list[VideoStart] = []
+        self._ends: list[SegmentEnd] = []
+        self._failures: list[VideoFailure] = []
         # Bytes decoded, each with the samples added before them: they travel with the batch
         # that takes the last of those samples, so progress counts what the model has done.
         self._added = dict.fromkeys(batch_sizes, 0)
@@ -65,13 +66,13 @@ class BatchBuilder:
         buffer.video_index += [video_index] * len(clip_index)
         buffer.clip_index += clip_index
 
-    def add_video(self, info: dict[str, Any]) -> None:
+    def add_video(self, info: VideoStart) -> None:
         self._videos.append(info)
 
-    def add_end(self, end: dict[str, Any]) -> None:
+    def add_end(self, end: SegmentEnd) -> None:
         self._ends.append(end)
 
-    def add_failure(self, failure: dict[str, Any]) -> None:
+    def add_failure(self, failure: VideoFailure) -> None:
         self._failures.append(failure)
 
     def full(self) -> bool:
@@ -87,7 +88,7 @@ class BatchBuilder:
             or self._decoded
         )
 
-    def pop(self, final: bool = False) -> dict[str, Any]:
+    def pop(self, final: bool = False) -> Batch:
         """The next batch: every whole batch waiting (with `final`, also short ones), plus all
         pending records."""
         models = {
@@ -102,7 +103,7 @@ class BatchBuilder:
             self._decoded[0][0][name] <= self._taken[name] for name in self._taken
         ):
             decoded_bytes += self._decoded.popleft()[1]
-        batch = {
+        batch: Batch = {
             "models": models,
             "videos": self._videos,
             "ends": self._ends,

@@ -8,7 +8,6 @@ floor(t_last / L). All times are `Fraction`s, so no clip boundary depends on flo
 """
 
 import math
-from collections.abc import Iterable
 from fractions import Fraction
 
 import numpy as np
@@ -59,19 +58,6 @@ class ClipAssigner:
         held = range(self.num_clips, clip_index)
         self.num_clips = clip_index + 1
         return clip_index, held
-
-
-def clip_frame_indices(times_seconds: Iterable[Fraction], clip_len: Fraction) -> list[list[int]]:
-    """Frame indices of each clip, for frames at `times_seconds` (first 0, increasing)."""
-    assigner = ClipAssigner(clip_len)
-    clips: list[list[int]] = []
-    for frame_index, time_seconds in enumerate(times_seconds):
-        clip_index, held = assigner.add(time_seconds)
-        clips.extend([frame_index - 1] for _ in held)
-        if clip_index == len(clips):
-            clips.append([])
-        clips[clip_index].append(frame_index)
-    return clips
 
 
 def clip_windows(num_clips: int, clip_len: Fraction, duration_seconds: Fraction) -> np.ndarray:

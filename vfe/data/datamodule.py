@@ -16,7 +16,7 @@ from vfe.data.clip_grid import GRID_VERSION, clip_length_fraction
 from vfe.data.dataset import VideoClipDataset
 from vfe.data.input_spec import InputSpec
 from vfe.data.paths import VideoEntry, check_output_dir, find_videos, model_output_dirs
-from vfe.data.work_plan import WorkItem, assign_ranks, split_over_workers
+from vfe.data.work_plan import PlannedRun, WorkItem, assign_ranks, split_over_workers
 from vfe.decoding.video import (
     DEFAULT_DECODER,
     check_decoder,
@@ -161,12 +161,7 @@ class VideoDataModule(LightningDataModule):
         self.decode_threads = decode_threads  # None: sized per node once the ranks are known
         self.allow_concealed_errors = allow_concealed_errors
         self.min_segment_seconds = min_segment_seconds
-        self.videos: list[VideoEntry] = []
-        self.work: list[list[WorkItem]] = []  # this rank's, one list per worker
-        self.video_models: list[tuple[str, ...]] = []
-        self.num_skipped: dict[str, int] = {}
-        self.videos_per_rank: list[int] = []  # how many videos each rank decodes
-        self.run_id = ""
+        self.plan: PlannedRun | None = None  # decided at the start of predict (`plan_run`)
 
     def setup(self, stage: str) -> None:
         model = self.trainer.lightning_module
@@ -189,52 +184,60 @@ class VideoDataModule(LightningDataModule):
             "allow_concealed_errors": self.allow_concealed_errors,
         }
 
-    def _list_videos(self) -> None:
-        """Rank 0 lists the videos and decides what to skip; every rank gets its answer.
+    def plan_run(self) -> PlannedRun:
+        """Decide what this run does, once, before any decoding: which videos (and for which
+        backbones), which rank and worker decodes what, and the run's id.
 
-        Runs once the model is loaded (its weights' sha256 is part of what a file must match).
-        Listed on one rank: ranks that list at different moments could see different finished
-        files and disagree on the shards.
+        Rank 0 lists the videos and decides what to skip; every rank gets its answer. This runs
+        once the model is loaded (its weights' sha256 is part of what a file must match), and on
+        one rank: ranks that list at different moments could see different finished files and
+        disagree on the shards.
         """
         trainer = self.trainer
         model = trainer.lightning_module
         output_dirs = model_output_dirs(self.output_dir, list(model.members()))
-        plan = None
+        listing = None
         if trainer.global_rank == 0:
             settings = self.provenance()
             wanted = {
                 name: run_provenance(member, settings, trainer.precision)
                 for name, member in model.members().items()
             }
-            plan = plan_run(find_videos(self.input_dir), output_dirs, self.overwrite, wanted)
-            plan.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        plan = trainer.strategy.broadcast(plan, src=0)
-        if plan.problem:  # raised on every rank, so none waits for the others
-            raise VfeError(plan.problem)
-        self.videos, self.video_models = plan.todo, plan.todo_models
-        self.num_skipped, self.run_id = plan.num_skipped, plan.run_id
+            listing = plan_run(find_videos(self.input_dir), output_dirs, self.overwrite, wanted)
+            listing.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        listing = trainer.strategy.broadcast(listing, src=0)
+        if listing.problem:  # raised on every rank, so none waits for the others
+            raise VfeError(listing.problem)
         for name, output_dir in output_dirs.items():
-            to_do = sum(name in models for models in self.video_models)
-            skipped = self.num_skipped[name]
+            to_do = sum(name in models for models in listing.todo_models)
+            skipped = listing.num_skipped[name]
             label = f"{name}: " if len(output_dirs) > 1 else ""
             say(
                 f"{label}{to_do + skipped} videos under {self.input_dir}, {skipped} already "
                 f"done (skipped), {to_do} to extract -> {output_dir}"
             )
+        sizes = [video.size_bytes for video in listing.todo]
+        shares = assign_ranks(sizes, trainer.world_size)
+        return PlannedRun(
+            videos=listing.todo,
+            video_models=listing.todo_models,
+            num_skipped=listing.num_skipped,
+            run_id=listing.run_id,
+            videos_per_rank=[len(share) for share in shares],
+            work=self.plan_work(listing.todo, shares[trainer.global_rank]),
+        )
 
-    def plan_work(self, rank: int, world_size: int) -> list[list[WorkItem]]:
-        """This rank's work items, one list per DataLoader worker (`vfe.data.work_plan`)."""
-        sizes = [video.size_bytes for video in self.videos]
-        shares = assign_ranks(sizes, world_size)
-        self.videos_per_rank = [len(share) for share in shares]
-        rank_videos = shares[rank]
+    def plan_work(self, videos: list[VideoEntry], rank_videos: list[int]) -> list[list[WorkItem]]:
+        """A rank's work items (videos `rank_videos` of `videos`), one list per DataLoader
+        worker (`vfe.data.work_plan`)."""
+        sizes = [video.size_bytes for video in videos]
         duration_of = None
         if supports_segments(self.decoder):
             bad_file = file_errors(self.decoder)
 
             def duration_of(video_index: int) -> float | None:
                 try:
-                    return split_duration_seconds(self.videos[video_index].path, self.decoder)
+                    return split_duration_seconds(videos[video_index].path, self.decoder)
                 except bad_file:  # a broken file is not split; decoding it records why
                     return None
 
@@ -256,7 +259,7 @@ class VideoDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         keep_large_buffers_out_of_the_heap()  # the main process's batches (workers: _init_worker)
-        self._list_videos()
+        self.plan = plan = self.plan_run()
         specs: dict[str, InputSpec] = self.trainer.lightning_module.input_specs
         root_device = self.trainer.strategy.root_device
         decode_device = "cpu"
@@ -267,19 +270,18 @@ class VideoDataModule(LightningDataModule):
                     f"{root_device}; use --device cuda or --data.decode_device cpu"
                 )
             decode_device = str(root_device)
-        self.work = self.plan_work(self.trainer.global_rank, self.trainer.world_size)
         dataset = VideoClipDataset(
-            self.videos,
+            plan.videos,
             specs,
             clip_len_seconds=self.clip_len,
             batch_sizes={
                 name: self.batch_size or spec.default_batch_size for name, spec in specs.items()
             },
-            work=self.work,
+            work=plan.work,
             decoder=self.decoder,
             decode_device=decode_device,
             decode_threads=self.resolved_decode_threads(),
-            video_models=self.video_models,
+            video_models=plan.video_models,
             allow_concealed_errors=self.allow_concealed_errors,
         )
         return DataLoader(

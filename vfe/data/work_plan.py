@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
+from vfe.data.paths import VideoEntry
+
 
 @dataclass(frozen=True)
 class WorkItem:
@@ -26,6 +28,19 @@ class WorkItem:
     end_clip: int | None = None
     num_segments: int = 1
     size_bytes: int = 0  # this item's share of the file, for progress
+
+
+@dataclass
+class PlannedRun:
+    """What a run does, decided once before any decoding (`VideoDataModule.plan_run`); the
+    dataset, the writer and the progress bar are given it."""
+
+    videos: list[VideoEntry]  # to decode, on any rank
+    video_models: list[tuple[str, ...]]  # for each, the backbones that still need it
+    num_skipped: dict[str, int]  # per backbone, videos already done
+    run_id: str  # names this run's failure records and its keys in the process group's store
+    videos_per_rank: list[int]  # how many videos each rank decodes
+    work: list[list[WorkItem]]  # this rank's work items, one list per DataLoader worker
 
 
 def assign_ranks(sizes: list[int], num_ranks: int) -> list[list[int]]:

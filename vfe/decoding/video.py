@@ -176,8 +176,8 @@ def check_decoder(decoder: str, device: str = "cpu") -> None:
         decoder_class = _decoder_class(decoder)
     except (ImportError, RuntimeError, OSError) as error:
         raise VfeError(
-            f"--data.decoder {decoder} cannot be loaded here ({error}); "
-            "install what the README's decoder table names for it"
+            f"--data.decoder {decoder} cannot be loaded here ({error}); install it with "
+            f"pip install -e '.[{decoder}]' (README: the decoder table)"
         ) from error
     decoder_class.check(device)
 

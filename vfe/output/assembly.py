@@ -7,20 +7,20 @@ for an unsplit video) have arrived and so have all the samples they announce; it
 """
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from vfe.data.clip_grid import clip_length_fraction, clip_windows
+from vfe.data.records import SegmentEnd, VideoStart
 
 
 @dataclass
 class _PendingVideo:
-    info: dict[str, Any]
+    info: VideoStart
     feature_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (clips, D) f64
     sample_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (clips,)
     samples_seen: int = 0
-    ends: list[dict[str, Any]] = field(default_factory=list)  # one per segment
+    ends: list[SegmentEnd] = field(default_factory=list)  # one per segment
 
     def add(self, features: np.ndarray, clip_index: np.ndarray) -> None:
         """`features (N, D)` of samples of clips `clip_index (N,)`."""
@@ -37,10 +37,10 @@ class _PendingVideo:
         self.sample_counts += np.bincount(clip_index, minlength=len(self.sample_counts))
         self.samples_seen += len(clip_index)
 
-    @property
-    def complete(self) -> bool:
-        return len(self.ends) == self.info["num_segments"] and self.samples_seen == sum(
-            end["num_samples"] for end in self.ends
+    def complete(self, model: str) -> bool:
+        """All segments ended and all the samples they announced for `model` are in."""
+        return len(self.ends) == self.info.num_segments and self.samples_seen == sum(
+            end.num_samples[model] for end in self.ends
         )
 
 
@@ -48,14 +48,16 @@ class _PendingVideo:
 class FinishedVideo:
     relative_path: str
     arrays: dict[str, np.ndarray]
-    info: dict[str, Any]  # the video's start record (see `vfe.data.dataset`)
+    info: VideoStart
     decode_errors: int = 0  # errors the decoder concealed (written only where allowed)
 
 
 class ClipFeatureAssembler:
-    """Turns a stream of per-sample features into per-video clip features."""
+    """Turns a stream of one backbone's (`model`'s) per-sample features into per-video clip
+    features."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: str) -> None:
+        self.model = model
         self._pending: dict[int, _PendingVideo] = {}
         self._failed: set[int] = set()
 
@@ -68,9 +70,9 @@ class ClipFeatureAssembler:
         """Clips of unfinished videos that have features so far (for progress)."""
         return sum(int(np.count_nonzero(p.sample_counts)) for p in self._pending.values())
 
-    def add_video(self, info: dict[str, Any]) -> None:
+    def add_video(self, info: VideoStart) -> None:
         """A video's start record; each segment of a split video sends one."""
-        index = info["index"]
+        index = info.index
         if index not in self._pending and index not in self._failed:
             self._pending[index] = _PendingVideo(info)
 
@@ -94,36 +96,36 @@ class ClipFeatureAssembler:
             rows = video_index == video
             pending = self._pending[video]
             pending.add(features[rows], clip_index[rows])
-            if pending.complete:
+            if pending.complete(self.model):
                 finished.append(self._finish(video))
         return finished
 
-    def add_end(self, end: dict[str, Any]) -> list[FinishedVideo]:
-        """A segment's end record (see `vfe.data.dataset`); returns the video finished if all its
-        segments and samples are in."""
-        if end["index"] in self._failed:
+    def add_end(self, end: SegmentEnd) -> list[FinishedVideo]:
+        """A segment's end record; returns the video finished if all its segments and samples
+        are in."""
+        if end.index in self._failed:
             return []
-        pending = self._pending[end["index"]]
+        pending = self._pending[end.index]
         pending.ends.append(end)
-        return [self._finish(end["index"])] if pending.complete else []
+        return [self._finish(end.index)] if pending.complete(self.model) else []
 
     def _finish(self, video_index: int) -> FinishedVideo:
         pending = self._pending.pop(video_index)
         # The segment that reached the end of the file knows the clip count and duration (if
         # the container overstated the duration, later segments found no frames).
-        reached = [end for end in pending.ends if end["last"] is not None]
+        reached = [end for end in pending.ends if end.last is not None]
         if not reached:
             raise RuntimeError(f"video {video_index}: no segment reached the end of the file")
-        last = min(reached, key=lambda end: end["first_clip"])["last"]
-        num_clips, duration = last["num_clips"], last["duration_seconds"]
-        num_frames = sum(end["num_frames"] for end in pending.ends)
+        last = min(reached, key=lambda end: end.first_clip).last
+        num_clips, duration = last.num_clips, last.duration_seconds
+        num_frames = sum(end.num_frames for end in pending.ends)
         counts = pending.sample_counts[:num_clips]
         if len(pending.sample_counts) > num_clips and pending.sample_counts[num_clips:].any():
             raise RuntimeError(f"video {video_index}: samples beyond its {num_clips} clips")
         if len(counts) < num_clips or not counts.all():
             raise RuntimeError(f"video {video_index}: clips without samples: {counts.tolist()}")
         means = pending.feature_sums[:num_clips] / counts[:, None]
-        clip_length = pending.ends[0]["clip_length"]
+        clip_length = pending.ends[0].clip_length
         windows = clip_windows(num_clips, clip_length_fraction(clip_length), duration)
         arrays = {
             "features": means.astype(np.float32),
@@ -131,5 +133,5 @@ class ClipFeatureAssembler:
             "clip_length": np.float64(clip_length),
             "timestamps": windows,
         }
-        decode_errors = sum(end.get("decode_errors", 0) for end in pending.ends)
-        return FinishedVideo(pending.info["relative_path"], arrays, pending.info, decode_errors)
+        decode_errors = sum(end.decode_errors for end in pending.ends)
+        return FinishedVideo(pending.info.relative_path, arrays, pending.info, decode_errors)

@@ -49,7 +49,7 @@ class VideoProgressBar(TQDMProgressBar):
         )
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        work = getattr(trainer.datamodule, "work", [])
+        work = trainer.datamodule.plan.work
         self._num_videos = len({item.video_index for items in work for item in items})
         # No bar at all when there is nothing to extract (all done, or no share for this rank).
         self._interactive = sys.stderr.isatty() and self._num_videos > 0

@@ -1,10 +1,11 @@
-"""Writes one .npz per finished video, atomically, from a thread beside the model, records
-failures, and reports the run's totals."""
+"""The BasePredictionWriter: each batch's features are copied to the host without waiting and
+handed to a writer thread, which reassembles them per video (`vfe.output.assembly`), saves
+finished videos (`vfe.output.npz`) and records failures (`vfe.output.failures`); at the end the
+ranks' totals are gathered (`vfe.output.run_totals`) and reported (`vfe.output.report`)."""
 
 import contextlib
-import os
+import dataclasses
 import queue
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,31 +18,15 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from vfe.data.paths import model_output_dirs, output_path_for
-from vfe.messages import say
+from vfe.data.records import SegmentEnd, VideoFailure, VideoStart
+from vfe.data.work_plan import PlannedRun
 from vfe.output.assembly import ClipFeatureAssembler, FinishedVideo
-from vfe.output.failures import FAILURES_FILE_NAME, append_failure, read_failures
+from vfe.output.failures import FAILURES_FILE_NAME, append_failure
+from vfe.output.npz import remove_stale_temporaries, save_npz_atomically
 from vfe.output.provenance import PROVENANCE_KEY, encode, run_provenance, video_provenance
+from vfe.output.report import report_run
 from vfe.output.run_totals import RankReports
 from vfe.output.stopping import STOP_REQUEST
-
-TEMPORARY_SUFFIX = ".vfe-tmp"
-# A temporary is written and renamed within seconds; one this old belongs to a killed run.
-STALE_TEMPORARY_SECONDS = 600
-MAX_FAILURES_SHOWN = 20
-
-
-def save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write `path` so that it is either absent or complete: temporary file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
-    try:
-        with open(temporary, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 @dataclass
@@ -73,9 +58,9 @@ class _BatchResult:
     copied: Any  # a CUDA event recorded after the copies, or None for a CPU model
     video_index: dict[str, np.ndarray]
     clip_index: dict[str, np.ndarray]
-    videos: list[dict[str, Any]]
-    ends: list[dict[str, Any]]
-    failures: list[dict[str, Any]]
+    videos: list[VideoStart]
+    ends: list[SegmentEnd]
+    failures: list[VideoFailure]
     decoded_bytes: int
 
 
@@ -115,32 +100,25 @@ class FeatureWriter(BasePredictionWriter):
         self._queue: queue.Queue[_BatchResult | None] = queue.Queue(MAX_QUEUED_BATCHES)
         self._thread: threading.Thread | None = None
         self._reports: RankReports | None = None
+        self._plan: PlannedRun | None = None  # the run's plan, from the datamodule
         self._thread_error: BaseException | None = None
         self.total_failed = 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.output_dirs = model_output_dirs(self.output_dir, list(pl_module.members()))
-        if trainer.global_rank != 0:
-            return
-        # A killed run can leave temporaries behind; they are never valid outputs. Only old
-        # ones go: a run writing into the same folder right now owns the fresh ones.
-        oldest_kept = time.time() - STALE_TEMPORARY_SECONDS
-        for output_dir in self.output_dirs.values():
-            if not output_dir.is_dir():
-                continue
-            for stale in output_dir.rglob(f".*{TEMPORARY_SUFFIX}"):
-                with contextlib.suppress(FileNotFoundError):  # its run renamed it meanwhile
-                    if stale.stat().st_mtime < oldest_kept:
-                        stale.unlink()
+        if trainer.global_rank == 0:
+            for output_dir in self.output_dirs.values():
+                remove_stale_temporaries(output_dir)
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         names = list(pl_module.members())
         self.counts = RunCounts(written=dict.fromkeys(names, 0), clips=dict.fromkeys(names, 0))
-        self._assemblers = {name: ClipFeatureAssembler() for name in names}
+        self._assemblers = {name: ClipFeatureAssembler(name) for name in names}
         self._models_left, self._failed_videos = {}, set()
         self._start_seconds = time.perf_counter()
         datamodule = trainer.datamodule
-        self._run_id = getattr(datamodule, "run_id", "")
+        self._plan = datamodule.plan
+        self._run_id = self._plan.run_id
         data_settings = datamodule.provenance()
         self._provenance = {
             name: run_provenance(member, data_settings, trainer.precision)
@@ -240,8 +218,8 @@ class FeatureWriter(BasePredictionWriter):
         if result.copied is not None:
             result.copied.synchronize()
         for info in result.videos:
-            self._models_left.setdefault(info["index"], len(info["models"]))
-            for name in info["models"]:
+            self._models_left.setdefault(info.index, len(info.models))
+            for name in info.models:
                 self._assemblers[name].add_video(info)
         finished = []
         for name, features in result.features.items():
@@ -250,8 +228,8 @@ class FeatureWriter(BasePredictionWriter):
             )
             finished += [(name, video) for video in videos]
         for end in result.ends:
-            for name, num_samples in end["num_samples"].items():
-                videos = self._assemblers[name].add_end({**end, "num_samples": num_samples})
+            for name in end.num_samples:
+                videos = self._assemblers[name].add_end(end)
                 finished += [(name, video) for video in videos]
         for name, video in finished:
             self._save(name, video)
@@ -267,7 +245,7 @@ class FeatureWriter(BasePredictionWriter):
         record = {
             **self._provenance[name],
             **video_provenance(
-                info["size_bytes"], info["mtime_ns"], info["fingerprint"], video.decode_errors
+                info.size_bytes, info.mtime_ns, info.fingerprint, video.decode_errors
             ),
         }
         save_npz_atomically(
@@ -275,26 +253,27 @@ class FeatureWriter(BasePredictionWriter):
             {**video.arrays, PROVENANCE_KEY: encode(record)},
         )
         self.counts.written[name] += 1
-        if video.decode_errors and self._models_left[info["index"]] == len(info["models"]):
+        if video.decode_errors and self._models_left[info.index] == len(info.models):
             self.counts.concealed += 1  # once per video, at its first backbone
         self.counts.clips[name] += len(video.arrays["features"])
-        self._models_left[info["index"]] -= 1
-        if self._models_left[info["index"]] == 0:
+        self._models_left[info.index] -= 1
+        if self._models_left[info.index] == 0:
             self.counts.videos_done += 1
 
-    def _fail(self, failure: dict[str, Any]) -> None:
+    def _fail(self, failure: VideoFailure) -> None:
         """Drop the video for all its backbones; recorded once per video (a split video's
         segments may each fail), in each backbone's folder, naming the backbones affected."""
-        for name in failure["models"]:
-            self._assemblers[name].drop_video(failure["index"])
-        if failure["index"] in self._failed_videos:
+        for name in failure.models:
+            self._assemblers[name].drop_video(failure.index)
+        if failure.index in self._failed_videos:
             return
-        self._failed_videos.add(failure["index"])
+        self._failed_videos.add(failure.index)
         self.counts.failed += 1
         self.counts.videos_done += 1
-        record = {k: failure[k] for k in ("path", "relative_path", "stage", "error", "models")}
+        record = dataclasses.asdict(failure)
+        del record["index"]  # the run's own numbering
         record |= {"run": self._run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        for name in failure["models"]:
+        for name in failure.models:
             append_failure(self.output_dirs[name] / FAILURES_FILE_NAME, record)
 
     def on_exception(
@@ -321,45 +300,15 @@ class FeatureWriter(BasePredictionWriter):
         self.total_failed = self.counts.failed + unfinished
         totals = self._reports.gather(
             own,
-            getattr(trainer.datamodule, "videos_per_rank", []),
+            self._plan.videos_per_rank,
             getattr(trainer.strategy.launcher, "procs", []),
         )
         if totals is None:  # not rank 0: rank 0 reports for all
             return
-        names = list(self._assemblers)
-        unfinished = max(totals[f"{name}/unfinished"] for name in names)
-        failed = totals["failed"]
-        self.total_failed = failed + unfinished
-        skipped = getattr(trainer.datamodule, "num_skipped", {})
-        seconds = time.perf_counter() - self._start_seconds
-        for name in names:
-            label = f"{name}: " if len(names) > 1 else ""
-            say(
-                f"{label}written {totals[f'{name}/written']}, skipped {skipped.get(name, 0)}, "
-                f"failed {failed}, clips {totals[f'{name}/clips']}, wall time {seconds:.1f} s "
-                f"-> {self.output_dirs[name]}"
-            )
-        if failed:
-            # Every rank appended its failures before reporting its totals; each failed video
-            # is listed once, with the backbones it was for.
-            files = " and ".join(str(self.output_dirs[n] / FAILURES_FILE_NAME) for n in names)
-            print(f"vfe: {failed} video(s) failed; reasons in {files}", file=sys.stderr)
-            records = {
-                r["relative_path"]: r
-                for name in names
-                for r in read_failures(self.output_dirs[name] / FAILURES_FILE_NAME).records
-                if r.get("run") == self._run_id
-            }
-            for record in list(records.values())[:MAX_FAILURES_SHOWN]:
-                models = f" ({', '.join(record['models'])})" if len(names) > 1 else ""
-                reason = f"{record['stage']}: {record['error']}"
-                print(f"  {record['relative_path']}{models}: {reason}", file=sys.stderr)
-            if failed > MAX_FAILURES_SHOWN:
-                print(f"  ... and {failed - MAX_FAILURES_SHOWN} more", file=sys.stderr)
-        if unfinished:
-            say(f"{unfinished} video(s) ended incomplete and were not written")
-        if totals["concealed"]:
-            say(
-                f"{totals['concealed']} video(s) written although the decoder concealed errors "
-                "in them (--data.allow_concealed_errors; the count is in each file's provenance)"
-            )
+        self.total_failed = report_run(
+            totals,
+            self.output_dirs,
+            self._plan.num_skipped,
+            self._run_id,
+            time.perf_counter() - self._start_seconds,
+        )

@@ -1,0 +1,78 @@
+"""What travels from the decoding workers to the writer with each batch: the samples per
+backbone, and records of videos (or segments of videos) started, finished and failed.
+
+A batch is a plain dict (so the DataLoader pins its tensors and Lightning moves them); the
+records in it are dataclasses holding no tensors.
+"""
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TypedDict
+
+import torch
+
+
+@dataclass
+class VideoStart:
+    """A video (or one segment of it) whose decoding started."""
+
+    index: int  # the video's position in the run's list
+    relative_path: str
+    size_bytes: int
+    mtime_ns: int
+    fingerprint: str  # `vfe.data.paths.video_fingerprint`
+    num_segments: int  # how many work items the video was split into (1: whole)
+    models: list[str]  # the backbones it is decoded for
+
+
+@dataclass
+class VideoTail:
+    """What only the segment that reached the end of the file knows."""
+
+    num_clips: int
+    duration_seconds: Fraction  # the last frame's time plus its duration
+
+
+@dataclass
+class SegmentEnd:
+    """A video (or segment) fully decoded: all its samples are in this batch or earlier ones."""
+
+    index: int
+    first_clip: int
+    num_samples: dict[str, int]  # per backbone, samples sent for this segment
+    num_frames: int
+    clip_length: float  # seconds, as the user gave it
+    decode_errors: int = 0  # errors the decoder concealed (only where allowed)
+    last: VideoTail | None = None  # for the segment that reached the end of the file
+
+
+@dataclass
+class VideoFailure:
+    """A video (or segment) that could not be decoded; the whole video fails."""
+
+    index: int
+    path: str
+    relative_path: str
+    stage: str  # "open" or "decode"
+    error: str
+    models: list[str]  # the backbones it was decoded for
+
+
+class ModelSamples(TypedDict):
+    """One backbone's samples in a batch."""
+
+    pixels: torch.Tensor  # (B, C, H, W) or (B, C, T, H, W) uint8
+    video_index: list[int]  # (B) lists, not tensors: they stay on the host
+    clip_index: list[int]
+
+
+class Batch(TypedDict):
+    """What the dataset yields (the DataLoader runs with batch_size=None)."""
+
+    models: dict[str, ModelSamples]  # only the backbones with samples in this batch
+    videos: list[VideoStart]
+    ends: list[SegmentEnd]
+    failures: list[VideoFailure]
+    decoded_bytes: int  # bytes of the files whose samples are all in this batch or earlier
+    decode_seconds: float  # worker time spent on this batch's samples (for benchmarks)
+    preprocess_seconds: float

@@ -1,0 +1,174 @@
+"""Frames -> samples for one backbone: every frame (image backbones) or N frames spread over
+each clip (video backbones), with the empty windows of a timestamp gap held by the frame on
+screen, and memory bounded however long a clip or a gap is."""
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from vfe.data.batching import BatchBuilder
+from vfe.data.clip_grid import uniform_indices
+from vfe.data.input_spec import InputSpec
+from vfe.decoding.video import Frame
+
+# Decoded pictures a clip backbone may hold (per backbone and worker) while its clip is still
+# open; past this, held frames are kept at the backbone's input size instead (4K60 with 10-s
+# clips would otherwise hold 600 full-resolution frames, ~7.5 GB).
+MAX_HELD_DECODED_BYTES = 256 << 20
+# Held frames converted at once when they go over that bound (each converts to full-size RGB).
+SPILL_FRAMES = 4
+
+Convert = Callable[[list[Frame]], torch.Tensor]  # frames -> (N, C, h, w) uint8 samples
+
+
+def hold_clips(
+    emitters: list["Emitter"], builder: BatchBuilder, clips: range, piece_size: int
+) -> Iterator[dict[str, Any]]:
+    """Clips without a frame of their own (a timestamp gap) show the previous frame; they are
+    handed out a piece at a time, each followed by the batches it completes, so a gap of
+    hours never builds all its clips at once."""
+    for start in range(clips.start, clips.stop, piece_size):
+        piece = range(start, min(start + piece_size, clips.stop))
+        for emitter in emitters:
+            emitter.hold(piece)
+        while builder.full():
+            yield builder.pop()
+
+
+class Emitter:
+    """Turns one backbone's frames into samples for the batch builder."""
+
+    def __init__(
+        self, builder: BatchBuilder, model: str, video_index: int, convert: Convert
+    ) -> None:
+        self.builder, self.model, self.video_index = builder, model, video_index
+        self.convert = convert
+        self.num_samples = 0
+        self.previous: Frame | None = None  # the frame on screen: it holds empty windows
+        self._converted: tuple[Frame, torch.Tensor] | None = None  # the last frame converted
+
+    def samples_of(self, items: list["Frame | torch.Tensor"]) -> torch.Tensor:
+        """`(N, C, h, w)` samples of frames (converted, each distinct frame once; the last one
+        converted is remembered, so a frame held across a long gap is converted once) and of
+        samples already converted."""
+        rows: dict[int, torch.Tensor] = {}
+        if self._converted is not None:
+            rows[id(self._converted[0])] = self._converted[1]
+        pending = {id(item): item for item in items if isinstance(item, Frame)}
+        pending = [frame for key, frame in pending.items() if key not in rows]
+        if pending:
+            for frame, sample in zip(pending, self.convert(pending), strict=True):
+                rows[id(frame)] = sample
+            self._converted = (pending[-1], rows[id(pending[-1])])
+        return torch.stack([rows[id(item)] if isinstance(item, Frame) else item for item in items])
+
+    def hold(self, clips: range) -> None: ...
+
+    def add(self, frame: Frame, clip_index: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class ImageSamples(Emitter):
+    """Every frame of a clip is one `(C, H, W)` sample; frames are sent in chunks of the
+    backbone's batch size as they arrive, so a clip is never held whole."""
+
+    def __init__(
+        self,
+        builder: BatchBuilder,
+        model: str,
+        video_index: int,
+        convert: Convert,
+        chunk_size: int,
+    ) -> None:
+        super().__init__(builder, model, video_index, convert)
+        self.chunk_size = chunk_size
+        self._pending: list[tuple[int, Frame]] = []
+
+    def hold(self, clips: range) -> None:
+        """Clips without a frame of their own show the previous frame."""
+        self._pending += [(clip_index, self.previous) for clip_index in clips]
+        if len(self._pending) >= self.chunk_size:
+            self.finish()
+
+    def add(self, frame: Frame, clip_index: int) -> None:
+        self._pending.append((clip_index, frame))
+        self.previous = frame
+        if len(self._pending) >= self.chunk_size:
+            self.finish()
+
+    def finish(self) -> None:
+        if not self._pending:
+            return
+        clips = [clip_index for clip_index, _ in self._pending]
+        pixels = self.samples_of([frame for _, frame in self._pending])
+        self.builder.add_samples(self.model, pixels, self.video_index, clips)
+        self.num_samples += len(clips)
+        self._pending = []
+
+
+class ClipSamples(Emitter):
+    """`frames_per_clip` frames spread uniformly over a clip: one `(C, T, H, W)` sample
+    (`stack_frames`) or T `(C, H, W)` samples. A clip's frames are held until the next clip
+    starts, undecoded to RGB while they fit in MAX_HELD_DECODED_BYTES, at the backbone's input
+    size past that (the same samples either way: each frame is resized on its own)."""
+
+    def __init__(
+        self,
+        builder: BatchBuilder,
+        model: str,
+        video_index: int,
+        convert: Convert,
+        spec: InputSpec,
+        first_clip: int = 0,
+    ) -> None:
+        super().__init__(builder, model, video_index, convert)
+        self.spec = spec
+        self._clip_index = first_clip
+        self._items: list[Frame | torch.Tensor] = []
+        self._held_bytes = 0  # decoded pictures held in `_items`
+        self.max_held_bytes = 0  # the most held at once (for tests and benchmarks)
+
+    def hold(self, clips: range) -> None:
+        """Clips without a frame of their own show the previous frame."""
+        if not clips:
+            return
+        self.finish()
+        for clip_index in clips:
+            self._emit(clip_index, [self.previous])
+
+    def add(self, frame: Frame, clip_index: int) -> None:
+        if clip_index != self._clip_index:
+            self.finish()
+            self._clip_index = clip_index
+        self.previous = frame
+        if self._held_bytes + frame.num_bytes > MAX_HELD_DECODED_BYTES:
+            raw = [i for i, item in enumerate(self._items) if isinstance(item, Frame)]
+            for start in range(0, len(raw), SPILL_FRAMES):  # few full-size frames at a time
+                chunk = raw[start : start + SPILL_FRAMES]
+                converted = self.samples_of([self._items[i] for i in chunk])
+                for i, sample in zip(chunk, converted, strict=True):
+                    self._items[i] = sample
+            self._held_bytes = 0
+            self._items.append(self.samples_of([frame])[0])
+            return
+        self._items.append(frame)
+        self._held_bytes += frame.num_bytes
+        self.max_held_bytes = max(self.max_held_bytes, self._held_bytes)
+
+    def finish(self) -> None:
+        if self._items:
+            self._emit(self._clip_index, self._items)
+            self._items, self._held_bytes = [], 0
+
+    def _emit(self, clip_index: int, items: list["Frame | torch.Tensor"]) -> None:
+        picks = uniform_indices(len(items), self.spec.frames_per_clip)
+        distinct = sorted(set(picks))  # a frame picked twice is converted once
+        images = self.samples_of([items[i] for i in distinct])
+        row_of = {frame_index: row for row, frame_index in enumerate(distinct)}
+        samples = images[[row_of[i] for i in picks]]
+        if self.spec.stack_frames:
+            samples = samples.permute(1, 0, 2, 3).unsqueeze(0).contiguous()
+        self.builder.add_samples(self.model, samples, self.video_index, [clip_index] * len(samples))
+        self.num_samples += len(samples)

@@ -1,0 +1,56 @@
+"""The end of a run, as rank 0 reports it for all ranks: one summary line per backbone, the
+failed videos with their reasons, and what was written with concealed errors."""
+
+import sys
+from pathlib import Path
+
+from vfe.messages import say
+from vfe.output.failures import FAILURES_FILE_NAME, read_failures
+
+MAX_FAILURES_SHOWN = 20
+
+
+def report_run(
+    totals: dict[str, int],
+    output_dirs: dict[str, Path],
+    skipped: dict[str, int],
+    run_id: str,
+    seconds: float,
+) -> int:
+    """Print the run's summary from the totals over all ranks; the number of videos not written
+    (failed or left incomplete)."""
+    names = list(output_dirs)
+    unfinished = max(totals[f"{name}/unfinished"] for name in names)
+    failed = totals["failed"]
+    for name in names:
+        label = f"{name}: " if len(names) > 1 else ""
+        say(
+            f"{label}written {totals[f'{name}/written']}, skipped {skipped.get(name, 0)}, "
+            f"failed {failed}, clips {totals[f'{name}/clips']}, wall time {seconds:.1f} s "
+            f"-> {output_dirs[name]}"
+        )
+    if failed:
+        # Every rank appended its failures before reporting its totals; each failed video
+        # is listed once, with the backbones it was for.
+        files = " and ".join(str(output_dirs[n] / FAILURES_FILE_NAME) for n in names)
+        print(f"vfe: {failed} video(s) failed; reasons in {files}", file=sys.stderr)
+        records = {
+            r["relative_path"]: r
+            for name in names
+            for r in read_failures(output_dirs[name] / FAILURES_FILE_NAME).records
+            if r.get("run") == run_id
+        }
+        for record in list(records.values())[:MAX_FAILURES_SHOWN]:
+            models = f" ({', '.join(record['models'])})" if len(names) > 1 else ""
+            reason = f"{record['stage']}: {record['error']}"
+            print(f"  {record['relative_path']}{models}: {reason}", file=sys.stderr)
+        if failed > MAX_FAILURES_SHOWN:
+            print(f"  ... and {failed - MAX_FAILURES_SHOWN} more", file=sys.stderr)
+    if unfinished:
+        say(f"{unfinished} video(s) ended incomplete and were not written")
+    if totals["concealed"]:
+        say(
+            f"{totals['concealed']} video(s) written although the decoder concealed errors "
+            "in them (--data.allow_concealed_errors; the count is in each file's provenance)"
+        )
+    return failed + unfinished
