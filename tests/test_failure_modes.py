@@ -33,17 +33,25 @@ STACK4 = InputSpec(4, 8, 8, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,
 
 
 def write_bit_flipped_video(path: Path, num_flips: int = 20, seed: int = 0) -> Path:
-    """A 6-s H.264 MP4 with `num_flips` single bits flipped in the middle half of its media
-    data (headers intact): FFmpeg decodes every frame, concealing the damage."""
+    """A 6-s H.264 MP4 with `num_flips` single bits flipped inside the slice data of frames in
+    its middle half (container, NAL lengths and slice headers intact): FFmpeg decodes every
+    frame, concealing the damage, as with bit errors in a stored or transmitted file."""
     source = write_video(path.with_suffix(".clean.mp4"), 150, 25, height=120, width=160, seed=1)
     data = bytearray(source.read_bytes())
+    source.unlink()
     atom = data.find(b"mdat")
-    start, end = atom + 4, atom - 4 + int.from_bytes(data[atom - 4 : atom], "big")
+    position, end = atom + 4, atom - 4 + int.from_bytes(data[atom - 4 : atom], "big")
+    slices = []  # (first, last) byte of each large NAL unit's payload, past its first bytes
+    while position + 4 <= end:
+        size = int.from_bytes(data[position : position + 4], "big")  # MP4's length prefix
+        if size > 64:
+            slices.append((position + 4 + 16, position + 4 + size - 1))
+        position += 4 + size
+    middle = slices[len(slices) // 4 : 3 * len(slices) // 4]
     rng = random.Random(seed)
     for _ in range(num_flips):
-        position = rng.randrange(start + (end - start) // 4, start + 3 * (end - start) // 4)
-        data[position] ^= 1 << rng.randrange(8)
-    source.unlink()
+        first, last = rng.choice(middle)
+        data[rng.randrange(first, last)] ^= 1 << rng.randrange(8)
     path.write_bytes(bytes(data))
     return path
 
