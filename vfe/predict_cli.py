@@ -4,6 +4,7 @@ for `predict`: torch and Lightning take seconds to import)."""
 import contextlib
 import io
 import logging
+import multiprocessing
 import re
 import signal
 import sys
@@ -236,6 +237,10 @@ def main(args: list[str] | None = None) -> None:
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
+        # DataLoader workers ignore stop signals (the main process stops them); one left alive
+        # after a failure would make the interpreter's exit wait for it for ever.
+        for child in multiprocessing.active_children():
+            child.kill()
     if exit_code != ExitCode.OK:
         sys.exit(exit_code)
 

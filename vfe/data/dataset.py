@@ -192,12 +192,12 @@ class VideoClipDataset(IterableDataset):
         if last is None and item.first_clip == 0:
             raise _FileError("decode", ValueError("the video has no frames"))
         if video.decode_errors and not self.allow_concealed_errors:
-            first = video.error_messages[0] if video.error_messages else "a frame flagged corrupt"
             raise _FileError(
                 "decode",
                 DecodeError(
-                    f"{video.decode_errors} decode error(s) in the data, concealed by the "
-                    f"decoder (first: {first}); --data.allow_concealed_errors keeps such videos"
+                    f"{video.decode_errors} frame(s) decoded with errors in the data, concealed "
+                    "by the decoder (damaged file); --data.allow_concealed_errors keeps such "
+                    "videos"
                 ),
             )
         for emitter in emitters:

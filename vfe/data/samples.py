@@ -3,6 +3,7 @@ each clip (video backbones), with the empty windows of a timestamp gap held by t
 screen, and memory bounded however long a clip or a gap is."""
 
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -46,22 +47,25 @@ class Emitter:
         self.convert = convert
         self.num_samples = 0
         self.previous: Frame | None = None  # the frame on screen: it holds empty windows
-        self._converted: tuple[Frame, torch.Tensor] | None = None  # the last frame converted
 
     def samples_of(self, items: list["Frame | torch.Tensor"]) -> torch.Tensor:
-        """`(N, C, h, w)` samples of frames (converted, each distinct frame once; the last one
-        converted is remembered, so a frame held across a long gap is converted once) and of
-        samples already converted."""
-        rows: dict[int, torch.Tensor] = {}
-        if self._converted is not None:
-            rows[id(self._converted[0])] = self._converted[1]
-        pending = {id(item): item for item in items if isinstance(item, Frame)}
-        pending = [frame for key, frame in pending.items() if key not in rows]
+        """`(N, C, h, w)` samples of frames (converted, each distinct frame of the call once: a
+        frame held across a gap is converted once per piece of it) and of samples already
+        converted.
+
+        No converted frame is kept across calls: with such a cache a forked DataLoader worker
+        crashed (segmentation fault) now and then on a 40-minute gap; not understood yet.
+        """
+        pending = list(
+            {item.time_seconds: item for item in items if isinstance(item, Frame)}.values()
+        )
+        rows: dict[Fraction, torch.Tensor] = {}
         if pending:
             for frame, sample in zip(pending, self.convert(pending), strict=True):
-                rows[id(frame)] = sample
-            self._converted = (pending[-1], rows[id(pending[-1])])
-        return torch.stack([rows[id(item)] if isinstance(item, Frame) else item for item in items])
+                rows[frame.time_seconds] = sample
+        return torch.stack(
+            [rows[item.time_seconds] if isinstance(item, Frame) else item for item in items]
+        )
 
     def hold(self, clips: range) -> None: ...
 
@@ -135,8 +139,9 @@ class ClipSamples(Emitter):
         if not clips:
             return
         self.finish()
+        held = self.samples_of([self.previous])[0]  # converted once for the whole piece
         for clip_index in clips:
-            self._emit(clip_index, [self.previous])
+            self._emit(clip_index, [held])
 
     def add(self, frame: Frame, clip_index: int) -> None:
         if clip_index != self._clip_index:

@@ -2,8 +2,9 @@
 
 Frames come out exactly as the FFmpeg command line presents them: edit lists honoured, display
 rotation applied, exact rational timestamps, colour converted by FFmpeg's swscale to RGB24.
-Errors the decoder concealed (damaged data it painted over) are counted from FFmpeg's own
-error log for the stream and from frames it flags corrupt.
+Errors the decoder concealed (damaged data it painted over) are counted by the frames FFmpeg
+flags corrupt (its decode error flags). FFmpeg's error log is not read: routing it into Python
+(PyAV's log callback) crashed forked DataLoader workers now and then.
 """
 
 import heapq
@@ -13,7 +14,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import av.logging
 import numpy as np
 import torch
 
@@ -32,8 +32,6 @@ REORDER_FRAMES = 16
 SEEKABLE_FORMATS = frozenset(
     {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts", "avi", "flv", "asf"}
 )
-# How many error messages (the first one's text goes into the failure's reason) to keep.
-KEPT_ERROR_MESSAGES = 1
 
 
 def _rgb_of(frame: av.VideoFrame) -> torch.Tensor:
@@ -108,45 +106,23 @@ class PyAVVideo:
         self._nominal = 1 / Fraction(rate) if rate else Fraction(0)
         self.seeks_exactly = self._container.format.name in SEEKABLE_FORMATS
         self.bytes_read = 0  # the furthest file position demuxed so far
-        self.decode_errors = 0  # errors the decoder reported (and concealed) so far
-        self.error_messages: list[str] = []  # the first of them
+        self.decode_errors = 0  # frames decoded with errors the decoder concealed, so far
 
     def frames(self, start_seconds: Fraction = Fraction(0)) -> Iterator[Frame]:
         """Frames in presentation order from `start_seconds` on, preceded by at least the
         frame on screen just before it (decoding starts at a keyframe before it, or at the
         file's start where the container does not seek exactly)."""
-        # FFmpeg's decoder threads log errors too, so the capture is process-wide: a decoding
-        # process decodes one video at a time.
-        previous_level = av.logging.get_level()
-        av.logging.set_level(av.logging.ERROR)
-        capture = av.logging.Capture(local=False)
-        capture.__enter__()
         try:
             if start_seconds <= 0 or not self.seeks_exactly:
-                yield from self._placed(self._decode(capture), first_ticks=None)
+                yield from self._placed(self._decode(), first_ticks=None)
                 return
-            first_ticks = next(self._decode(capture), (None, None))[0]
+            first_ticks = next(self._decode(), (None, None))[0]
             self._rewind(0)
-            yield from self._frames_from(start_seconds, first_ticks, capture)
+            yield from self._frames_from(start_seconds, first_ticks)
         finally:
-            self._count_logged_errors(capture)
-            capture.__exit__(None, None, None)
-            av.logging.set_level(previous_level)
             self._container.close()
 
-    def _count_logged_errors(self, capture: av.logging.Capture) -> None:
-        """Add the error messages this stream's decoder logged since the last call."""
-        codec_name = self._stream.codec_context.name
-        for level, name, message in capture.logs:
-            if level <= av.logging.ERROR and name == codec_name:
-                self.decode_errors += 1
-                if len(self.error_messages) < KEPT_ERROR_MESSAGES:
-                    self.error_messages.append(message.strip())
-        capture.logs.clear()
-
-    def _frames_from(
-        self, start_seconds: Fraction, first_ticks: int | None, capture: av.logging.Capture
-    ) -> Iterator[Frame]:
+    def _frames_from(self, start_seconds: Fraction, first_ticks: int | None) -> Iterator[Frame]:
         """Decode from a keyframe early enough that the first frame comes before
         `start_seconds` (from the file's start if need be); every frame from that keyframe on
         is what a decode from the start gives, so the frames equal the unsplit ones."""
@@ -156,7 +132,7 @@ class PyAVVideo:
             if target <= 0:
                 break
             self._rewind(first_ticks + int(target / self._stream.time_base))
-            frames = self._placed(self._decode(capture, from_keyframe=True), first_ticks)
+            frames = self._placed(self._decode(from_keyframe=True), first_ticks)
             first = next(frames, None)
             if first is not None and first.time_seconds < start_seconds:
                 yield first
@@ -165,7 +141,7 @@ class PyAVVideo:
             frames.close()
             back_off *= 2
         self._rewind(0)
-        yield from self._placed(self._decode(capture), first_ticks=None)
+        yield from self._placed(self._decode(), first_ticks=None)
 
     def _rewind(self, ticks: int) -> None:
         """Seek to the keyframe at or before `ticks` (stream time base)."""
@@ -191,9 +167,7 @@ class PyAVVideo:
                 time_seconds, duration_seconds, lambda frame=frame: _rgb_of(frame), num_bytes
             )
 
-    def _decode(
-        self, capture: av.logging.Capture, from_keyframe: bool = False
-    ) -> Iterator[tuple[int | None, av.VideoFrame]]:
+    def _decode(self, from_keyframe: bool = False) -> Iterator[tuple[int | None, av.VideoFrame]]:
         """`(ticks, frame)` in presentation order from the current position to the end.
 
         `from_keyframe`: after a seek, drop what the decoder outputs before its first keyframe
@@ -219,19 +193,14 @@ class PyAVVideo:
                 end = start + (packet.duration or 0)
                 packets_end = end if packets_end is None else max(packets_end, end)
             for frame in packet.decode():
-                if waiting_for_keyframe:
-                    # Pictures decoded before the first keyframe after a seek reference frames
-                    # before it (FFmpeg logs e.g. "co located POCs unavailable"): they are
-                    # dropped, and their errors with them. They lie before the segment (at
-                    # least a second before its start), where the previous segment decodes them
-                    # in order and counts any real error.
-                    capture.logs.clear()
-                    if not frame.key_frame:
-                        continue
-                    waiting_for_keyframe = False
-                if frame.is_corrupt and not capture.logs:  # flagged, but nothing logged
+                if waiting_for_keyframe and not frame.key_frame:
+                    # Pictures before the first keyframe after a seek reference frames before
+                    # it and decode with errors: they are dropped, errors and all. They lie
+                    # before the segment, where the previous segment decodes them in order.
+                    continue
+                waiting_for_keyframe = False
+                if frame.is_corrupt:
                     self.decode_errors += 1
-                self._count_logged_errors(capture)
                 ticks = frame.pts if frame.pts is not None else frame.dts
                 if ticks is not None:
                     heapq.heappush(candidate_ticks, ticks)

@@ -43,8 +43,8 @@ class Video(Protocol):
     """
 
     bytes_read: int  # how far into the file decoding has got (0 where the library hides it)
-    decode_errors: int  # errors the decoder concealed so far (0 where the library hides them)
-    error_messages: list[str]  # the first of those errors, as the library logged them
+    decode_errors: int  # frames decoded with errors the decoder concealed, so far (0 where the
+    # library does not say)
 
     def frames(self, start_seconds: Fraction = Fraction(0)) -> Iterator[Frame]:
         """Every frame once, in presentation order; times strictly increase from the first
