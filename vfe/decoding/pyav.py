@@ -3,8 +3,7 @@
 Frames come out exactly as the FFmpeg command line presents them: edit lists honoured, display
 rotation applied, exact rational timestamps, colour converted by FFmpeg's swscale to RGB24.
 Errors the decoder concealed (damaged data it painted over) are counted by the frames FFmpeg
-flags corrupt (its decode error flags). FFmpeg's error log is not read: routing it into Python
-(PyAV's log callback) crashed forked DataLoader workers now and then.
+flags corrupt (its decode error flags), which needs no log callback into Python.
 """
 
 import heapq
