@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from PIL import Image
 
 from vfe.bench.synthetic import (
     REAL_WORLD_VIDEOS,
@@ -193,13 +195,14 @@ def decoder_available(decoder: str) -> bool:
     return True
 
 
-def run_vfe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`python -m vfe predict ARGS` in a subprocess, as a user runs it."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def run_vfe(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m vfe predict ARGS` in a subprocess, as a user runs it (`env`: added)."""
     return subprocess.run(
         [sys.executable, "-m", "vfe", "predict", *args],
         cwd=cwd,
-        env=env,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,
@@ -226,3 +229,22 @@ def stop_after_first_file(
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     return process.returncode, stderr.decode()
+
+
+def reference_image_features(
+    video: Path,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    clip_len: float = 2.0,
+) -> np.ndarray:
+    """An image model's own pipeline on what a sequential FFmpeg decode presents: each frame as
+    a PIL image through the library's `preprocess`, `encode`d, averaged over each contract
+    window's frames -> `(num_clips, D)`."""
+    decoded = reference_decode(video)
+    inputs = torch.stack(
+        [preprocess(Image.fromarray(np.ascontiguousarray(f))) for f in decoded.frames]
+    )
+    with torch.no_grad():
+        per_frame = torch.cat([encode(chunk) for chunk in inputs.split(16)])
+    clips = decoded.clip_frames(Fraction(str(clip_len)))
+    return np.stack([per_frame[frames].float().mean(0).numpy() for frames in clips])

@@ -10,8 +10,9 @@ from torchvision.transforms import InterpolationMode
 from vfe.data.batching import BatchBuilder
 from vfe.data.clip_grid import uniform_indices
 from vfe.data.dataset import VideoClipDataset
-from vfe.data.input_spec import InputSpec
+from vfe.data.input_spec import InputSpec, ResizeMode
 from vfe.data.paths import find_videos, output_path_for
+from vfe.data.transforms import resize_and_center_crop
 from vfe.data.work_plan import WorkItem
 from vfe.errors import VfeError
 from vfe.output.assembly import ClipFeatureAssembler
@@ -167,7 +168,7 @@ def test_video_spec_yields_one_sample_per_clip(video_dir: Path):
     assert [len(pixels_of(b)) for b in batches] == [2, 1]
 
 
-def raw_pixels(frames, short_side_size, crop_size, interpolation, antialias):
+def raw_pixels(frames, spec):
     """Stands in for resizing, so samples are the decoded frames themselves."""
     return frames.permute(0, 3, 1, 2).contiguous()
 
@@ -260,3 +261,46 @@ def test_undecodable_file_becomes_a_failure_record(tmp_path: Path, video_dir: Pa
     failures = [f for b in batches for f in b["failures"]]
     assert [(f.relative_path, f.stage) for f in failures] == [("broken.mp4", "open")]
     assert sum(len(pixels_of(b)) for b in batches) == 25
+
+
+def _spec(resize_size, crop_size, mode=ResizeMode.SHORTEST) -> InputSpec:
+    return InputSpec(
+        None, resize_size, crop_size, InterpolationMode.BICUBIC, True, (0.5,) * 3, (0.5,) * 3, 4,
+        resize_mode=mode,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("resize_size", "crop_size", "mode", "frame", "resized", "sample"),
+    [
+        # torchvision's Resize(224): the long side truncated, landscape and portrait
+        (224, 224, ResizeMode.SHORTEST, (720, 1280), (224, 398), (224, 224)),
+        (224, 224, ResizeMode.SHORTEST, (1280, 720), (398, 224), (224, 224)),
+        ((224, 224), 224, ResizeMode.SHORTEST, (64, 96), (224, 336), (224, 224)),
+        # timm's ResizeKeepRatio for a non-square target: the smaller ratio, rounded
+        ((98, 140), (98, 140), ResizeMode.SHORTEST, (64, 96), (98, 147), (98, 140)),
+        ((98, 140), (98, 140), ResizeMode.SHORTEST, (96, 64), (210, 140), (98, 140)),
+        # SigLIP's squash: the whole frame to the target, no crop
+        (224, None, ResizeMode.SQUASH, (720, 1280), (224, 224), (224, 224)),
+        ((256, 320), (224, 288), ResizeMode.SQUASH, (720, 1280), (256, 320), (224, 288)),
+    ],
+)
+def test_resize_rules(resize_size, crop_size, mode, frame, resized, sample):
+    spec = _spec(resize_size, crop_size, mode)
+    assert spec.resized_size(*frame) == resized
+    assert spec.sample_size == sample
+    frames = torch.zeros(2, *frame, 3, dtype=torch.uint8)
+    assert resize_and_center_crop(frames, spec).shape == (2, 3, *sample)
+
+
+def test_a_shortest_side_resize_without_a_crop_is_refused():
+    with pytest.raises(ValueError, match="needs a crop_size"):
+        _spec(224, None)
+
+
+def test_the_recipe_keeps_the_keys_earlier_files_carry_and_names_new_modes():
+    assert _spec(224, 224).recipe()["short_side_size"] == 224
+    assert "resize_mode" not in _spec(224, 224).recipe()
+    squash = _spec(224, None, ResizeMode.SQUASH).recipe()
+    assert squash["resize_mode"] == "squash" and squash["resize_size"] == [224, 224]
+    assert squash["crop_size"] is None and "short_side_size" not in squash

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch import LightningModule
+from torch import nn
 
 from vfe.data.input_spec import InputSpec
 from vfe.data.transforms import normalize
@@ -62,21 +63,11 @@ class Backbone(Extractor):
 
     def provenance(self) -> dict[str, Any]:
         """What this backbone contributes to each file's provenance (`vfe.output.provenance`)."""
-        spec = self.input_spec
-        preprocessing = {
-            "frames_per_clip": spec.frames_per_clip,
-            "short_side_size": spec.short_side_size,
-            "crop_size": spec.crop_size,
-            "interpolation": spec.interpolation.value,
-            "antialias": spec.antialias,
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-        }
         return {
             "model": f"{type(self).__module__}.{type(self).__qualname__}",
             **self.weights_record(),
             "feature_dim": self.feature_dim,
-            "preprocessing": preprocessing,
+            "preprocessing": self.input_spec.recipe(),
         }
 
     @abstractmethod
@@ -92,3 +83,34 @@ class Backbone(Extractor):
         # In the module's own dtype: under `bf16-true` / `16-true` the weights are half precision.
         samples = normalize(pixels, spec.mean, spec.std, channel_dim=1).to(self.dtype)
         return self.encode(samples).float()
+
+
+class LoadedBackbone(Backbone):
+    """A backbone whose recipe travels with its weights (open_clip tags, timm's pretrained_cfg,
+    a Hugging Face image processor): `load` returns the network with its InputSpec and weights
+    record, once, on first use."""
+
+    def __init__(self, arch: str, weights: str | None) -> None:
+        super().__init__()
+        self.arch = arch
+        self.weights = weights
+        self.model: nn.Module | None = None
+        self._input_spec: InputSpec | None = None
+        self._weights_record: dict[str, str] = {}
+
+    @abstractmethod
+    def load(self) -> tuple[nn.Module, InputSpec, dict[str, str]]:
+        """The network in eval mode on the CPU, its InputSpec and `weights_record()`."""
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model, self._input_spec, self._weights_record = self.load()
+
+    @property
+    def input_spec(self) -> InputSpec:
+        self.configure_model()
+        return self._input_spec
+
+    def weights_record(self) -> dict[str, str]:
+        self.configure_model()
+        return self._weights_record

@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import Backbone
+from vfe.backbones.extras import check_frames_per_clip
 from vfe.backbones.weights import (
     RANDOM,
     check_official_file,
@@ -176,12 +177,7 @@ class CLIPBackbone(Backbone):
     def configure_model(self) -> None:
         if self.visual is not None:
             return
-        frames = self.frames_per_clip
-        if frames is not None and (not isinstance(frames, int) or frames < 1):
-            raise VfeError(
-                f"--model.frames_per_clip must be a positive integer or unset (every frame), "
-                f"got {frames!r}"
-            )
+        check_frames_per_clip(self.frames_per_clip)
         # The text tower is never used; keeping only the image encoder halves the memory.
         self.visual = load_clip(self.arch, self.weights).visual
         # clip.load verifies the official file against the sha256 in its URL.
@@ -200,7 +196,7 @@ class CLIPBackbone(Backbone):
         resolution = int(self.visual.input_resolution)
         self._input_spec = InputSpec(
             frames_per_clip=self.frames_per_clip,
-            short_side_size=resolution,
+            resize_size=resolution,
             crop_size=resolution,
             interpolation=InterpolationMode.BICUBIC,
             antialias=True,

@@ -5,6 +5,10 @@ from vfe.errors import VfeError
 MODELS: dict[str, str] = {
     "clip": "vfe.backbones.openai_clip.CLIPBackbone",
     "slowfast": "vfe.backbones.slowfast.SlowFastBackbone",
+    "open_clip": "vfe.backbones.openclip.OpenCLIPBackbone",
+    "timm": "vfe.backbones.timm_image.TimmBackbone",
+    "pytorchvideo": "vfe.backbones.pytorchvideo_zoo.PyTorchVideoBackbone",
+    "videomae": "vfe.backbones.videomae.VideoMAEBackbone",
 }
 
 

@@ -1,84 +1,32 @@
 """SlowFast R50 (PyTorchVideo, Kinetics-400 8x8) without its classification layer: 2304-d clips."""
 
-import pickle
-import urllib.error
-from pathlib import Path
 from typing import ClassVar
 
 import torch
-from pytorchvideo.models.hub import slowfast as slowfast_hub
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import Backbone
-from vfe.backbones.weights import RANDOM, download_official, resolve_weights_file, weights_record
+from vfe.backbones.pytorchvideo_hub import (
+    load_hub_model,
+    official_file,
+    official_url,
+    remove_classifier,
+)
+from vfe.backbones.weights import download_official, weights_record
 from vfe.data.clip_grid import uniform_indices
 from vfe.data.input_spec import InputSpec
-from vfe.errors import VfeError
 
 FAST_FRAMES = 32
 SLOW_FAST_ALPHA = 4
-OFFICIAL_URL = slowfast_hub.checkpoint_paths["slowfast_r50"]
+BUILDER = "slowfast_r50"
 OFFICIAL_NAME = "PyTorchVideo SLOWFAST_8x8_R50 (Kinetics-400)"
-PROJECTION_KEYS = frozenset({"blocks.6.proj.weight", "blocks.6.proj.bias"})
-
-
-def load_state_dict_into(model: nn.Module, state: object, source: str) -> None:
-    """Load a PyTorchVideo checkpoint (`{"model_state": ...}`) or a plain state dict.
-
-    The classification layer may be absent (a headless state dict); nothing else may differ.
-    """
-    if isinstance(state, dict) and "model_state" in state:
-        state = state["model_state"]
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise VfeError(f"{source} holds no state dict (got {type(state).__name__})")
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shape mismatches
-        raise VfeError(f"{source} does not fit SlowFast R50: {error}") from error
-    missing = set(missing) - PROJECTION_KEYS
-    if missing or unexpected:
-        raise VfeError(
-            f"{source} does not fit SlowFast R50: {len(missing)} missing keys "
-            f"(e.g. {sorted(missing)[:3]}), {len(unexpected)} unexpected keys "
-            f"(e.g. {sorted(unexpected)[:3]})"
-        )
-
-
-def official_file() -> Path:
-    """Where `torch.hub` keeps PyTorchVideo's Kinetics-400 checkpoint."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(OFFICIAL_URL).name
 
 
 def load_slowfast(weights: str | None) -> nn.Module:
-    """`slowfast_r50` with official, random or file weights, on the CPU, eval mode, headless."""
-    weights_file = resolve_weights_file(weights, "SlowFast R50")
-    model = slowfast_hub.slowfast_r50(pretrained=False)
-    if weights_file is not None:
-        try:
-            state = torch.load(weights_file, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
-            raise VfeError(
-                f"--model.weights {str(weights_file)!r} could not be read as a PyTorch "
-                f"checkpoint: {error}"
-            ) from error
-        load_state_dict_into(model, state, f"--model.weights {str(weights_file)!r}")
-    elif weights != RANDOM:
-        hub_file = official_file()
-        try:
-            # The same download and cache as `slowfast_r50(pretrained=True)`.
-            state = torch.hub.load_state_dict_from_url(OFFICIAL_URL, map_location="cpu")
-        except (urllib.error.URLError, OSError, RuntimeError) as error:
-            raise VfeError(
-                f"could not get the official SlowFast R50 weights ({error}). To run offline, "
-                f"put {hub_file.name} in {hub_file.parent}/ (the torch hub cache) or pass "
-                "--model.weights /path/to/checkpoint"
-            ) from error
-        load_state_dict_into(model, state, str(hub_file))
-    # Only the final projection goes: the head's own pooling stays, giving the pooled,
-    # concatenated slow (2048) and fast (256) features.
-    model.blocks[-1].proj = None
-    return model.eval()
+    """`slowfast_r50` with official, random or file weights, on the CPU, eval mode, headless:
+    the pooled, concatenated slow (2048) and fast (256) features."""
+    return remove_classifier(load_hub_model(BUILDER, weights, "SlowFast R50"))
 
 
 class SlowFastBackbone(Backbone):
@@ -107,7 +55,7 @@ class SlowFastBackbone(Backbone):
         )
         self._input_spec = InputSpec(
             frames_per_clip=FAST_FRAMES,
-            short_side_size=256,
+            resize_size=256,
             crop_size=256,
             interpolation=InterpolationMode.BILINEAR,
             antialias=False,
@@ -119,7 +67,7 @@ class SlowFastBackbone(Backbone):
 
     def prepare_data(self) -> None:
         if self.weights is None:
-            download_official(OFFICIAL_URL, official_file(), None, OFFICIAL_NAME)
+            download_official(official_url(BUILDER), official_file(BUILDER), None, OFFICIAL_NAME)
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -128,7 +76,7 @@ class SlowFastBackbone(Backbone):
             self.model = load_slowfast(self.weights).to(memory_format=torch.channels_last_3d)
             self._weights_record = {
                 "arch": "slowfast_r50",
-                **weights_record(self.weights, OFFICIAL_NAME, official_file(), None),
+                **weights_record(self.weights, OFFICIAL_NAME, official_file(BUILDER), None),
             }
 
     @property

@@ -235,9 +235,27 @@ def write_chart(rows: list[dict[str, Any]], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def model_choice(value: str) -> str:
+    """A `--models` entry: registered names, each optionally `:arch`, joined by commas."""
+    for member in value.split(","):
+        name = member.partition(":")[0]
+        if name not in MODELS:
+            raise argparse.ArgumentTypeError(
+                f"{name!r} is not a backbone; choose from {', '.join(MODELS)}"
+            )
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vfe bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["clip", "slowfast"],
+        type=model_choice,
+        help=f"backbones ({', '.join(MODELS)}), NAME:ARCH for an architecture "
+        "(pytorchvideo:x3d_m), A,B for several from one decode",
+    )
     parser.add_argument("--sets", nargs="+", default=list(VIDEO_SETS), choices=list(VIDEO_SETS))
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each video")
     parser.add_argument("--videos_dir", default="~/.cache/vfe/bench-videos")

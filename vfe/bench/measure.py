@@ -20,19 +20,29 @@ from vfe.backbones.registry import resolve_model
 CLIP_LEN_SECONDS = 2.0
 
 
+def random_options(model: str) -> tuple[str, dict[str, str]]:
+    """`name` or `name:arch` -> the backbone name and its options with random weights."""
+    name, _, arch = model.partition(":")
+    return name, {"weights": "random", **({"arch": arch} if arch else {})}
+
+
 def build_backbone(model_name: str) -> Any:
-    """The registered backbone with random weights, loaded; `a,b` several from one decode."""
+    """The registered backbone with random weights, loaded; `a,b` several from one decode;
+    `name:arch` picks an architecture (`pytorchvideo:x3d_m`, `timm:convnext_base`)."""
     if "," in model_name:
         from vfe.backbones.multi import MultiBackbone
 
-        names = model_name.split(",")
-        model = MultiBackbone(names, {name: {"weights": "random"} for name in names})
+        members = dict(random_options(member) for member in model_name.split(","))
+        model = MultiBackbone(list(members), members)
     else:
-        module_name, class_name = resolve_model(model_name).rsplit(".", 1)
+        name, options = random_options(model_name)
+        module_name, class_name = resolve_model(name).rsplit(".", 1)
         module = __import__(module_name, fromlist=[class_name])
-        model = getattr(module, class_name)(weights="random")
+        model = getattr(module, class_name)(**options)
     model.configure_model()
-    return model.eval()
+    # Nothing here trains; FlopCounterMode's module hooks also trip over parameters that ask
+    # for gradients inside inference mode (open_clip's SigLIP attention pool).
+    return model.eval().requires_grad_(False)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -180,7 +190,7 @@ def flops_per_sample(model: Any) -> float:
 
     spec = model.input_spec
     frames = (spec.frames_per_clip,) if spec.stack_frames else ()
-    shape = (1, 3, *frames, spec.crop_size, spec.crop_size)
+    shape = (1, 3, *frames, *spec.sample_size)
     pixels = torch.zeros(shape, dtype=torch.uint8, device=model.device)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model.features(pixels)
@@ -206,11 +216,9 @@ def measure_baseline(options: dict[str, Any]) -> dict[str, Any]:
 
     def preprocess(frames: Any) -> torch.Tensor:  # (T, H, W, C) uint8 -> (T, C, h, w) float
         x = (torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float() / 255 - mean) / std
-        height, width = x.shape[-2:]
-        scale = spec.short_side_size / min(height, width)
-        size = (int(height * scale), int(width * scale))
+        size = spec.resized_size(x.shape[-2], x.shape[-1])
         x = F.interpolate(x, size=size, mode=spec.interpolation.value, antialias=spec.antialias)
-        return TF.center_crop(x, [spec.crop_size, spec.crop_size])
+        return x if spec.crop_size is None else TF.center_crop(x, list(spec.sample_size))
 
     started = time.perf_counter()
     for entry in find_videos(Path(options["videos"])):

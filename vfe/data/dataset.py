@@ -247,18 +247,7 @@ class VideoClipDataset(IterableDataset):
                 groups[-1].append(image)
             else:
                 groups.append([image])
-        samples = torch.cat(
-            [
-                resize_and_center_crop(
-                    torch.stack(group),
-                    spec.short_side_size,
-                    spec.crop_size,
-                    spec.interpolation,
-                    spec.antialias,
-                )
-                for group in groups
-            ]
-        )
+        samples = torch.cat([resize_and_center_crop(torch.stack(group), spec) for group in groups])
         builder.decode_seconds += converted - started
         builder.preprocess_seconds += time.perf_counter() - converted
         return samples

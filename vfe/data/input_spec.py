@@ -4,8 +4,24 @@ The data path reads only this; it never imports a backbone.
 """
 
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
 from torchvision.transforms import InterpolationMode
+
+
+class ResizeMode(StrEnum):
+    """How a frame is scaled before the crop (open_clip's and timm's names)."""
+
+    SHORTEST = "shortest"  # keep the aspect ratio, cover the target size
+    SQUASH = "squash"  # scale each side to the target, aspect ratio not kept
+
+
+Size = int | tuple[int, int]
+
+
+def as_height_width(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 @dataclass(frozen=True)
@@ -14,24 +30,74 @@ class InputSpec:
 
     frames_per_clip: None: every frame of the clip; N: N frames spread uniformly over the clip
         (PyTorchVideo's `UniformTemporalSubsample` rule).
+    resize_size, resize_mode: SHORTEST with an int S scales the short side to S and the long
+        side to `int(long * S / short)` (torchvision's `Resize(S)`); SHORTEST with `(h, w)`
+        scales by the smaller of `H / h`, `W / w`, rounding (timm's and open_clip's
+        `ResizeKeepRatio`); SQUASH scales to exactly `(h, w)` (an int S: `(S, S)`).
+    crop_size: the central `(h, w)` (an int: a square) taken after resizing; None: no crop
+        (SQUASH only, so every sample has one size).
+    interpolation, antialias: of the resize, on uint8 (torchvision's antialiased bicubic and
+        bilinear equal PIL's).
+    mean, std: per-channel normalisation of `pixels / 255`, applied on the model's device.
     stack_frames: False for image backbones: each frame is one sample `(C, H, W)` and the clip
         feature is the mean over them. True for video backbones: the N frames form one sample
         `(C, N, H, W)` (needs frames_per_clip).
-    short_side_size, crop_size, interpolation, antialias: resize the short side, then center crop.
-    mean, std: per-channel normalisation of `pixels / 255`, applied on the model's device.
     default_batch_size: samples per forward pass when no batch size is given.
     """
 
     frames_per_clip: int | None
-    short_side_size: int
-    crop_size: int
+    resize_size: Size
+    crop_size: Size | None
     interpolation: InterpolationMode
     antialias: bool
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     default_batch_size: int
     stack_frames: bool = False
+    resize_mode: ResizeMode = ResizeMode.SHORTEST
 
     def __post_init__(self) -> None:
         if self.stack_frames and self.frames_per_clip is None:
             raise ValueError("stack_frames needs frames_per_clip")
+        if self.crop_size is None and self.resize_mode is not ResizeMode.SQUASH:
+            raise ValueError("a shortest-side resize needs a crop_size (samples must share a size)")
+
+    @property
+    def sample_size(self) -> tuple[int, int]:
+        """`(height, width)` of every sample."""
+        if self.crop_size is None:
+            return as_height_width(self.resize_size)
+        return as_height_width(self.crop_size)
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """`(height, width)` a `height x width` frame is scaled to before the crop."""
+        target_height, target_width = as_height_width(self.resize_size)
+        if self.resize_mode is ResizeMode.SQUASH:
+            return target_height, target_width
+        if target_height == target_width:  # torchvision's Resize(int), as both libraries use
+            short, long = sorted((height, width))
+            new_long = int(target_height * long / short)
+            return (target_height, new_long) if height <= width else (new_long, target_height)
+        ratio = min(height / target_height, width / target_width)
+        return round(height / ratio), round(width / ratio)
+
+    def recipe(self) -> dict[str, Any]:
+        """The preprocessing as recorded in provenance (a square shortest-side resize keeps the
+        keys files made before other modes existed carry, so they still match)."""
+        if self.resize_mode is ResizeMode.SHORTEST and isinstance(self.resize_size, int):
+            resize: dict[str, Any] = {"short_side_size": self.resize_size}
+        else:
+            resize = {
+                "resize_mode": self.resize_mode.value,
+                "resize_size": list(as_height_width(self.resize_size)),
+            }
+        crop = self.crop_size
+        return {
+            "frames_per_clip": self.frames_per_clip,
+            **resize,
+            "crop_size": crop if crop is None or isinstance(crop, int) else list(crop),
+            "interpolation": self.interpolation.value,
+            "antialias": self.antialias,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }

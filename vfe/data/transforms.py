@@ -5,25 +5,22 @@ boundaries; the float conversion and mean/std run on the model's device.
 """
 
 import torch
-from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from vfe.data.input_spec import InputSpec
 
-def resize_and_center_crop(
-    frames: torch.Tensor,
-    short_side_size: int,
-    crop_size: int,
-    interpolation: InterpolationMode,
-    antialias: bool,
-) -> torch.Tensor:
-    """`(T, H, W, C) uint8` -> `(T, C, crop_size, crop_size) uint8`.
 
-    Scales the short side to `short_side_size` (the long side to `int(long * short_side_size /
-    short)`, as torchvision and PyTorchVideo do), then takes the central square.
-    """
+def resize_and_center_crop(frames: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """`(T, H, W, C) uint8` -> `(T, C, h, w) uint8`, `(h, w) = spec.sample_size`: resized as
+    `spec.resized_size` says, then the central `spec.crop_size` (if any)."""
     images = frames.permute(0, 3, 1, 2)
-    images = F.resize(images, [short_side_size], interpolation=interpolation, antialias=antialias)
-    return F.center_crop(images, [crop_size, crop_size]).contiguous()
+    size = spec.resized_size(images.shape[-2], images.shape[-1])
+    images = F.resize(
+        images, list(size), interpolation=spec.interpolation, antialias=spec.antialias
+    )
+    if spec.crop_size is not None:
+        images = F.center_crop(images, list(spec.sample_size))
+    return images.contiguous()
 
 
 def normalize(

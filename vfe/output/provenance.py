@@ -31,7 +31,18 @@ DETERMINING_SETTINGS = (
     "decoder",
     "precision",
 )
-LIBRARIES = ("vfe", "torch", "torchvision", "lightning", "pytorchvideo", "clip-anytorch", "av")
+LIBRARIES = (
+    "vfe",
+    "torch",
+    "torchvision",
+    "lightning",
+    "pytorchvideo",
+    "clip-anytorch",
+    "av",
+    "open_clip_torch",
+    "timm",
+    "transformers",
+)
 _HASH_CHUNK_BYTES = 1 << 22
 
 

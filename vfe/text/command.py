@@ -1,0 +1,164 @@
+"""`vfe text --like FEATURES_DIR --queries FILE --output_dir DIR`: query text features made
+with the model and weights a features folder was made with.
+
+Writes `DIR/qid{qid}.npz` per query, as Moment-DETR's, QD-DETR's and UniVTG's loaders read
+them: `last_hidden_state` `(L, width)` float32 (the text transformer's token states after its
+final LayerNorm, L = the query's tokens with start and end), `pooler_output` `(D,)` float32
+(`encode_text`, not L2-normalised) and `provenance` (a JSON string).
+"""
+
+import argparse
+import io
+import json
+import os
+import sys
+import zipfile
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vfe.errors import ExitCode, VfeError
+from vfe.output.provenance import PROVENANCE_KEY, read_provenance
+
+# What must agree across a folder's files, and between them and the weights loaded now.
+MODEL_KEYS = ("model", "arch", "weights_sha256")
+
+
+def folder_model(features_dir: Path) -> dict[str, Any]:
+    """The one backbone (`model`, `arch`, `weights_sha256`, `options`) the folder's .npz files
+    record; an error when they record none or several."""
+    files = sorted(features_dir.rglob("*.npz"))
+    if not files:
+        raise VfeError(f"--like {str(features_dir)!r} holds no .npz feature files")
+    found: dict[tuple[Any, ...], Path] = {}
+    record: dict[str, Any] = {}
+    for path in files:
+        try:
+            provenance = read_provenance(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise VfeError(f"--like: {path} cannot be read ({error})") from error
+        if provenance is None:
+            raise VfeError(f"--like: {path} records no provenance (made by an older vfe)")
+        key = tuple(provenance.get(name) for name in MODEL_KEYS)
+        found.setdefault(key, path)
+        record = provenance
+    if len(found) > 1:
+        (first, first_path), (second, second_path) = list(found.items())[:2]
+        raise VfeError(
+            f"--like {str(features_dir)!r} mixes models: {first_path} was made with {first}, "
+            f"{second_path} with {second}; point --like at one backbone's folder"
+        )
+    if "options" not in record:
+        raise VfeError(
+            f"--like: {files[0]} does not record the backbone's options (made by a vfe before "
+            "they were recorded); extract one video again into another folder and use that"
+        )
+    return {name: record[name] for name in (*MODEL_KEYS, "options")}
+
+
+def build_text_tower(model: dict[str, Any]) -> Any:
+    """The backbone the folder was made with, rebuilt from its options, and its text tower;
+    refused unless the weights loaded now are those the folder records."""
+    if model["weights_sha256"] == "random" or model["options"].get("weights") == "random":
+        raise VfeError(
+            "--like: those features were made with random weights; there is no text encoder "
+            "that matches them"
+        )
+    module_name, class_name = model["model"].rsplit(".", 1)
+    backbone = getattr(import_module(module_name), class_name)(**model["options"])
+    tower = backbone.text_tower()
+    loaded = backbone.weights_record()["weights_sha256"]
+    if loaded != model["weights_sha256"]:
+        raise VfeError(
+            f"the weights loaded now (sha256 {loaded}) are not those the features were made with "
+            f"({model['weights_sha256']}); put the original weights back where the options "
+            f"{model['options']} find them"
+        )
+    return tower
+
+
+def read_queries(path: Path) -> list[tuple[str, str]]:
+    """`(qid, query)` pairs: jsonl with `qid` and `query`, or one query per line (qid = its
+    0-based line number)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise VfeError(f"--queries {str(path)!r} cannot be read ({error})") from error
+    queries: list[tuple[str, str]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise VfeError(f"--queries {path}:{number} is not JSON ({error})") from error
+            if "qid" not in entry or not isinstance(entry.get("query"), str):
+                raise VfeError(
+                    f"--queries {path}:{number} needs a 'qid' and a 'query' string, got "
+                    f"keys {sorted(entry)}"
+                )
+            queries.append((str(entry["qid"]), entry["query"]))
+        else:
+            queries.append((str(number - 1), line.strip()))
+    qids = [qid for qid, _ in queries]
+    duplicated = sorted({qid for qid in qids if qids.count(qid) > 1})
+    if duplicated:
+        raise VfeError(f"--queries {str(path)!r} repeats qid {', '.join(duplicated[:5])}")
+    if not queries:
+        raise VfeError(f"--queries {str(path)!r} holds no queries")
+    return queries
+
+
+def write_query_file(
+    path: Path, states: np.ndarray, pooled: np.ndarray, provenance: dict[str, Any]
+) -> None:
+    """Written whole under a temporary name, then renamed: never half a file."""
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        last_hidden_state=states,
+        pooler_output=pooled,
+        **{PROVENANCE_KEY: np.array(json.dumps(provenance))},
+    )
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(buffer.getvalue())
+    os.replace(temporary, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    queries = read_queries(Path(args.queries))
+    model = folder_model(Path(args.like))
+    tower = build_text_tower(model)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(queries), args.batch_size):
+        batch = queries[start : start + args.batch_size]
+        token_states, pooled = tower.encode([query for _, query in batch])
+        for (qid, query), states, embedding in zip(batch, token_states, pooled, strict=True):
+            provenance = {**model, "query": query, "qid": qid}
+            write_query_file(
+                output_dir / f"qid{qid}.npz", states.numpy(), embedding.numpy(), provenance
+            )
+    print(f"vfe text: {len(queries)} queries -> {output_dir}", file=sys.stderr)
+    return ExitCode.OK
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="vfe text", description=__doc__.splitlines()[0])
+    parser.add_argument("--like", required=True, help="a features folder made by vfe predict")
+    parser.add_argument(
+        "--queries", required=True, help="jsonl with qid and query, or one query per line"
+    )
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--batch_size", type=int, default=256, help="queries per forward pass")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be a positive integer, got {args.batch_size}")
+    try:
+        sys.exit(run(args))
+    except VfeError as error:
+        print(f"vfe text: error: {error}", file=sys.stderr)
+        sys.exit(ExitCode.USAGE)
