@@ -236,7 +236,8 @@ def test_vfe_help_is_a_short_page_of_vfe_commands(tmp_path: Path):
     unknown = vfe("extract", cwd=tmp_path)
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == (
-        "vfe: error: unknown command 'extract'; choose one of predict, info, bench (vfe --help)"
+        "vfe: error: unknown command 'extract'; choose one of predict, info, bench, text "
+        "(vfe --help)"
     )
 
 

@@ -15,6 +15,7 @@ commands:
   predict   extract features: vfe predict --model clip --input_dir raw_videos/
   info      how feature files were made, and which videos failed: vfe info features/clip/
   bench     measure speed and memory on generated videos: vfe bench --help
+  text      query text features with a features folder's model: vfe text --help
 
   vfe predict --help   vfe's options, the backbones, then every Lightning option
   vfe --version        the installed version
@@ -25,7 +26,7 @@ examples:
   vfe predict --model clip,slowfast                 both from one decode of each video
   vfe predict --config configs/clip.yaml            the same from a yaml file
 """
-COMMANDS = ("predict", "info", "bench")
+COMMANDS = ("predict", "info", "bench", "text")
 
 
 def version() -> str:
@@ -55,6 +56,10 @@ def main(args: list[str] | None = None) -> None:
         from vfe.bench.command import main as bench_main
 
         bench_main(argv[1:])
+    elif command == "text":
+        from vfe.text.command import main as text_main
+
+        text_main(argv[1:])
     elif command == "predict":
         from vfe.predict_cli import main as predict_main
 

@@ -5,8 +5,9 @@ that from `model.input_spec` and never branches on the model. Each clip becomes 
 samples, the model encodes each sample, and the clip feature is the mean over its samples.
 """
 
+import inspect
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from lightning.pytorch import LightningModule
@@ -14,6 +15,10 @@ from torch import nn
 
 from vfe.data.input_spec import InputSpec
 from vfe.data.transforms import normalize
+from vfe.errors import VfeError
+
+if TYPE_CHECKING:
+    from vfe.text.tower import TextTower
 
 
 class Extractor(LightningModule, ABC):
@@ -65,10 +70,25 @@ class Backbone(Extractor):
         """What this backbone contributes to each file's provenance (`vfe.output.provenance`)."""
         return {
             "model": f"{type(self).__module__}.{type(self).__qualname__}",
+            "options": self.options(),
             **self.weights_record(),
             "feature_dim": self.feature_dim,
             "preprocessing": self.input_spec.recipe(),
         }
+
+    def options(self) -> dict[str, Any]:
+        """The constructor arguments this backbone was built with (recorded in provenance, so
+        `vfe text` can rebuild it)."""
+        names = inspect.signature(type(self).__init__).parameters
+        # vfe's backbones keep each argument under its own name; others record what they keep.
+        return {name: getattr(self, name) for name in names if hasattr(self, name)}
+
+    def text_tower(self) -> "TextTower":
+        """The text side of an image-text backbone (`vfe text`), on the CPU in eval mode."""
+        raise VfeError(
+            f"{self.name} has no text encoder; vfe text needs features of an image-text "
+            "backbone (clip, open_clip)"
+        )
 
     @abstractmethod
     def encode(self, samples: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from vfe.backbones.weights import (
 )
 from vfe.data.input_spec import InputSpec
 from vfe.errors import VfeError
+from vfe.text.tower import TextTower
 
 # `clip` imports pkg_resources, which warns on every run; the pin setuptools<81 keeps it working.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
@@ -229,3 +230,10 @@ class CLIPBackbone(Backbone):
     def encode(self, samples: torch.Tensor) -> torch.Tensor:
         """`(B, 3, R, R)` normalised frames -> `(B, D)` image embeddings (not L2-normalised)."""
         return self.visual(samples)
+
+    def text_tower(self) -> TextTower:
+        """CLIP's text transformer from the same weights (the image run keeps only `visual`)."""
+        self.configure_model()  # the same checks and weights record as the features' run
+        model = load_clip(self.arch, self.weights)
+        tokenize = lambda queries: clip.tokenize(queries, truncate=True)  # noqa: E731
+        return TextTower(model, model.ln_final, tokenize, pad_token_id=0)

@@ -22,6 +22,7 @@ from vfe.backbones.weights import RANDOM, resolve_weights_file
 from vfe.data.input_spec import InputSpec, ResizeMode
 from vfe.errors import VfeError
 from vfe.output.provenance import sha256_of_file
+from vfe.text.tower import TextTower
 
 HF_HUB = "hf-hub:"
 LOCAL_DIR = "local-dir:"
@@ -259,3 +260,21 @@ class OpenCLIPBackbone(LoadedBackbone):
     def encode(self, samples: torch.Tensor) -> torch.Tensor:
         """`(B, 3, h, w)` normalised frames -> `(B, D)` image embeddings (not L2-normalised)."""
         return self.model.encode_image(samples, normalize=False)
+
+    def text_tower(self) -> TextTower:
+        """The model's own text tower and tokenizer (token states: its `ln_final` output)."""
+        self.configure_model()
+        text = getattr(self.model, "text", self.model)  # CustomTextCLIP keeps it in `text`
+        final_norm = getattr(text, "ln_final", None)
+        if final_norm is None:
+            raise VfeError(
+                f"{self.arch}'s text tower ({type(text).__name__}) has no final LayerNorm "
+                "whose token states vfe text could write"
+            )
+        try:
+            tokenizer = _open_clip().get_tokenizer(self.arch)
+        except (OSError, RuntimeError, ValueError) as error:
+            raise VfeError(f"the tokenizer of {self.arch} could not be loaded: {error}") from error
+        inner = getattr(tokenizer, "tokenizer", None)
+        pad_token_id = getattr(inner, "pad_token_id", None) or 0
+        return TextTower(self.model, final_norm, tokenizer, pad_token_id=pad_token_id)
