@@ -42,7 +42,7 @@ def test_every_file_records_how_it_was_made(
     assert record["model"] == "vfe.backbones.openai_clip.CLIPBackbone"
     assert record["arch"] == "custom"
     assert record["options"] == {
-        "arch": "custom", "weights": str(tiny_clip_file), "frames_per_clip": None
+        "arch": "custom", "weights": str(tiny_clip_file.resolve()), "frames_per_clip": None
     }  # fmt: skip
     assert record["weights"] == str(tiny_clip_file.resolve())
     assert record["weights_sha256"] == sha256_of_file(tiny_clip_file)

@@ -43,6 +43,17 @@ def vfe_text(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def test_a_relative_weights_path_is_recorded_absolute(
+    text_clip_file, video_dir, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(text_clip_file.parent)
+    extract(CLIPBackbone(arch="custom", weights=text_clip_file.name), video_dir, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    options = folder_model(tmp_path)["options"]
+    assert options["weights"] == str(text_clip_file.resolve())
+    build_text_tower(folder_model(tmp_path))  # found from another folder
+
+
 def test_query_files_hold_clips_token_states_and_encode_text(
     clip_features: Path, text_clip_file: Path, tmp_path: Path
 ):

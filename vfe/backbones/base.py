@@ -7,6 +7,7 @@ samples, the model encodes each sample, and the clip feature is the mean over it
 
 import inspect
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -81,7 +82,14 @@ class Backbone(Extractor):
         `vfe text` can rebuild it)."""
         names = inspect.signature(type(self).__init__).parameters
         # vfe's backbones keep each argument under its own name; others record what they keep.
-        return {name: getattr(self, name) for name in names if hasattr(self, name)}
+        options = {name: getattr(self, name) for name in names if hasattr(self, name)}
+        # A weights file given relative to the run's folder is found from anywhere later.
+        return {
+            name: str(Path(value).expanduser().resolve())
+            if isinstance(value, str) and Path(value).expanduser().is_file()
+            else value
+            for name, value in options.items()
+        }
 
     def text_tower(self) -> "TextTower":
         """The text side of an image-text backbone (`vfe text`), on the CPU in eval mode."""
