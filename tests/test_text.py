@@ -102,6 +102,10 @@ def test_plain_text_queries_are_numbered_from_zero(tmp_path: Path):
     path = tmp_path / "q.txt"
     path.write_text("first query\n\nsecond query\n")
     assert read_queries(path) == [("0", "first query"), ("2", "second query")]
+    repeated = tmp_path / "r.jsonl"
+    repeated.write_text('{"qid": 3, "query": "a"}\n{"qid": 3, "query": "b"}\n')
+    with pytest.raises(VfeError, match="repeats qid 3"):
+        read_queries(repeated)
 
 
 def test_mismatches_are_refused(

@@ -137,6 +137,7 @@ class OpenCLIPBackbone(LoadedBackbone):
         super().__init__(arch, weights)
         self.recipe = recipe
         self.frames_per_clip = frames_per_clip
+        self._feature_dim: int | None = None  # set by load()
 
     def load(self) -> tuple[nn.Module, InputSpec, dict[str, str]]:
         check_frames_per_clip(self.frames_per_clip)
@@ -152,7 +153,13 @@ class OpenCLIPBackbone(LoadedBackbone):
             "weights_sha256": RANDOM if random else sha256_of_file(weights_path),
         }
         spec = input_spec_of(model.visual.preprocess_cfg, self.frames_per_clip)
-        return model.float().eval(), spec, record
+        model = model.float().eval()
+        self._feature_dim = getattr(model.visual, "output_dim", None)
+        if self._feature_dim is None:  # timm towers (SigLIP, EVA) keep no output_dim: measure
+            with torch.no_grad():
+                probe = torch.zeros(1, 3, *spec.sample_size)
+                self._feature_dim = model.encode_image(probe).shape[-1]
+        return model, spec, record
 
     def _load_packaged(self, open_clip: ModuleType) -> tuple[nn.Module, Path | None]:
         """`hf-hub:` / `local-dir:`: open_clip reads model and recipe from the config there."""
@@ -249,13 +256,7 @@ class OpenCLIPBackbone(LoadedBackbone):
     @property
     def feature_dim(self) -> int:
         self.configure_model()
-        output_dim = getattr(self.model.visual, "output_dim", None)
-        if output_dim is None:  # timm towers (SigLIP, EVA) keep no output_dim: measure it
-            parameter = next(self.model.parameters())
-            probe = torch.zeros(1, 3, *self.input_spec.sample_size, dtype=parameter.dtype)
-            with torch.no_grad():
-                output_dim = self.encode(probe.to(parameter.device)).shape[-1]
-        return int(output_dim)
+        return int(self._feature_dim)
 
     def encode(self, samples: torch.Tensor) -> torch.Tensor:
         """`(B, 3, h, w)` normalised frames -> `(B, D)` image embeddings (not L2-normalised)."""

@@ -17,10 +17,9 @@ from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import LoadedBackbone
 from vfe.backbones.extras import check_frames_per_clip, import_extra
-from vfe.backbones.weights import RANDOM, resolve_weights_file
+from vfe.backbones.weights import RANDOM, resolve_weights_file, weights_record
 from vfe.data.input_spec import InputSpec, ResizeMode
 from vfe.errors import VfeError
-from vfe.output.provenance import sha256_of_file
 
 INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 CROP_MODES = {"center": ResizeMode.SHORTEST, "squash": ResizeMode.SQUASH}
@@ -156,13 +155,12 @@ class TimmBackbone(LoadedBackbone):
         return model.eval(), input_spec_of(config, self.frames_per_clip), record
 
     def _weights_source(self, model: nn.Module, weights_file: Path | None) -> dict[str, str]:
-        if self.weights == RANDOM:
-            return {"weights": RANDOM, "weights_sha256": RANDOM}
-        path = weights_file or cached_pretrained_file(model.pretrained_cfg)
-        if path is None:
-            raise VfeError(f"timm loaded {self.arch}'s weights from no file vfe can hash")
-        label = str(path.resolve()) if weights_file else f"official timm {self.arch} ({path})"
-        return {"weights": label, "weights_sha256": sha256_of_file(path)}
+        official = None
+        if self.weights is None:
+            official = cached_pretrained_file(model.pretrained_cfg)
+            if official is None:
+                raise VfeError(f"timm loaded {self.arch}'s weights from no file vfe can hash")
+        return weights_record(self.weights, f"timm {self.arch}", official or Path(), None)
 
     @property
     def feature_dim(self) -> int:

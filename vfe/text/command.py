@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import zipfile
+from collections import Counter
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,8 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
             queries.append((str(entry["qid"]), entry["query"]))
         else:
             queries.append((str(number - 1), line.strip()))
-    qids = [qid for qid, _ in queries]
-    duplicated = sorted({qid for qid in qids if qids.count(qid) > 1})
+    counts = Counter(qid for qid, _ in queries)
+    duplicated = sorted(qid for qid, count in counts.items() if count > 1)
     if duplicated:
         raise VfeError(f"--queries {str(path)!r} repeats qid {', '.join(duplicated[:5])}")
     if not queries:
