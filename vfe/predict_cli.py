@@ -54,6 +54,12 @@ VFE_FLAGS = (
     ),
     Flag("--clip_len", "clip length in seconds (default 2)", {"type": float, "default": 2.0}),
     Flag(
+        "--clip_stride",
+        "seconds from one clip's start to the next, dividing clip_len (overlapping clips); "
+        "default clip_len",
+        {"type": float | None, "default": None},
+    ),
+    Flag(
         "--batch_size",
         "samples per forward pass: frames (CLIP) or clips (SlowFast); default the backbone's",
         {"type": int | None, "default": None},
@@ -147,6 +153,7 @@ class VfeCLI(LightningCLI):
             ("input_dir", "data.input_dir"),
             ("output_dir", "data.output_dir"),
             ("clip_len", "data.clip_len"),
+            ("clip_stride", "data.clip_stride"),
             ("batch_size", "data.batch_size"),
             ("overwrite", "data.overwrite"),
         ):

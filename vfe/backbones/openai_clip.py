@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import Backbone
-from vfe.backbones.extras import check_frames_per_clip
+from vfe.backbones.extras import FramesPerClip, frames_of_clip
 from vfe.backbones.weights import (
     RANDOM,
     check_official_file,
@@ -153,13 +153,18 @@ class CLIPBackbone(Backbone):
             the architecture from the weights file.
         weights: a local checkpoint file, 'random', or unset for the official weights.
         frames_per_clip: encode N frames spread uniformly over each clip (PyTorchVideo's
-            rule) instead of every frame; the clip feature is their mean.
+            rule) instead of every frame, the clip feature being their mean; or 'middle': the
+            one frame on screen at the clip's middle, the one FFmpeg's `fps=1/clip_len`
+            picks (the released Moment-DETR/QVHighlights CLIP features).
     """
 
     name: ClassVar[str] = "clip"
 
     def __init__(
-        self, arch: str = "ViT-B/32", weights: str | None = None, frames_per_clip: int | None = None
+        self,
+        arch: str = "ViT-B/32",
+        weights: str | None = None,
+        frames_per_clip: FramesPerClip = None,
     ) -> None:
         super().__init__()
         self.arch = arch
@@ -178,7 +183,7 @@ class CLIPBackbone(Backbone):
     def configure_model(self) -> None:
         if self.visual is not None:
             return
-        check_frames_per_clip(self.frames_per_clip)
+        frames_of_clip(self.frames_per_clip)  # checked before the weights load
         # The text tower is never used; keeping only the image encoder halves the memory.
         self.visual = load_clip(self.arch, self.weights).visual
         # clip.load verifies the official file against the sha256 in its URL.
@@ -195,8 +200,10 @@ class CLIPBackbone(Backbone):
             ),
         }
         resolution = int(self.visual.input_resolution)
+        num_frames, sampling = frames_of_clip(self.frames_per_clip)
         self._input_spec = InputSpec(
-            frames_per_clip=self.frames_per_clip,
+            frames_per_clip=num_frames,
+            frame_sampling=sampling,
             resize_size=resolution,
             crop_size=resolution,
             interpolation=InterpolationMode.BICUBIC,

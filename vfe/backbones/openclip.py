@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import LoadedBackbone
-from vfe.backbones.extras import check_frames_per_clip, import_extra
+from vfe.backbones.extras import FramesPerClip, frames_of_clip, import_extra
 from vfe.backbones.weights import RANDOM, resolve_weights_file
 from vfe.data.input_spec import InputSpec, ResizeMode
 from vfe.errors import VfeError
@@ -85,7 +85,7 @@ def check_quick_gelu(arch: str, tag: str) -> None:
         )
 
 
-def input_spec_of(recipe: dict[str, Any], frames_per_clip: int | None) -> InputSpec:
+def input_spec_of(recipe: dict[str, Any], frames_per_clip: FramesPerClip) -> InputSpec:
     """open_clip's preprocess config -> InputSpec (PIL's resize is antialiased)."""
     mode = recipe["resize_mode"]
     if mode not in RESIZE_MODES or recipe["interpolation"] not in INTERPOLATIONS:
@@ -96,8 +96,10 @@ def input_spec_of(recipe: dict[str, Any], frames_per_clip: int | None) -> InputS
     size = recipe["size"]
     if not isinstance(size, int):  # open_clip gives the tower's (s, s) for a square input
         size = int(size[0]) if size[0] == size[1] else (int(size[0]), int(size[1]))
+    num_frames, sampling = frames_of_clip(frames_per_clip)
     return InputSpec(
-        frames_per_clip=frames_per_clip,
+        frames_per_clip=num_frames,
+        frame_sampling=sampling,
         resize_size=size,
         crop_size=size if RESIZE_MODES[mode] is ResizeMode.SHORTEST else None,
         interpolation=INTERPOLATIONS[recipe["interpolation"]],
@@ -122,7 +124,8 @@ class OpenCLIPBackbone(LoadedBackbone):
             the name's only tag, or the hf-hub repo's / local folder's weights.
         recipe: with a weights file, the pretrained tag whose preprocessing the weights were
             trained with (needed when the name's tags disagree).
-        frames_per_clip: encode N frames spread uniformly over each clip instead of every frame.
+        frames_per_clip: encode N frames spread uniformly over each clip instead of every frame,
+            or 'middle': the one frame on screen at the clip's middle (FFmpeg's fps filter).
     """
 
     name: ClassVar[str] = "open_clip"
@@ -132,7 +135,7 @@ class OpenCLIPBackbone(LoadedBackbone):
         arch: str = "ViT-B-16-SigLIP",
         weights: str | None = None,
         recipe: str | None = None,
-        frames_per_clip: int | None = None,
+        frames_per_clip: FramesPerClip = None,
     ) -> None:
         super().__init__(arch, weights)
         self.recipe = recipe
@@ -140,7 +143,7 @@ class OpenCLIPBackbone(LoadedBackbone):
         self._feature_dim: int | None = None  # set by load()
 
     def load(self) -> tuple[nn.Module, InputSpec, dict[str, str]]:
-        check_frames_per_clip(self.frames_per_clip)
+        frames_of_clip(self.frames_per_clip)  # checked before the weights load
         open_clip = _open_clip()
         if self.arch.startswith((HF_HUB, LOCAL_DIR)):
             model, weights_path = self._load_packaged(open_clip)

@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import LoadedBackbone
-from vfe.backbones.extras import check_frames_per_clip, import_extra
+from vfe.backbones.extras import FramesPerClip, frames_of_clip, import_extra
 from vfe.backbones.weights import RANDOM, resolve_weights_file, weights_record
 from vfe.data.input_spec import InputSpec, ResizeMode
 from vfe.errors import VfeError
@@ -30,7 +30,7 @@ def _timm() -> ModuleType:
     return import_extra("timm", "timm", "timm")
 
 
-def input_spec_of(config: dict[str, Any], frames_per_clip: int | None) -> InputSpec:
+def input_spec_of(config: dict[str, Any], frames_per_clip: FramesPerClip) -> InputSpec:
     """timm's eval data config -> InputSpec, as `transforms_imagenet_eval` resizes and crops:
     each side scaled to `floor(side / crop_pct)` (shortest side kept in ratio for 'center'),
     then the central `input_size`."""
@@ -44,8 +44,10 @@ def input_spec_of(config: dict[str, Any], frames_per_clip: int | None) -> InputS
     height, width = config["input_size"][1:]
     crop_pct = config.get("crop_pct") or 0.875  # timm's DEFAULT_CROP_PCT
     scaled = (math.floor(height / crop_pct), math.floor(width / crop_pct))
+    num_frames, sampling = frames_of_clip(frames_per_clip)
     return InputSpec(
-        frames_per_clip=frames_per_clip,
+        frames_per_clip=num_frames,
+        frame_sampling=sampling,
         resize_size=scaled[0] if scaled[0] == scaled[1] else scaled,
         crop_size=height if height == width else (height, width),
         interpolation=INTERPOLATIONS[interpolation],
@@ -86,7 +88,8 @@ class TimmBackbone(LoadedBackbone):
             (timm's Hugging Face cache; downloaded if absent).
         img_size: the input size `[height, width]` (or one int) for models that take one (ViTs,
             e.g. DINOv2 at 224 instead of 518); timm resamples the position embeddings.
-        frames_per_clip: encode N frames spread uniformly over each clip instead of every frame.
+        frames_per_clip: encode N frames spread uniformly over each clip instead of every frame,
+            or 'middle': the one frame on screen at the clip's middle (FFmpeg's fps filter).
     """
 
     name: ClassVar[str] = "timm"
@@ -96,7 +99,7 @@ class TimmBackbone(LoadedBackbone):
         arch: str = "vit_base_patch14_dinov2.lvd142m",
         weights: str | None = None,
         img_size: int | list[int] | None = None,
-        frames_per_clip: int | None = None,
+        frames_per_clip: FramesPerClip = None,
     ) -> None:
         super().__init__(arch, weights)
         self.img_size = img_size
@@ -117,7 +120,7 @@ class TimmBackbone(LoadedBackbone):
         raise VfeError(f"--model.img_size must be a positive int or [height, width], got {size!r}")
 
     def load(self) -> tuple[nn.Module, InputSpec, dict[str, str]]:
-        check_frames_per_clip(self.frames_per_clip)
+        frames_of_clip(self.frames_per_clip)  # checked before the weights load
         timm = _timm()
         image_size = self._image_size()
         if not timm.is_model(self.arch):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from vfe.data.clip_grid import GRID_VERSION, clip_length_fraction
+from vfe.data.clip_grid import GRID_VERSION, TAIL_RULES, clip_length_fraction, stride_phases
 from vfe.data.dataset import VideoClipDataset
 from vfe.data.input_spec import InputSpec
 from vfe.data.paths import VideoEntry, check_output_dir, find_videos, model_output_dirs
@@ -110,6 +110,12 @@ class VideoDataModule(LightningDataModule):
             a failure.
         min_segment_seconds: a long video is split into segments decoded by several workers
             (pyav only) so that all workers get equal shares; no segment is shorter than this.
+        clip_stride: seconds from one clip's start to the next (overlapping clips); it must
+            divide clip_len. Default: clip_len (the contract's grid). With a stride, videos are
+            not split into segments.
+        tail: "keep" (every clip of the grid) or "round": no clip whose middle is after the
+            video's end, as FFmpeg's `fps=1/clip_len` counts rows (10.5 s -> 5 two-second
+            clips), for features to mix with Moment-DETR's/HERO's released ones.
     """
 
     def __init__(
@@ -125,10 +131,18 @@ class VideoDataModule(LightningDataModule):
         decode_threads: int | None = None,
         min_segment_seconds: float = 30.0,
         allow_concealed_errors: bool = False,
+        clip_stride: float | None = None,
+        tail: str = "keep",
     ) -> None:
         super().__init__()
         if not (math.isfinite(clip_len) and clip_len > 0):
             raise VfeError(f"--clip_len must be a positive number of seconds, got {clip_len}")
+        if clip_stride is not None:
+            stride_phases(clip_length_fraction(clip_len), clip_length_fraction(clip_stride))
+        if tail not in TAIL_RULES:
+            raise VfeError(
+                f"--data.tail {tail!r} is not allowed; choose one of {', '.join(TAIL_RULES)}"
+            )
         if batch_size is not None and batch_size < 1:
             raise VfeError(f"--batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:
@@ -161,6 +175,9 @@ class VideoDataModule(LightningDataModule):
         self.decode_threads = decode_threads  # None: sized per node once the ranks are known
         self.allow_concealed_errors = allow_concealed_errors
         self.min_segment_seconds = min_segment_seconds
+        # The contract's grid is recorded as no stride, whichever way it was asked for.
+        self.clip_stride = None if clip_stride == clip_len else clip_stride
+        self.tail = tail
         self.plan: PlannedRun | None = None  # decided at the start of predict (`plan_run`)
 
     def setup(self, stage: str) -> None:
@@ -182,6 +199,8 @@ class VideoDataModule(LightningDataModule):
             "decoder": self.decoder,
             "decoder_version": decoder_version(self.decoder),
             "allow_concealed_errors": self.allow_concealed_errors,
+            "clip_stride": self.clip_stride,
+            "tail": self.tail,
         }
 
     def plan_run(self) -> PlannedRun:
@@ -232,7 +251,8 @@ class VideoDataModule(LightningDataModule):
         worker (`vfe.data.work_plan`)."""
         sizes = [video.size_bytes for video in videos]
         duration_of = None
-        if supports_segments(self.decoder):
+        # A stride's clips overlap segment boundaries: its videos are decoded whole.
+        if supports_segments(self.decoder) and self.clip_stride is None:
             bad_file = file_errors(self.decoder)
 
             def duration_of(video_index: int) -> float | None:
@@ -283,6 +303,8 @@ class VideoDataModule(LightningDataModule):
             decode_threads=self.resolved_decode_threads(),
             video_models=plan.video_models,
             allow_concealed_errors=self.allow_concealed_errors,
+            clip_stride_seconds=self.clip_stride,
+            tail=self.tail,
         )
         return DataLoader(
             dataset,

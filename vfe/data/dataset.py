@@ -14,16 +14,18 @@ its last samples; the writer reassembles them per backbone and video.
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vfe.data.batching import BatchBuilder
-from vfe.data.clip_grid import ClipAssigner, clip_length_fraction
-from vfe.data.input_spec import InputSpec
+from vfe.data.clip_grid import ClipAssigner, clip_length_fraction, stride_phases
+from vfe.data.input_spec import FrameSampling, InputSpec
 from vfe.data.paths import VideoEntry, video_fingerprint
 from vfe.data.records import Batch, SegmentEnd, VideoFailure, VideoStart, VideoTail
-from vfe.data.samples import ClipSamples, Emitter, ImageSamples, hold_clips
+from vfe.data.samples import ClipSamples, Emitter, ImageSamples, MiddleFrameSamples, hold_clips
 from vfe.data.transforms import resize_and_center_crop
 from vfe.data.work_plan import WorkItem, split_over_workers
 from vfe.decoding.video import DEFAULT_DECODER, DecodeError, Frame, file_errors, open_video
@@ -44,6 +46,15 @@ class _FileError(Exception):
         self.stage = stage
 
 
+@dataclass
+class _Grid:
+    """One grid of clips being filled: the whole grid, or one phase of a stride."""
+
+    origin_seconds: Fraction  # where its clip 0 starts
+    assigner: ClipAssigner
+    emitters: list[Emitter]
+
+
 class VideoClipDataset(IterableDataset):
     """Yields ready batches (the DataLoader runs with `batch_size=None`); see the module doc.
 
@@ -56,6 +67,10 @@ class VideoClipDataset(IterableDataset):
             default: all.
         allow_concealed_errors: write videos whose decoder reported (and concealed) errors in
             the data, recording the count; by default such a video is a failure.
+        clip_stride_seconds: start a clip every S seconds (S divides clip_len; overlapping
+            clips); None: every clip_len seconds. Needs whole videos as work items.
+        tail: "keep" every clip of the grid, or "round": drop a last clip whose middle is
+            after the video's end (`vfe.data.clip_grid`).
     """
 
     def __init__(
@@ -70,6 +85,8 @@ class VideoClipDataset(IterableDataset):
         decode_threads: int = 1,
         video_models: list[tuple[str, ...]] | None = None,
         allow_concealed_errors: bool = False,
+        clip_stride_seconds: float | None = None,
+        tail: str = "keep",
     ) -> None:
         self.videos = videos
         self.specs = specs
@@ -82,6 +99,14 @@ class VideoClipDataset(IterableDataset):
         self.decode_threads = decode_threads
         self.video_models = video_models
         self.allow_concealed_errors = allow_concealed_errors
+        self.clip_stride_seconds = clip_stride_seconds
+        self.clip_stride = (
+            self.clip_len
+            if clip_stride_seconds is None
+            else clip_length_fraction(clip_stride_seconds)
+        )
+        self.phases = stride_phases(self.clip_len, self.clip_stride)
+        self.tail = tail
 
     def worker_items(self) -> list[WorkItem]:
         """This DataLoader worker's work items."""
@@ -149,14 +174,21 @@ class VideoClipDataset(IterableDataset):
         )
         builder.decode_seconds += time.perf_counter() - started
         start_seconds = item.first_clip * self.clip_len
-        assigner = ClipAssigner(self.clip_len, item.first_clip)
-        emitters = [self._emitter(builder, name, item) for name in models]
+        # One grid per phase of a stride (`vfe.data.clip_grid`); one grid without a stride.
+        grids = [
+            _Grid(
+                origin_seconds=phase * self.clip_stride,
+                assigner=ClipAssigner(self.clip_len, item.first_clip, late_start=phase > 0),
+                emitters=[self._emitter(builder, name, item, phase) for name in models],
+            )
+            for phase in range(self.phases)
+        ]
         # Clips held by one frame across a timestamp gap go out in pieces of at most a batch.
         piece_size = min(self.batch_sizes[name] for name in models)
         frames = video.frames(start_seconds)
         num_frames, last, reached_end = 0, None, True
         bytes_origin, bytes_reported = None, 0  # progress through this item's share of the file
-        while True:
+        while reached_end:
             started = time.perf_counter()
             try:
                 frame = next(frames, None)
@@ -165,21 +197,27 @@ class VideoClipDataset(IterableDataset):
             builder.decode_seconds += time.perf_counter() - started
             if frame is None:
                 break
-            if frame.time_seconds < start_seconds:  # decoded only to reach the segment
-                for emitter in emitters:
-                    emitter.previous = frame
-                continue
-            clip_index, held = assigner.add(frame.time_seconds)
-            if item.end_clip is not None and clip_index >= item.end_clip:
-                yield from hold_clips(
-                    emitters, builder, range(held.start, item.end_clip), piece_size
-                )
-                reached_end = False
-                frames.close()
+            for grid in grids:
+                grid_seconds = frame.time_seconds - grid.origin_seconds
+                if grid_seconds < start_seconds:  # before this grid's (or segment's) start
+                    for emitter in grid.emitters:
+                        emitter.previous = frame
+                    continue
+                clip_index, held = grid.assigner.add(grid_seconds)
+                if item.end_clip is not None and clip_index >= item.end_clip:
+                    yield from hold_clips(
+                        grid.emitters, builder, range(held.start, item.end_clip), piece_size
+                    )
+                    reached_end = False
+                    frames.close()
+                    break
+                yield from hold_clips(grid.emitters, builder, held, piece_size)
+                for emitter in grid.emitters:
+                    emitter.add(frame, clip_index)
+            if not reached_end:
                 break
-            yield from hold_clips(emitters, builder, held, piece_size)
-            for emitter in emitters:
-                emitter.add(frame, clip_index)
+            if frame.time_seconds < start_seconds:  # decoded only to reach the segment
+                continue
             num_frames, last = num_frames + 1, frame
             if bytes_origin is None:
                 bytes_origin = video.bytes_read
@@ -200,35 +238,45 @@ class VideoClipDataset(IterableDataset):
                     "videos"
                 ),
             )
-        for emitter in emitters:
-            emitter.finish()
+        num_samples = dict.fromkeys(models, 0)
+        for grid in grids:
+            for emitter in grid.emitters:
+                emitter.finish()
+                num_samples[emitter.model] += emitter.num_samples
         builder.add_decoded_bytes(item.size_bytes - bytes_reported)
         tail = None
         if reached_end and last is not None:
-            tail = VideoTail(assigner.num_clips, last.time_seconds + last.duration_seconds)
+            num_clips = sum(grid.assigner.num_clips for grid in grids)
+            tail = VideoTail(num_clips, last.time_seconds + last.duration_seconds)
         builder.add_end(
             SegmentEnd(
                 index=item.video_index,
                 first_clip=item.first_clip,
-                num_samples={emitter.model: emitter.num_samples for emitter in emitters},
+                num_samples=num_samples,
                 num_frames=num_frames,
                 clip_length=self.clip_len_seconds,
                 decode_errors=video.decode_errors,
                 last=tail,
+                clip_stride=self.clip_stride_seconds,
+                tail=self.tail,
             )
         )
         while builder.full():
             yield builder.pop()
 
-    def _emitter(self, builder: BatchBuilder, model: str, item: WorkItem) -> Emitter:
+    def _emitter(self, builder: BatchBuilder, model: str, item: WorkItem, phase: int) -> Emitter:
         spec = self.specs[model]
 
         def convert(frames: list[Frame]) -> torch.Tensor:
             return self.to_samples(builder, spec, frames)
 
+        video, phases = item.video_index, self.phases
         if spec.frames_per_clip is None:
-            return ImageSamples(builder, model, item.video_index, convert, self.batch_sizes[model])
-        return ClipSamples(builder, model, item.video_index, convert, spec, item.first_clip)
+            chunk = self.batch_sizes[model]
+            return ImageSamples(builder, model, video, convert, chunk, phases, phase)
+        if spec.frame_sampling is FrameSampling.MIDDLE:
+            return MiddleFrameSamples(builder, model, video, convert, self.clip_len, phases, phase)
+        return ClipSamples(builder, model, video, convert, spec, item.first_clip, phases, phase)
 
     def to_samples(
         self, builder: BatchBuilder, spec: InputSpec, frames: list[Frame]

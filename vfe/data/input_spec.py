@@ -17,6 +17,15 @@ class ResizeMode(StrEnum):
     SQUASH = "squash"  # scale each side to the target, aspect ratio not kept
 
 
+class FrameSampling(StrEnum):
+    """Which frames of a clip a backbone gets when it asks for `frames_per_clip` of them."""
+
+    UNIFORM = "uniform"  # spread evenly, first and last included (PyTorchVideo's rule)
+    # One frame: the one on screen just before the clip's middle, the frame FFmpeg's
+    # `fps=1/clip_len` filter outputs for the clip (the released Moment-DETR/HERO CLIP features).
+    MIDDLE = "middle"
+
+
 Size = int | tuple[int, int]
 
 
@@ -30,6 +39,8 @@ class InputSpec:
 
     frames_per_clip: None: every frame of the clip; N: N frames spread uniformly over the clip
         (PyTorchVideo's `UniformTemporalSubsample` rule).
+    frame_sampling: MIDDLE (with frames_per_clip 1): the frame on screen at the clip's middle,
+        as FFmpeg's fps filter picks it, instead of the clip's first frame.
     resize_size, resize_mode: SHORTEST with an int S scales the short side to S and the long
         side to `int(long * S / short)` (torchvision's `Resize(S)`); SHORTEST with `(h, w)`
         scales by the smaller of `H / h`, `W / w`, rounding (timm's and open_clip's
@@ -55,8 +66,11 @@ class InputSpec:
     default_batch_size: int
     stack_frames: bool = False
     resize_mode: ResizeMode = ResizeMode.SHORTEST
+    frame_sampling: FrameSampling = FrameSampling.UNIFORM
 
     def __post_init__(self) -> None:
+        if self.frame_sampling is FrameSampling.MIDDLE and self.frames_per_clip != 1:
+            raise ValueError("middle frame sampling takes one frame per clip")
         if self.stack_frames and self.frames_per_clip is None:
             raise ValueError("stack_frames needs frames_per_clip")
         if self.crop_size is None and self.resize_mode is not ResizeMode.SQUASH:
@@ -92,8 +106,13 @@ class InputSpec:
                 "resize_size": list(as_height_width(self.resize_size)),
             }
         crop = self.crop_size
+        # Recorded only when not uniform, so files made before the option existed still match.
+        sampling = {}
+        if self.frame_sampling is not FrameSampling.UNIFORM:
+            sampling = {"frame_sampling": self.frame_sampling.value}
         return {
             "frames_per_clip": self.frames_per_clip,
+            **sampling,
             **resize,
             "crop_size": crop if crop is None or isinstance(crop, int) else list(crop),
             "interpolation": self.interpolation.value,

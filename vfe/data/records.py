@@ -44,6 +44,8 @@ class SegmentEnd:
     clip_length: float  # seconds, as the user gave it
     decode_errors: int = 0  # errors the decoder concealed (only where allowed)
     last: VideoTail | None = None  # for the segment that reached the end of the file
+    clip_stride: float | None = None  # seconds between clip starts; None: clip_length
+    tail: str = "keep"  # the tail rule (`vfe.data.clip_grid.TAIL_RULES`)
 
 
 @dataclass

@@ -38,15 +38,32 @@ def hold_clips(
 
 
 class Emitter:
-    """Turns one backbone's frames into samples for the batch builder."""
+    """Turns one backbone's frames into samples for the batch builder.
+
+    With a stride the video has `phases` interleaved grids (`vfe.data.clip_grid`); an emitter
+    serves one of them, `phase`, and numbers its clip m as the video's clip m*phases + phase.
+    """
 
     def __init__(
-        self, builder: BatchBuilder, model: str, video_index: int, convert: Convert
+        self,
+        builder: BatchBuilder,
+        model: str,
+        video_index: int,
+        convert: Convert,
+        phases: int = 1,
+        phase: int = 0,
     ) -> None:
         self.builder, self.model, self.video_index = builder, model, video_index
         self.convert = convert
+        self.phases, self.phase = phases, phase
         self.num_samples = 0
         self.previous: Frame | None = None  # the frame on screen: it holds empty windows
+
+    def send(self, samples: torch.Tensor, clips: list[int]) -> None:
+        """Hand samples of this grid's clips `clips` to the batch builder."""
+        numbers = [clip * self.phases + self.phase for clip in clips]
+        self.builder.add_samples(self.model, samples, self.video_index, numbers)
+        self.num_samples += len(numbers)
 
     def samples_of(self, items: list["Frame | torch.Tensor"]) -> torch.Tensor:
         """`(N, C, h, w)` samples of frames (converted, each distinct frame of the call once: a
@@ -85,8 +102,10 @@ class ImageSamples(Emitter):
         video_index: int,
         convert: Convert,
         chunk_size: int,
+        phases: int = 1,
+        phase: int = 0,
     ) -> None:
-        super().__init__(builder, model, video_index, convert)
+        super().__init__(builder, model, video_index, convert, phases, phase)
         self.chunk_size = chunk_size
         self._pending: list[tuple[int, Frame]] = []
 
@@ -107,8 +126,7 @@ class ImageSamples(Emitter):
             return
         clips = [clip_index for clip_index, _ in self._pending]
         pixels = self.samples_of([frame for _, frame in self._pending])
-        self.builder.add_samples(self.model, pixels, self.video_index, clips)
-        self.num_samples += len(clips)
+        self.send(pixels, clips)
         self._pending = []
 
 
@@ -126,8 +144,10 @@ class ClipSamples(Emitter):
         convert: Convert,
         spec: InputSpec,
         first_clip: int = 0,
+        phases: int = 1,
+        phase: int = 0,
     ) -> None:
-        super().__init__(builder, model, video_index, convert)
+        super().__init__(builder, model, video_index, convert, phases, phase)
         self.spec = spec
         self._clip_index = first_clip
         self._items: list[Frame | torch.Tensor] = []
@@ -175,5 +195,49 @@ class ClipSamples(Emitter):
         samples = images[[row_of[i] for i in picks]]
         if self.spec.stack_frames:
             samples = samples.permute(1, 0, 2, 3).unsqueeze(0).contiguous()
-        self.builder.add_samples(self.model, samples, self.video_index, [clip_index] * len(samples))
-        self.num_samples += len(samples)
+        self.send(samples, [clip_index] * len(samples))
+
+
+class MiddleFrameSamples(Emitter):
+    """One `(C, H, W)` sample per clip: the frame on screen just before the clip's middle
+    (the last frame starting before it, possibly one of the clip before), which is the frame
+    FFmpeg's `fps=1/clip_len` filter outputs for the clip (it rounds frame times to the
+    nearest output time). Only the current pick is held, never the clip's frames."""
+
+    def __init__(
+        self,
+        builder: BatchBuilder,
+        model: str,
+        video_index: int,
+        convert: Convert,
+        clip_len: Fraction,
+        phases: int = 1,
+        phase: int = 0,
+    ) -> None:
+        super().__init__(builder, model, video_index, convert, phases, phase)
+        self.clip_len = clip_len
+        self._clip_index: int | None = None
+        self._pick: Frame | None = None
+
+    def add(self, frame: Frame, clip_index: int) -> None:
+        if clip_index != self._clip_index:
+            self.finish()
+            self._clip_index, self._pick = clip_index, self.previous
+        # This grid starts at phase * stride = phase * L / phases.
+        middle = (clip_index + Fraction(1, 2) + Fraction(self.phase, self.phases)) * self.clip_len
+        if self._pick is None or frame.time_seconds < middle:
+            self._pick = frame
+        self.previous = frame
+
+    def hold(self, clips: range) -> None:
+        """Clips without a frame of their own show the previous frame throughout."""
+        if not clips:
+            return
+        self.finish()
+        sample = self.samples_of([self.previous])
+        self.send(sample.expand(len(clips), *sample.shape[1:]).contiguous(), list(clips))
+
+    def finish(self) -> None:
+        if self._clip_index is not None and self._pick is not None:
+            self.send(self.samples_of([self._pick]), [self._clip_index])
+        self._clip_index, self._pick = None, None

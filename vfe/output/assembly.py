@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vfe.data.clip_grid import clip_length_fraction, clip_windows
+from vfe.data.clip_grid import clip_length_fraction, clip_windows, clips_kept
 from vfe.data.records import SegmentEnd, VideoStart
 
 
@@ -124,13 +124,16 @@ class ClipFeatureAssembler:
             raise RuntimeError(f"video {video_index}: samples beyond its {num_clips} clips")
         if len(counts) < num_clips or not counts.all():
             raise RuntimeError(f"video {video_index}: clips without samples: {counts.tolist()}")
-        means = pending.feature_sums[:num_clips] / counts[:, None]
-        clip_length = pending.ends[0].clip_length
-        windows = clip_windows(num_clips, clip_length_fraction(clip_length), duration)
+        end = pending.ends[0]
+        clip_length = clip_length_fraction(end.clip_length)
+        stride = None if end.clip_stride is None else clip_length_fraction(end.clip_stride)
+        num_clips = clips_kept(num_clips, clip_length, duration, end.tail, stride)
+        means = pending.feature_sums[:num_clips] / counts[:num_clips, None]
+        windows = clip_windows(num_clips, clip_length, duration, stride)
         arrays = {
             "features": means.astype(np.float32),
             "fps": np.float64(float(num_frames / duration) if duration else np.nan),
-            "clip_length": np.float64(clip_length),
+            "clip_length": np.float64(end.clip_length),
             "timestamps": windows,
         }
         decode_errors = sum(end.decode_errors for end in pending.ends)

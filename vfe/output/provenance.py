@@ -27,10 +27,14 @@ DETERMINING_SETTINGS = (
     "weights_sha256",
     "preprocessing",
     "clip_length",
+    "clip_stride",
+    "tail",
     "grid_version",
     "decoder",
     "precision",
 )
+# What files made before a setting was recorded were made with.
+SETTINGS_BEFORE_RECORDED = {"clip_stride": None, "tail": "keep"}
 LIBRARIES = (
     "vfe",
     "torch",
@@ -113,6 +117,7 @@ def first_difference(
     The video is the same if its size and modification time are; if only the time differs (a
     copied or touched dataset), its bytes are compared by fingerprint.
     """
+    existing = {**SETTINGS_BEFORE_RECORDED, **existing}
     for key in DETERMINING_SETTINGS:
         if existing.get(key) != wanted.get(key):
             return f"{key}: {existing.get(key)!r} in the file, {wanted.get(key)!r} now"
