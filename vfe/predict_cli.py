@@ -48,9 +48,19 @@ VFE_FLAGS = (
         {"type": Path, "default": Path("raw_videos")},
     ),
     Flag(
+        "--input_list",
+        "a list of videos instead: .txt (a path per line, optionally TAB id) or .csv (path, id)",
+        {"type": Path | None, "default": None},
+    ),
+    Flag(
         "--output_dir",
         "where the .npz files go (default: features/<model>/)",
         {"type": Path | None, "default": None},
+    ),
+    Flag(
+        "--layout",
+        "tree: outputs mirror the input folders; flat: <output_dir>/<file name or id>.npz",
+        {"type": str, "default": "tree"},
     ),
     Flag("--clip_len", "clip length in seconds (default 2)", {"type": float, "default": 2.0}),
     Flag(
@@ -151,6 +161,8 @@ class VfeCLI(LightningCLI):
             parser.add_argument(flag.name, help=flag.help, **flag.options)
         for source, target in (
             ("input_dir", "data.input_dir"),
+            ("input_list", "data.input_list"),
+            ("layout", "data.layout"),
             ("output_dir", "data.output_dir"),
             ("clip_len", "data.clip_len"),
             ("clip_stride", "data.clip_stride"),

@@ -15,7 +15,15 @@ from torch.utils.data import DataLoader
 from vfe.data.clip_grid import GRID_VERSION, TAIL_RULES, clip_length_fraction, stride_phases
 from vfe.data.dataset import VideoClipDataset
 from vfe.data.input_spec import InputSpec
-from vfe.data.paths import VideoEntry, check_output_dir, find_videos, model_output_dirs
+from vfe.data.paths import (
+    LAYOUTS,
+    VideoEntry,
+    check_output_dir,
+    find_videos,
+    flat_layout,
+    model_output_dirs,
+    read_video_list,
+)
 from vfe.data.work_plan import PlannedRun, WorkItem, assign_ranks, split_over_workers
 from vfe.decoding.video import (
     DEFAULT_DECODER,
@@ -30,6 +38,15 @@ from vfe.messages import say
 from vfe.output.provenance import run_provenance
 from vfe.output.resume import plan_run
 from vfe.output.stopping import STOP_SIGNALS
+
+DEFAULT_INPUT_DIR = Path("raw_videos")
+
+
+def list_videos(input_dir: Path, input_list: Path | None, layout: str) -> list[VideoEntry]:
+    """The run's videos: from the list file if given, else found under the folder; in the
+    flat layout, named by file name (ids from a list keep their names)."""
+    videos = read_video_list(input_list) if input_list is not None else find_videos(input_dir)
+    return flat_layout(videos) if layout == "flat" else videos
 
 
 def default_decode_threads(num_workers: int, processes_on_node: int = 1) -> int:
@@ -90,6 +107,11 @@ class VideoDataModule(LightningDataModule):
 
     Args:
         input_dir: folder searched recursively for videos.
+        input_list: a list of videos instead (.txt: a path per line, optionally a tab and an
+            id; .csv: columns `path` and optionally `id`), relative to the list's folder; a
+            video with an id writes `<id>.npz`.
+        layout: "tree": outputs mirror the input folders; "flat": every output directly in
+            the output folder, named by the video's file name (`{vid}.npz`).
         output_dir: where .npz files go (default `features/<model name>/`); videos whose .npz
             exists are skipped unless `overwrite`.
         clip_len: clip length in seconds.
@@ -120,7 +142,7 @@ class VideoDataModule(LightningDataModule):
 
     def __init__(
         self,
-        input_dir: Path = Path("raw_videos"),
+        input_dir: Path = DEFAULT_INPUT_DIR,
         output_dir: Path | None = None,
         clip_len: float = 2.0,
         batch_size: int | None = None,
@@ -133,6 +155,8 @@ class VideoDataModule(LightningDataModule):
         allow_concealed_errors: bool = False,
         clip_stride: float | None = None,
         tail: str = "keep",
+        input_list: Path | None = None,
+        layout: str = "tree",
     ) -> None:
         super().__init__()
         if not (math.isfinite(clip_len) and clip_len > 0):
@@ -162,9 +186,23 @@ class VideoDataModule(LightningDataModule):
                 "--data.decode_device cuda decodes in the main process (CUDA cannot run in "
                 f"forked DataLoader workers): set --data.num_workers 0, not {num_workers}"
             )
-        if not Path(input_dir).is_dir():
+        if layout not in LAYOUTS:
+            raise VfeError(
+                f"--layout {layout!r} is not allowed; choose one of {', '.join(LAYOUTS)}"
+            )
+        if input_list is not None:
+            if Path(input_dir) != DEFAULT_INPUT_DIR:
+                raise VfeError(
+                    f"--input_dir {str(input_dir)!r} and --input_list {str(input_list)!r}: give "
+                    "one of them"
+                )
+            if not Path(input_list).is_file():
+                raise VfeError(f"--input_list {str(input_list)!r} is not a file")
+        elif not Path(input_dir).is_dir():
             raise VfeError(f"--input_dir {str(input_dir)!r} is not a folder")
         self.input_dir = Path(input_dir)
+        self.input_list = None if input_list is None else Path(input_list)
+        self.layout = layout
         self.output_dir = output_dir
         self.clip_len = clip_len
         self.batch_size = batch_size
@@ -203,6 +241,12 @@ class VideoDataModule(LightningDataModule):
             "tail": self.tail,
         }
 
+    def source(self) -> str:
+        """Where the videos come from, for messages."""
+        if self.input_list is not None:
+            return f"in {self.input_list}"
+        return f"under {self.input_dir}"
+
     def plan_run(self) -> PlannedRun:
         """Decide what this run does, once, before any decoding: which videos (and for which
         backbones), which rank and worker decodes what, and the run's id.
@@ -222,7 +266,8 @@ class VideoDataModule(LightningDataModule):
                 name: run_provenance(member, settings, trainer.precision)
                 for name, member in model.members().items()
             }
-            listing = plan_run(find_videos(self.input_dir), output_dirs, self.overwrite, wanted)
+            videos = list_videos(self.input_dir, self.input_list, self.layout)
+            listing = plan_run(videos, output_dirs, self.overwrite, wanted)
             listing.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         listing = trainer.strategy.broadcast(listing, src=0)
         if listing.problem:  # raised on every rank, so none waits for the others
@@ -232,7 +277,7 @@ class VideoDataModule(LightningDataModule):
             skipped = listing.num_skipped[name]
             label = f"{name}: " if len(output_dirs) > 1 else ""
             say(
-                f"{label}{to_do + skipped} videos under {self.input_dir}, {skipped} already "
+                f"{label}{to_do + skipped} videos {self.source()}, {skipped} already "
                 f"done (skipped), {to_do} to extract -> {output_dir}"
             )
         sizes = [video.size_bytes for video in listing.todo]

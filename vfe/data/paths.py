@@ -1,7 +1,9 @@
 """Where inputs are found, how a video is recognised again, and where each video's output goes."""
 
+import csv
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,27 +112,118 @@ def find_videos(input_dir: Path) -> list[VideoEntry]:
     for path in sorted(_walk(input_dir)):
         if path.suffix.lower() not in VIDEO_EXTENSIONS:
             continue
-        relative = path.relative_to(input_dir).as_posix()
-        if not path.exists():  # a broken link: listed so that the run reports it
-            entries.append(VideoEntry(path.absolute(), relative, 0, 0))
-        elif path.is_file():
-            stat = path.stat()
-            entries.append(VideoEntry(path.absolute(), relative, stat.st_size, stat.st_mtime_ns))
+        if not path.exists() or path.is_file():  # a broken link is listed: the run reports it
+            entries.append(_entry(path, path.relative_to(input_dir).as_posix()))
     if not entries:
         raise VfeError(
             f"--input_dir {str(input_dir)!r} holds no videos (looked recursively for "
             f"{', '.join(sorted(VIDEO_EXTENSIONS))})"
         )
+    check_distinct_outputs(entries)
+    return entries
+
+
+def check_distinct_outputs(entries: list[VideoEntry], full_paths: bool = False) -> None:
+    """Two videos that would write the same .npz (`a.mp4` and `a.mkv` side by side, or one id
+    given twice) are an error: one would silently overwrite the other. The message names
+    them as listed, or by `full_paths`."""
     by_output: dict[str, list[str]] = {}
     for entry in entries:
-        by_output.setdefault(Path(entry.relative_path).with_suffix("").as_posix(), []).append(
-            entry.relative_path
-        )
+        key = Path(entry.relative_path).with_suffix("").as_posix()
+        listed_as = not full_paths and entry.path.as_posix().endswith("/" + entry.relative_path)
+        by_output.setdefault(key, []).append(entry.relative_path if listed_as else str(entry.path))
     clashes = [names for names in by_output.values() if len(names) > 1]
     if clashes:
         listed = "; ".join(" and ".join(names) for names in clashes[:5])
         raise VfeError(
             f"{len(clashes)} group(s) of videos would write the same .npz ({listed}); "
-            "rename or move them apart"
+            "rename or move them apart, or give each an id (--input_list)"
         )
+
+
+def _entry(path: Path, name: str) -> VideoEntry:
+    """`name`: where the video's output goes, as a path whose extension .npz replaces."""
+    if not path.exists():  # a broken link or a missing file: listed so that the run reports it
+        return VideoEntry(path.absolute(), name, 0, 0)
+    stat = path.stat()
+    return VideoEntry(path.absolute(), name, stat.st_size, stat.st_mtime_ns)
+
+
+# Ids name files: letters, digits and `_-.=+,@`, not starting with a dot.
+_ID = re.compile(r"[A-Za-z0-9_\-=+,@][A-Za-z0-9_.\-=+,@]*")
+LIST_COLUMNS = ("path", "id")
+
+
+def read_video_list(list_file: Path) -> list[VideoEntry]:
+    """The videos of a list file, in its order: a .csv with a `path` column and optionally an
+    `id` column, or a text file with one path per line, optionally followed by a tab and an
+    id. Relative paths are relative to the list file's folder; blank lines and lines starting
+    with `#` are skipped. A video with an id writes `<id>.npz` (the flat layout
+    Moment-DETR-style loaders look up); without one, the path as listed (relative) or the file
+    name (absolute) names its output."""
+    list_file = Path(list_file)
+    try:
+        text = list_file.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise VfeError(f"--input_list {str(list_file)!r} cannot be read: {error}") from error
+    rows: list[tuple[int, str, str | None]] = []  # (line, path, id)
+    if list_file.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if "path" not in (reader.fieldnames or []):
+            raise VfeError(
+                f"--input_list {str(list_file)!r}: a .csv needs a 'path' column (and may have "
+                f"an 'id' column); its columns are {reader.fieldnames}"
+            )
+        for number, row in enumerate(reader, start=2):
+            rows.append(
+                (number, (row["path"] or "").strip(), (row.get("id") or "").strip() or None)
+            )
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            path, video_id = _split_line(line)
+            rows.append((number, path, video_id))
+    entries = []
+    for number, path_text, video_id in rows:
+        where = f"--input_list {str(list_file)!r} line {number}"
+        if not path_text:
+            raise VfeError(f"{where}: no path")
+        path = Path(path_text)
+        if not path.is_absolute():
+            path = list_file.parent / path
+        if video_id is not None:
+            if not _ID.fullmatch(video_id):
+                raise VfeError(
+                    f"{where}: id {video_id!r} cannot name a file (letters, digits and _-.=+,@, "
+                    "not starting with a dot)"
+                )
+            name = video_id + (path.suffix or ".video")
+        elif Path(path_text).is_absolute() or ".." in Path(path_text).parts:
+            name = path.name
+        else:
+            name = Path(path_text).as_posix()
+        entries.append(_entry(path, name))
+    if not entries:
+        raise VfeError(f"--input_list {str(list_file)!r} lists no videos")
+    check_distinct_outputs(entries)
     return entries
+
+
+def _split_line(line: str) -> tuple[str, str | None]:
+    """`path` or `path<TAB>id` -> (path, id or None); a comma may be part of a file name."""
+    path, _, video_id = line.partition("\t")
+    return path.strip(), video_id.strip() or None
+
+
+LAYOUTS = ("tree", "flat")
+
+
+def flat_layout(entries: list[VideoEntry]) -> list[VideoEntry]:
+    """Every output directly in the output folder, named by the video's file name (its id):
+    `a/b/x.mp4` -> `x.npz`. Two videos of one name are an error."""
+    flat = [
+        VideoEntry(e.path, Path(e.relative_path).name, e.size_bytes, e.mtime_ns) for e in entries
+    ]
+    check_distinct_outputs(flat, full_paths=True)
+    return flat

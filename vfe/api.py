@@ -1,0 +1,137 @@
+"""`vfe.extract(...)`: features for notebooks, through the same datamodule, models and writer as
+`vfe predict` (the arrays returned are those of the .npz files it writes)."""
+
+import json
+import signal
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lightning.pytorch import Trainer
+
+from vfe.backbones.multi import MultiBackbone
+from vfe.data.datamodule import VideoDataModule, list_videos
+from vfe.data.paths import output_path_for
+from vfe.errors import VfeError
+from vfe.output.failures import FAILURES_FILE_NAME, read_failures
+from vfe.output.provenance import PROVENANCE_KEY
+from vfe.output.stopping import STOP_REQUEST, STOP_SIGNALS
+from vfe.output.writer import FeatureWriter
+
+VideoArrays = dict[str, Any]  # features, timestamps, fps, clip_length, provenance (a dict)
+
+
+def extract(
+    videos: str | Path | Sequence[str | Path],
+    model: str | Sequence[str] = "clip",
+    model_options: dict[str, dict[str, Any]] | None = None,
+    output_dir: str | Path | None = None,
+    clip_len: float = 2.0,
+    clip_stride: float | None = None,
+    tail: str = "keep",
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: str = "32-true",
+    num_workers: int = 0,
+    overwrite: bool = False,
+    allow_failures: bool = False,
+    progress: bool = False,
+) -> dict[str, VideoArrays] | dict[str, dict[str, VideoArrays]]:
+    """Per-clip features of `videos` (a folder, searched recursively, or a list of files).
+
+    Returns, per video (keyed by the path as given, or relative to the folder), the arrays
+    `vfe predict` writes: `features (num_clips, D) float32`, `timestamps (num_clips, 2)`, `fps`,
+    `clip_length`, and `provenance` as a dict. With several models (`model=["clip",
+    "slowfast"]`), one such dict per model name. `model_options`: per model name, its options
+    (`{"clip": {"arch": "ViT-B/16", "frames_per_clip": "middle"}}`).
+
+    `output_dir`: keep the .npz files there (a video whose file exists with the same settings
+    is read, not recomputed; files of a list are named by file name); None: a temporary
+    folder. A video that fails raises VfeError naming it, unless `allow_failures` (then it is
+    left out).
+    """
+    names = [model] if isinstance(model, str) else list(model)
+    options = dict(model_options or {})
+    if batch_size is not None:
+        if len(names) > 1:
+            raise VfeError("batch_size is for one model; give each its own in model_options")
+        options[names[0]] = {**options.get(names[0], {}), "batch_size": batch_size}
+    with tempfile.TemporaryDirectory(prefix="vfe-") as scratch:
+        out = Path(output_dir) if output_dir is not None else Path(scratch) / "features"
+        source, keys = _source(videos, Path(scratch))
+        datamodule = VideoDataModule(
+            **source,
+            output_dir=out,
+            clip_len=clip_len,
+            clip_stride=clip_stride,
+            tail=tail,
+            num_workers=num_workers,
+            overwrite=overwrite,
+        )
+        writer = FeatureWriter(output_dir=out)
+        trainer = Trainer(
+            accelerator=device,
+            devices=1,
+            precision=precision,
+            logger=False,
+            callbacks=[writer],
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+        )
+        backbone = MultiBackbone(names, options)
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        STOP_REQUEST.reset()
+        try:
+            trainer.predict(backbone, datamodule=datamodule, return_predictions=False)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        listed = list_videos(datamodule.input_dir, datamodule.input_list, datamodule.layout)
+        run_id = datamodule.plan.run_id if datamodule.plan is not None else ""
+        results = {
+            name: _read(folder, [v.relative_path for v in listed], keys, run_id, allow_failures)
+            for name, folder in writer.output_dirs.items()
+        }
+    return results[names[0]] if len(names) == 1 else results
+
+
+def _source(videos: str | Path | Sequence[str | Path], scratch: Path) -> tuple[dict, dict]:
+    """The datamodule's input options, and each video's name in the run -> the key returned."""
+    if isinstance(videos, str | Path):
+        if Path(videos).is_dir():
+            return {"input_dir": Path(videos)}, {}
+        videos = [videos]
+    paths = [Path(video) for video in videos]
+    if not paths:
+        raise VfeError("extract() needs at least one video")
+    list_file = scratch / "videos.txt"
+    list_file.write_text("".join(f"{path.absolute()}\n" for path in paths))
+    return {"input_list": list_file}, {
+        path.name: str(video) for path, video in zip(paths, videos, strict=True)
+    }
+
+
+def _read(
+    folder: Path, names: list[str], keys: dict[str, str], run_id: str, allow_failures: bool
+) -> dict[str, VideoArrays]:
+    """The arrays of videos `names` (their names in the run) from `folder`; this run's
+    failures (`run_id`) raise unless allowed."""
+    failed = [
+        f"{record.get('path')}: {record.get('error')}"
+        for record in read_failures(folder / FAILURES_FILE_NAME).records
+        if record.get("run") == run_id
+    ]
+    if failed and not allow_failures:
+        raise VfeError(f"{len(failed)} video(s) failed: {'; '.join(failed[:5])}")
+    arrays: dict[str, VideoArrays] = {}
+    for name in names:
+        path = output_path_for(folder, name)
+        if not path.exists():
+            continue
+        with np.load(path) as saved:
+            record = {key: saved[key] for key in saved.files if key != PROVENANCE_KEY}
+            record["provenance"] = json.loads(str(saved[PROVENANCE_KEY]))
+        arrays[keys.get(name, name)] = record
+    return arrays
