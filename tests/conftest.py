@@ -73,6 +73,16 @@ def tiny_clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def text_clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random CLIP with OpenAI's tokenizer geometry (77 tokens, 49,408 words), tiny towers."""
+    torch.manual_seed(0)
+    model = CLIP(32, 32, 2, 64, 8, 77, 49408, 64, 1, 1)
+    path = tmp_path_factory.mktemp("weights") / "text_clip.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def slowfast_pyth_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random SlowFast R50 saved as a PyTorchVideo checkpoint: `{"model_state": ...}`."""
     from pytorchvideo.models.hub import slowfast_r50

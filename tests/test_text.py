@@ -9,7 +9,6 @@ import clip
 import numpy as np
 import pytest
 import torch
-from clip.model import CLIP
 from conftest import extract
 
 from vfe.backbones.openai_clip import CLIPBackbone
@@ -18,16 +17,6 @@ from vfe.errors import VfeError
 from vfe.text.command import build_text_tower, folder_model, read_queries
 
 QUERIES = ["a man rides a bike down a hill", "two dogs play", "x"]
-
-
-@pytest.fixture(scope="module")
-def text_clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random CLIP with OpenAI's tokenizer geometry (77 tokens, 49,408 words), tiny towers."""
-    torch.manual_seed(0)
-    model = CLIP(32, 32, 2, 64, 8, 77, 49408, 64, 1, 1)
-    path = tmp_path_factory.mktemp("weights") / "text_clip.pt"
-    torch.save(model.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")

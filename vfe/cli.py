@@ -1,6 +1,6 @@
-"""`vfe COMMAND ...`: dispatches to `predict`, `info` and `bench`, importing only what the command
-needs (torch and Lightning take seconds to import: `vfe --help`, `--version` and `info` do
-without them)."""
+"""`vfe COMMAND ...`: dispatches to `predict`, `info`, `bench`, `text`, `search`, `pack` and
+`unpack`, importing only what the command needs (torch and Lightning take seconds to import:
+`vfe --help`, `--version` and `info` do without them)."""
 
 import sys
 from importlib import metadata
@@ -16,6 +16,9 @@ commands:
   info      how feature files were made, and which videos failed: vfe info features/clip/
   bench     measure speed and memory on generated videos: vfe bench --help
   text      query text features with a features folder's model: vfe text --help
+  search    rank a folder's clips by a text query: vfe search "a dog" features/clip/
+  pack      a features folder as one HDF5 file (UniVTG's cache): vfe pack DIR OUT.h5
+  unpack    an HDF5 file from pack back into .npz files: vfe unpack FILE.h5 DIR
 
   vfe predict --help   vfe's options, the backbones, then every Lightning option
   vfe --version        the installed version
@@ -26,7 +29,7 @@ examples:
   vfe predict --model clip,slowfast                 both from one decode of each video
   vfe predict --config configs/clip.yaml            the same from a yaml file
 """
-COMMANDS = ("predict", "info", "bench", "text")
+COMMANDS = ("predict", "info", "bench", "text", "search", "pack", "unpack")
 
 
 def version() -> str:
@@ -60,6 +63,14 @@ def main(args: list[str] | None = None) -> None:
         from vfe.text.command import main as text_main
 
         text_main(argv[1:])
+    elif command in ("pack", "unpack"):
+        from vfe.output.pack import main as pack_main
+
+        pack_main(argv)
+    elif command == "search":
+        from vfe.search.command import main as search_main
+
+        search_main(argv[1:])
     elif command == "predict":
         from vfe.predict_cli import main as predict_main
 

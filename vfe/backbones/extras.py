@@ -9,13 +9,15 @@ from vfe.data.input_spec import FrameSampling
 from vfe.errors import VfeError
 
 
-def import_extra(module: str, extra: str, model: str) -> ModuleType:
-    """`import module`, or a VfeError saying `pip install -e '.[extra]'`."""
+def import_extra(module: str, extra: str, model: str, command: str | None = None) -> ModuleType:
+    """`import module`, or a VfeError saying `pip install -e '.[extra]'` (naming `--model
+    model`, or `vfe command` where a command needs it)."""
     try:
         return importlib.import_module(module)
     except ImportError as error:
+        user = f"vfe {command}" if command is not None else f"--model {model}"
         raise VfeError(
-            f"--model {model} needs the {extra!r} extra, which is not installed: "
+            f"{user} needs the {extra!r} extra, which is not installed: "
             f"pip install -e '.[{extra}]' ({error})"
         ) from error
 

@@ -81,12 +81,18 @@ def run_provenance(model: Any, data_settings: dict[str, Any], precision: str) ->
 
 
 def video_provenance(
-    size_bytes: int, mtime_ns: int, fingerprint: str, decode_errors: int = 0
+    size_bytes: int,
+    mtime_ns: int,
+    fingerprint: str,
+    decode_errors: int = 0,
+    source_path: str | None = None,
 ) -> dict[str, Any]:
     """The video a file was made from: its size, modification time and a fingerprint of its
     bytes (`vfe.data.paths.video_fingerprint`); `decode_errors` where the decoder concealed
-    errors in it (written only with --data.allow_concealed_errors)."""
+    errors in it (written only with --data.allow_concealed_errors); `source_path`, its
+    absolute path when extracted (not compared: for `vfe search --report`'s thumbnails)."""
     video: dict[str, Any] = {
+        "path": source_path,
         "size_bytes": size_bytes,
         "mtime_ns": mtime_ns,
         "fingerprint": fingerprint,

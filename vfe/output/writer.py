@@ -245,7 +245,11 @@ class FeatureWriter(BasePredictionWriter):
         record = {
             **self._provenance[name],
             **video_provenance(
-                info.size_bytes, info.mtime_ns, info.fingerprint, video.decode_errors
+                info.size_bytes,
+                info.mtime_ns,
+                info.fingerprint,
+                video.decode_errors,
+                str(self._plan.videos[info.index].path),
             ),
         }
         save_npz_atomically(

@@ -1,10 +1,11 @@
 """`vfe text --like FEATURES_DIR --queries FILE --output_dir DIR`: query text features made
 with the model and weights a features folder was made with.
 
-Writes `DIR/qid{qid}.npz` per query, as Moment-DETR's, QD-DETR's and UniVTG's loaders read
-them: `last_hidden_state` `(L, width)` float32 (the text transformer's token states after its
-final LayerNorm, L = the query's tokens with start and end), `pooler_output` `(D,)` float32
-(`encode_text`, not L2-normalised) and `provenance` (a JSON string).
+Writes `DIR/qid{qid}.npz` per query (`--prefix ''`: `{qid}.npz`, UniVTG's name), as
+Moment-DETR's, QD-DETR's and UniVTG's loaders read them: `last_hidden_state` `(L, width)`
+float32 (the text transformer's token states after its final LayerNorm, L = the query's tokens
+with start and end), `pooler_output` `(D,)` float32 (`encode_text`, not L2-normalised) and
+`provenance` (a JSON string).
 """
 
 import argparse
@@ -141,7 +142,10 @@ def run(args: argparse.Namespace) -> int:
         for (qid, query), states, embedding in zip(batch, token_states, pooled, strict=True):
             provenance = {**model, "query": query, "qid": qid}
             write_query_file(
-                output_dir / f"qid{qid}.npz", states.numpy(), embedding.numpy(), provenance
+                output_dir / f"{args.prefix}{qid}.npz",
+                states.numpy(),
+                embedding.numpy(),
+                provenance,
             )
     print(f"vfe text: {len(queries)} queries -> {output_dir}", file=sys.stderr)
     return ExitCode.OK
@@ -155,6 +159,11 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--batch_size", type=int, default=256, help="queries per forward pass")
+    parser.add_argument(
+        "--prefix",
+        default="qid",
+        help="file names are PREFIX{qid}.npz: 'qid' (Moment-DETR, QD-DETR) or '' (UniVTG)",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be a positive integer, got {args.batch_size}")

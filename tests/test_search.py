@@ -1,0 +1,172 @@
+"""`vfe search` ranks as a brute-force cosine over the folder does, reuses its index, and its
+report shows the frame on screen at each hit's middle; `vfe pack` / `unpack` round-trip."""
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import clip
+import numpy as np
+import pytest
+import torch
+from conftest import extract, reference_decode
+from PIL import Image
+
+from vfe.backbones.openai_clip import CLIPBackbone
+from vfe.output.pack import pack, unpack
+from vfe.search.index import INDEX_DIR_NAME
+from vfe.search.report import THUMBNAIL_HEIGHT
+
+QUERY = "a bright square moving"
+
+
+def vfe_command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vfe", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def features_dir(tmp_path_factory, video_dir: Path, text_clip_file: Path) -> Path:
+    """Half-second clips of the two test videos (7 + 2 clips) with the tiny random CLIP."""
+    out = tmp_path_factory.mktemp("search") / "clip"
+    extract(CLIPBackbone(arch="custom", weights=str(text_clip_file)), video_dir, out, clip_len=0.5)
+    return out
+
+
+def brute_force(features_dir: Path, text_clip_file: Path) -> list[tuple[str, float, float]]:
+    """(video, start, score) of every clip, best first: CLIP's own text encoder and the files."""
+    model, _ = clip.load(str(text_clip_file), device="cpu", jit=False)
+    with torch.no_grad():
+        text = model.encode_text(clip.tokenize([QUERY])).float().numpy()[0]
+    text /= np.linalg.norm(text)
+    rows = []
+    for path in sorted(features_dir.rglob("*.npz")):
+        with np.load(path) as saved:
+            source = json.loads(str(saved["provenance"]))["video"]["path"]
+            for window, feature in zip(saved["timestamps"], saved["features"], strict=True):
+                score = float(feature @ text / np.linalg.norm(feature))
+                rows.append((source, float(window[0]), score))
+    return sorted(rows, key=lambda row: -row[2])
+
+
+def test_search_equals_brute_force_and_reuses_its_index(features_dir, text_clip_file, tmp_path):
+    result = vfe_command("search", QUERY, str(features_dir), "--top_k", "9", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    expected = brute_force(features_dir, text_clip_file)
+    assert len(hits) == len(expected) == 9
+    for hit, (source, start, score) in zip(hits, expected, strict=True):
+        assert (hit["path"], hit["start_seconds"]) == (source, start)
+        assert hit["score"] == pytest.approx(score, abs=1e-5)
+    index_file = features_dir / INDEX_DIR_NAME / "index.json"
+    built = index_file.stat().st_mtime_ns
+    again = vfe_command("search", QUERY, str(features_dir), "--top_k", "3", cwd=tmp_path)
+    assert again.returncode == 0 and len(again.stdout.splitlines()) == 3
+    assert index_file.stat().st_mtime_ns == built  # reused, not rebuilt
+    copy = tmp_path / "copy"
+    shutil.copytree(features_dir, copy)
+    (copy / "nested" / "short.npz").unlink()  # the index notices a removed file
+    fewer = vfe_command("search", QUERY, str(copy), "--top_k", "100", "--json", cwd=tmp_path)
+    assert len(json.loads(fewer.stdout)) == 7
+
+
+def test_report_shows_the_frame_at_each_hits_middle(features_dir, video_dir, tmp_path):
+    page = tmp_path / "report.html"
+    args = ("search", QUERY, str(features_dir), "--top_k", "9", "--report", str(page))
+    result = vfe_command(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = page.read_text()
+    figures = re.findall(
+        r'<figure class="hit" data-rank="\d+" data-time="([\d.]+)".*?src="data:image/jpeg;base64,'
+        r'([^"]+)".*?<figcaption>#\d+ (\S+)<br>',
+        text,
+    )
+    assert len(figures) == 9  # every clip of both videos
+    assert "http" not in text and "<script" not in text  # self-contained
+    assert text.count('<svg class="timeline"') == len(set(re.findall(r"#\d+ (\S+)<br>", text)))
+    assert {Path(source).name for *_, source in figures} == {"moving.mp4", "short.mp4"}
+    for time_text, data, source in figures:
+        reference = reference_decode(Path(source))
+        thumbnail = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+        assert thumbnail.shape[0] == THUMBNAIL_HEIGHT
+        time = float(time_text)
+        on_screen = max(k for k, t in enumerate(reference.times) if t <= time)
+        errors = []
+        for frame in reference.frames:
+            small = Image.fromarray(frame).resize(thumbnail.shape[1::-1], Image.BICUBIC)
+            errors.append(np.abs(np.asarray(small).astype(int) - thumbnail).mean())
+        assert int(np.argmin(errors)) == on_screen, time
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(name) for name in BROWSERS), reason="no headless browser installed"
+)
+def test_report_renders_in_a_headless_browser(features_dir, tmp_path):
+    page = tmp_path / "report.html"
+    args = ("search", QUERY, str(features_dir), "--top_k", "3", "--report", str(page))
+    assert vfe_command(*args, cwd=tmp_path).returncode == 0
+    browser = next(shutil.which(name) for name in BROWSERS if shutil.which(name))
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+         "--window-size=1200,900", page.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    colourful = (pixels.max(axis=2) - pixels.min(axis=2)) > 60  # thumbnails; text is grey
+    assert colourful.mean() > 0.05
+
+
+def test_pack_and_unpack_round_trip(features_dir, tmp_path):
+    packed = tmp_path / "vid_clip.hdf5"
+    assert pack(features_dir, packed) == 2
+    import h5py
+
+    with h5py.File(packed, "r") as file:  # UniVTG's cache: f[str(vid)][:] is the features
+        with np.load(features_dir / "moving.npz") as saved:
+            np.testing.assert_array_equal(file["moving"][:], saved["features"])
+        assert file["nested/short"][:].shape[1] == 32
+    back = tmp_path / "back"
+    assert unpack(packed, back) == 2
+    for relative in ("moving.npz", "nested/short.npz"):
+        with np.load(features_dir / relative) as original, np.load(back / relative) as restored:
+            assert sorted(original.files) == sorted(restored.files)
+            for key in original.files:
+                np.testing.assert_array_equal(original[key], restored[key])
+                assert original[key].dtype == restored[key].dtype, key
+
+
+def test_pack_keeps_long_attributes(tmp_path):
+    """A 10-hour video's timestamps (36,000 x 2 float64, 576 KB) as an attribute."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    rows = 18_000
+    np.savez(
+        folder / "long.npz",
+        features=np.ones((rows, 4), np.float32),
+        timestamps=np.arange(rows * 2, dtype=np.float64).reshape(rows, 2),
+    )
+    pack(folder, tmp_path / "p.h5")
+    unpack(tmp_path / "p.h5", tmp_path / "u")
+    with np.load(tmp_path / "u" / "long.npz") as restored:
+        assert restored["timestamps"].shape == (rows, 2)
+
+
+def test_pack_cli_errors(tmp_path):
+    result = vfe_command("pack", str(tmp_path / "none"), str(tmp_path / "x.h5"), cwd=tmp_path)
+    assert result.returncode == 2 and "is not a folder" in result.stderr

@@ -1,0 +1,102 @@
+"""`vfe pack DIR OUT.h5` / `vfe unpack FILE.h5 DIR`: a features folder as one HDF5 file and back.
+
+The HDF5 file is the cache UniVTG's scripts read (`use_cache=1`): one dataset per video, named
+by its path relative to the folder without `.npz` (an id in the flat layout), holding the
+array of one key (`features`, or `last_hidden_state` for text); the file's other keys
+(timestamps, fps, clip_length, provenance, ...) are attributes of that dataset, so `unpack`
+writes the same .npz files back.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from vfe.backbones.extras import import_extra
+from vfe.errors import ExitCode, VfeError
+from vfe.output.npz import save_npz_atomically
+
+KEY_ATTRIBUTE = "vfe_key"  # the file-level attribute naming the key each dataset holds
+
+
+def _h5py(command: str) -> ModuleType:
+    return import_extra("h5py", "hdf5", "", command)
+
+
+def pack(features_dir: Path, output_file: Path, key: str = "features") -> int:
+    """Write every .npz under `features_dir` into `output_file`; the number of videos."""
+    h5py = _h5py("pack")
+    features_dir = Path(features_dir)
+    if not features_dir.is_dir():
+        raise VfeError(f"{str(features_dir)!r} is not a folder")
+    files = sorted(features_dir.rglob("*.npz"))
+    if not files:
+        raise VfeError(f"{str(features_dir)!r} holds no .npz files")
+    partial = output_file.with_name(output_file.name + ".partial")
+    # libver "latest": attributes of any size (a long video's timestamps pass 64 KiB).
+    with h5py.File(partial, "w", libver="latest") as packed:
+        packed.attrs[KEY_ATTRIBUTE] = key
+        for path in files:
+            name = path.relative_to(features_dir).with_suffix("").as_posix()
+            with np.load(path) as saved:
+                if key not in saved.files:
+                    raise VfeError(f"{path} has no {key!r} (its keys: {', '.join(saved.files)})")
+                dataset = packed.create_dataset(name, data=saved[key])
+                for other in saved.files:
+                    if other != key:
+                        value = saved[other]
+                        dataset.attrs[other] = str(value) if value.dtype.kind == "U" else value
+    os.replace(partial, output_file)
+    return len(files)
+
+
+def unpack(packed_file: Path, output_dir: Path) -> int:
+    """Write each dataset of `packed_file` back as `<output_dir>/<name>.npz`; how many."""
+    h5py = _h5py("unpack")
+    names: list[str] = []
+    with h5py.File(packed_file, "r") as packed:
+        key = str(packed.attrs.get(KEY_ATTRIBUTE, "features"))
+        packed.visititems(lambda name, item: names.append(name) if hasattr(item, "shape") else None)
+        for name in names:
+            dataset = packed[name]
+            arrays = {key: dataset[()]}
+            for other, value in dataset.attrs.items():
+                arrays[other] = np.array(value)
+            save_npz_atomically(Path(output_dir) / f"{name}.npz", arrays)
+    return len(names)
+
+
+def main(args: list[str]) -> None:
+    """`vfe pack DIR OUT.h5 [--key K]` and `vfe unpack FILE.h5 DIR` (`args[0]` is the command)."""
+    command, rest = args[0], args[1:]
+    parser = argparse.ArgumentParser(prog=f"vfe {command}")
+    if command == "pack":
+        parser.description = (
+            "A features folder as one HDF5 file: a dataset per video named by its relative "
+            "path (UniVTG's use_cache files), the other keys as its attributes."
+        )
+        parser.add_argument("features_dir", type=Path)
+        parser.add_argument("output_file", type=Path)
+        parser.add_argument(
+            "--key",
+            default="features",
+            help="the array each dataset holds (text: last_hidden_state)",
+        )
+    else:
+        parser.description = "A packed HDF5 file back into one .npz per video."
+        parser.add_argument("packed_file", type=Path)
+        parser.add_argument("output_dir", type=Path)
+    options = parser.parse_args(rest)
+    try:
+        if command == "pack":
+            count = pack(options.features_dir, options.output_file, options.key)
+            print(f"vfe: packed {count} files into {options.output_file}", file=sys.stderr)
+        else:
+            count = unpack(options.packed_file, options.output_dir)
+            print(f"vfe: wrote {count} files under {options.output_dir}", file=sys.stderr)
+    except VfeError as error:
+        print(f"vfe: error: {error}", file=sys.stderr)
+        sys.exit(ExitCode.USAGE)

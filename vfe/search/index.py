@@ -1,0 +1,158 @@
+"""A features folder's clips as one L2-normalised matrix on disk, built once and reused.
+
+`<features_dir>/.vfe-search/` holds `features.f32` (`(num_clips, D)` float32, row-normalised,
+read memory-mapped), `clips.npy` (per row: video number, start and end seconds) and
+`index.json` (the videos, the model, and a digest of the folder's files: any file added,
+removed or rewritten makes the index be rebuilt).
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vfe.errors import VfeError
+from vfe.output.provenance import PROVENANCE_KEY
+from vfe.text.command import MODEL_KEYS
+
+INDEX_DIR_NAME = ".vfe-search"
+INDEX_VERSION = 1
+CLIP_DTYPE = np.dtype(
+    [("video", np.int32), ("start_seconds", np.float64), ("end_seconds", np.float64)]
+)
+SCORE_CHUNK_ROWS = 1 << 20  # rows scored at once (bounds memory for any folder size)
+
+
+@dataclass
+class ClipIndex:
+    features: np.ndarray  # (num_clips, D) float32 memmap, rows L2-normalised
+    clips: np.ndarray  # (num_clips,) CLIP_DTYPE
+    videos: list[dict[str, Any]]  # per video: relative path (no .npz) and source path
+    model: dict[str, Any]  # model, arch, weights_sha256, options (as `vfe text` reads them)
+
+    def rows_of(self, video: int) -> np.ndarray:
+        return np.flatnonzero(self.clips["video"] == video)
+
+
+def _feature_files(features_dir: Path) -> list[Path]:
+    return sorted(p for p in features_dir.rglob("*.npz") if INDEX_DIR_NAME not in p.parts)
+
+
+def folder_digest(files: list[Path], features_dir: Path) -> str:
+    """sha256 over each file's relative path, size and modification time."""
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(
+            f"{path.relative_to(features_dir)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+        )
+    return digest.hexdigest()
+
+
+def load_index(features_dir: Path) -> ClipIndex:
+    """The folder's index: read if its digest is current, else built (and saved) first."""
+    features_dir = Path(features_dir)
+    if not features_dir.is_dir():
+        raise VfeError(f"{str(features_dir)!r} is not a folder")
+    files = _feature_files(features_dir)
+    if not files:
+        raise VfeError(f"{str(features_dir)!r} holds no .npz feature files")
+    digest = folder_digest(files, features_dir)
+    index_dir = features_dir / INDEX_DIR_NAME
+    meta_file = index_dir / "index.json"
+    if meta_file.exists():
+        meta = json.loads(meta_file.read_text())
+        if meta.get("digest") == digest and meta.get("version") == INDEX_VERSION:
+            return _open(index_dir, meta)
+    _build(features_dir, files, digest, index_dir)
+    return _open(index_dir, json.loads(meta_file.read_text()))
+
+
+def _open(index_dir: Path, meta: dict[str, Any]) -> ClipIndex:
+    clips = np.load(index_dir / "clips.npy")
+    shape = (len(clips), int(meta["dim"]))
+    features = np.memmap(index_dir / "features.f32", dtype=np.float32, mode="r", shape=shape)
+    return ClipIndex(features, clips, meta["videos"], meta["model"])
+
+
+def _build(features_dir: Path, files: list[Path], digest: str, index_dir: Path) -> None:
+    """Written under a temporary folder, then renamed into place."""
+    building = index_dir.with_name(f"{INDEX_DIR_NAME}.{os.getpid()}.partial")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir()
+    clips: list[np.ndarray] = []
+    videos: list[dict[str, Any]] = []
+    model: dict[str, Any] | None = None
+    dim = None
+    with open(building / "features.f32", "wb") as matrix:
+        for number, path in enumerate(files):
+            try:
+                with np.load(path) as saved:
+                    features = saved["features"].astype(np.float32)
+                    windows = saved["timestamps"]
+                    provenance = json.loads(str(saved[PROVENANCE_KEY]))
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+                raise VfeError(f"{path} cannot be read as vfe features ({error})") from error
+            record = {name: provenance.get(name) for name in (*MODEL_KEYS, "options")}
+            if model is None:
+                model, dim = record, features.shape[1]
+            elif any(record[name] != model[name] for name in MODEL_KEYS):
+                made = [record[name] for name in MODEL_KEYS]
+                others = [model[name] for name in MODEL_KEYS]
+                raise VfeError(
+                    f"{str(features_dir)!r} mixes models: {path} was made with {made}, others "
+                    f"with {others}; search one backbone's folder"
+                )
+            norms = np.linalg.norm(features, axis=1, keepdims=True)
+            matrix.write((features / np.maximum(norms, 1e-12)).tobytes())
+            rows = np.zeros(len(features), CLIP_DTYPE)
+            rows["video"], rows["start_seconds"], rows["end_seconds"] = number, *windows.T
+            clips.append(rows)
+            videos.append(
+                {
+                    "features_file": path.relative_to(features_dir).as_posix(),
+                    "source": provenance.get("video", {}).get("path"),
+                }
+            )
+    np.save(building / "clips.npy", np.concatenate(clips))
+    meta = {
+        "version": INDEX_VERSION,
+        "digest": digest,
+        "dim": dim,
+        "model": model,
+        "videos": videos,
+    }
+    (building / "index.json").write_text(json.dumps(meta))
+    shutil.rmtree(index_dir, ignore_errors=True)
+    os.replace(building, index_dir)
+
+
+def top_clips(index: ClipIndex, query: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(rows, scores)` of the `top_k` clips by cosine with `query (D,)`, best first (ties: the
+    earlier row first)."""
+    query = query.astype(np.float32) / max(float(np.linalg.norm(query)), 1e-12)
+    best_rows = np.empty(0, np.int64)
+    best_scores = np.empty(0, np.float32)
+    for start in range(0, len(index.features), SCORE_CHUNK_ROWS):
+        scores = np.asarray(index.features[start : start + SCORE_CHUNK_ROWS]) @ query
+        rows = np.arange(start, start + len(scores))
+        best_rows = np.concatenate([best_rows, rows])
+        best_scores = np.concatenate([best_scores, scores])
+        if len(best_scores) > top_k:
+            order = np.lexsort((best_rows, -best_scores))[:top_k]
+            best_rows, best_scores = best_rows[order], best_scores[order]
+    order = np.lexsort((best_rows, -best_scores))[:top_k]
+    return best_rows[order], best_scores[order]
+
+
+def video_scores(index: ClipIndex, video: int, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(clips, scores)`: one video's clip windows and their cosine with `query`."""
+    rows = index.rows_of(video)
+    query = query.astype(np.float32) / max(float(np.linalg.norm(query)), 1e-12)
+    return index.clips[rows], np.asarray(index.features[rows]) @ query
