@@ -230,14 +230,14 @@ def test_vfe_help_is_a_short_page_of_vfe_commands(tmp_path: Path):
     for args in ([], ["--help"], ["-h"]):
         result = vfe(*args, cwd=tmp_path)
         assert result.returncode == 0 and result.stdout.startswith("usage: vfe COMMAND")
-        for command in ("predict", "info", "bench", "--version"):
+        for command in ("predict", "info", "bench", "text", "search", "pack", "--version"):
             assert f"  {command}" in result.stdout or f"vfe {command}" in result.stdout
         assert len(result.stdout.splitlines()) < 30 and "Lightning Trainer" not in result.stdout
     unknown = vfe("extract", cwd=tmp_path)
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == (
-        "vfe: error: unknown command 'extract'; choose one of predict, info, bench, text "
-        "(vfe --help)"
+        "vfe: error: unknown command 'extract'; choose one of predict, info, bench, text, "
+        "search, pack, unpack (vfe --help)"
     )
 
 

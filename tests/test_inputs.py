@@ -76,6 +76,15 @@ def test_cli_list_input_flat_ids_and_failures(tmp_path: Path, video_dir: Path, t
     assert sorted(p.name for p in out.glob("*.npz")) == ["vid1.npz"]
     (failure,) = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert failure["path"] == str(tmp_path / "missing.mp4")
+    flat = tmp_path / "flat"
+    result = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", str(video_dir), "--layout", "flat", "--output_dir", str(flat),
+        "--data.num_workers", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in flat.rglob("*.npz")) == ["moving.npz", "short.npz"]
+    assert not (flat / "nested").exists()
     both = run_vfe(
         "--model", "clip", "--input_list", str(listing), "--input_dir", str(video_dir),
         cwd=tmp_path,

@@ -5,7 +5,13 @@ from fractions import Fraction
 
 import pytest
 
-from vfe.data.work_plan import WorkItem, assign_ranks, split_over_workers, work_shares
+from vfe.data.work_plan import (
+    WorkItem,
+    assign_ranks,
+    plan_ranks,
+    split_over_workers,
+    work_shares,
+)
 
 TWO_SECONDS = Fraction(2)
 
@@ -94,3 +100,40 @@ def test_many_small_videos_are_shared_evenly_without_splits():
     shares = work_shares(work)
     assert max(shares) - min(shares) <= max(sizes)
     assert sorted(item.video_index for items in work for item in items) == list(range(2000))
+
+
+def test_one_long_video_on_two_ranks_is_split_between_them():
+    work = plan_ranks([0], [1000], 2, 1, TWO_SECONDS, lambda i: 600.0, 30.0)
+    (first,), (second,) = (workers[0] for workers in work)
+    assert (first.first_clip, first.end_clip, second.first_clip, second.end_clip) == (
+        0,
+        150,
+        150,
+        None,
+    )
+    for item in (first, second):
+        assert (item.num_segments, item.rank_segments, item.num_ranks) == (2, 1, 2)
+
+
+def test_ranks_and_workers_share_the_run_evenly():
+    sizes = [100] * 20  # 20 five-minute videos on 8 ranks x 4 workers: 62.5 bytes each
+    work = plan_ranks(list(range(20)), sizes, 8, 4, TWO_SECONDS, lambda i: 300.0, 30.0)
+    shares = [share for workers in work for share in work_shares(workers)]
+    assert max(shares) - min(shares) <= 1
+    for video, spans in covered_clips(work, dict.fromkeys(range(20), 150)).items():
+        assert spans[0][0] == 0 and spans[-1][1] == 150, video
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans)), video
+    for workers in work:  # each item knows its video's segments on its rank and its ranks
+        for items in workers:
+            for item in items:
+                on_rank = [i for its in workers for i in its if i.video_index == item.video_index]
+                ranks = sum(
+                    any(i.video_index == item.video_index for its in w for i in its) for w in work
+                )
+                assert (item.rank_segments, item.num_ranks) == (len(on_rank), ranks)
+
+
+def test_videos_that_cannot_be_split_are_balanced_whole_over_ranks():
+    work = plan_ranks(list(range(4)), [400, 100, 100, 100], 2, 2, TWO_SECONDS, None, 30.0)
+    assert [sum(work_shares(workers)) for workers in work] == [400, 300]
+    assert all(i.num_ranks == 1 and i.num_segments == 1 for w in work for its in w for i in its)

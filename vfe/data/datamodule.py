@@ -24,7 +24,7 @@ from vfe.data.paths import (
     model_output_dirs,
     read_video_list,
 )
-from vfe.data.work_plan import PlannedRun, WorkItem, assign_ranks, split_over_workers
+from vfe.data.work_plan import PlannedRun, WorkItem, plan_ranks
 from vfe.decoding.video import (
     DEFAULT_DECODER,
     check_decoder,
@@ -259,7 +259,7 @@ class VideoDataModule(LightningDataModule):
         trainer = self.trainer
         model = trainer.lightning_module
         output_dirs = model_output_dirs(self.output_dir, list(model.members()))
-        listing = None
+        listing, work_by_rank = None, None
         if trainer.global_rank == 0:
             settings = self.provenance()
             wanted = {
@@ -269,7 +269,9 @@ class VideoDataModule(LightningDataModule):
             videos = list_videos(self.input_dir, self.input_list, self.layout)
             listing = plan_run(videos, output_dirs, self.overwrite, wanted)
             listing.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        listing = trainer.strategy.broadcast(listing, src=0)
+            if not listing.problem:
+                work_by_rank = self.plan_work(listing.todo, trainer.world_size)
+        listing, work_by_rank = trainer.strategy.broadcast((listing, work_by_rank), src=0)
         if listing.problem:  # raised on every rank, so none waits for the others
             raise VfeError(listing.problem)
         for name, output_dir in output_dirs.items():
@@ -280,20 +282,21 @@ class VideoDataModule(LightningDataModule):
                 f"{label}{to_do + skipped} videos {self.source()}, {skipped} already "
                 f"done (skipped), {to_do} to extract -> {output_dir}"
             )
-        sizes = [video.size_bytes for video in listing.todo]
-        shares = assign_ranks(sizes, trainer.world_size)
         return PlannedRun(
             videos=listing.todo,
             video_models=listing.todo_models,
             num_skipped=listing.num_skipped,
             run_id=listing.run_id,
-            videos_per_rank=[len(share) for share in shares],
-            work=self.plan_work(listing.todo, shares[trainer.global_rank]),
+            videos_per_rank=[
+                len({item.video_index for items in workers for item in items})
+                for workers in work_by_rank
+            ],
+            work=work_by_rank[trainer.global_rank],
         )
 
-    def plan_work(self, videos: list[VideoEntry], rank_videos: list[int]) -> list[list[WorkItem]]:
-        """A rank's work items (videos `rank_videos` of `videos`), one list per DataLoader
-        worker (`vfe.data.work_plan`)."""
+    def plan_work(self, videos: list[VideoEntry], num_ranks: int) -> list[list[list[WorkItem]]]:
+        """Every rank's work items, one list per DataLoader worker (`vfe.data.work_plan`);
+        decided on rank 0, which reads the durations of the videos a cut falls inside."""
         sizes = [video.size_bytes for video in videos]
         duration_of = None
         # A stride's clips overlap segment boundaries: its videos are decoded whole.
@@ -306,9 +309,10 @@ class VideoDataModule(LightningDataModule):
                 except bad_file:  # a broken file is not split; decoding it records why
                     return None
 
-        return split_over_workers(
-            rank_videos,
+        return plan_ranks(
+            list(range(len(videos))),
             sizes,
+            num_ranks,
             max(1, self.num_workers),
             clip_length_fraction(self.clip_len),
             duration_of,

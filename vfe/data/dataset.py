@@ -170,6 +170,8 @@ class VideoClipDataset(IterableDataset):
                 fingerprint=fingerprint,
                 num_segments=item.num_segments,
                 models=list(models),
+                rank_segments=item.rank_segments,
+                num_ranks=item.num_ranks,
             )
         )
         builder.decode_seconds += time.perf_counter() - started
@@ -288,14 +290,10 @@ class VideoClipDataset(IterableDataset):
         except file_errors(self.decoder) as error:  # colour conversion of a broken frame
             raise _FileError("decode", error) from error
         converted = time.perf_counter()
-        # Consecutive frames of one size are resized together; a stream may change size.
-        groups: list[list[torch.Tensor]] = []
-        for image in images:
-            if groups and groups[-1][0].shape == image.shape:
-                groups[-1].append(image)
-            else:
-                groups.append([image])
-        samples = torch.cat([resize_and_center_crop(torch.stack(group), spec) for group in groups])
+        # Each frame is resized on its own: stacking full-resolution frames into one batch first
+        # was a pure copy that cost as much as the resize (1.4 ms of 2.9 ms a 720p frame for
+        # CLIP's resize, one core); the pixels are the same. A stream may also change size.
+        samples = torch.cat([resize_and_center_crop(image[None], spec) for image in images])
         builder.decode_seconds += converted - started
         builder.preprocess_seconds += time.perf_counter() - converted
         return samples

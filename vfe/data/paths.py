@@ -66,6 +66,17 @@ def model_output_dirs(output_dir: Path | None, model_names: list[str]) -> dict[s
     return {name: root / name for name in model_names}
 
 
+def feature_files(folder: Path) -> list[Path]:
+    """The .npz files of a features folder, sorted, leaving out vfe's own hidden folders (the
+    parts of videos being merged, search indexes)."""
+    folder = Path(folder)
+    return sorted(
+        path
+        for path in folder.rglob("*.npz")
+        if not any(part.startswith(".") for part in path.relative_to(folder).parts[:-1])
+    )
+
+
 def output_path_for(output_dir: Path, relative_path: str) -> Path:
     """`<output_dir>/<relative path with its extension replaced by .npz>`."""
     return (output_dir / relative_path).with_suffix(".npz")

@@ -23,6 +23,8 @@ class VideoStart:
     fingerprint: str  # `vfe.data.paths.video_fingerprint`
     num_segments: int  # how many work items the video was split into (1: whole)
     models: list[str]  # the backbones it is decoded for
+    rank_segments: int = 0  # how many of those this rank decodes (0: all)
+    num_ranks: int = 1  # ranks decoding segments of it (> 1: assembled from their parts)
 
 
 @dataclass

@@ -1,18 +1,20 @@
-"""Who decodes what: whole videos balanced over ranks, then each rank's videos cut into equal
-shares for its DataLoader workers, splitting a long video into segments of whole clips.
+"""Who decodes what: the run's videos cut into equal shares, one per DataLoader worker of every
+rank, splitting a long video into segments of whole clips.
 
-Sizes in bytes stand in for decoding work (they are known without opening a file). A rank's
-videos are laid end to end and cut into `num_workers` equal lengths; a video a cut falls inside
-is split there, at the clip boundary nearest the cut's share of its duration, so each worker
-gets the same share whatever the number and length of the videos. Each segment is decoded
-from the nearest earlier keyframe (`vfe.decoding.pyav`), so a split video's features equal the
-unsplit ones. Segments of one video stay on one rank, which assembles and writes the video: a
-single video is therefore decoded by one rank's workers, however many ranks there are.
+Sizes in bytes stand in for decoding work (they are known without opening a file). The videos
+are laid end to end and cut into `num_ranks x num_workers` equal lengths; a video a cut falls
+inside is split there, at the clip boundary nearest the cut's share of its duration, so each
+worker of each rank gets the same share whatever the number and length of the videos: one long
+video keeps every rank busy. Each segment is decoded from the nearest earlier keyframe
+(`vfe.decoding.pyav`), so a split video's features equal the unsplit ones. A video whose
+segments went to several ranks is assembled from the ranks' partial results
+(`vfe.output.parts`). Where videos cannot be split (a decoder that cannot start mid-video),
+whole videos are balanced over ranks by size first (largest first to the lightest rank).
 """
 
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from vfe.data.paths import VideoEntry
@@ -28,6 +30,8 @@ class WorkItem:
     end_clip: int | None = None
     num_segments: int = 1
     size_bytes: int = 0  # this item's share of the file, for progress
+    rank_segments: int = 0  # segments of the video on this item's rank (0: all of them)
+    num_ranks: int = 1  # ranks holding segments of the video
 
 
 @dataclass
@@ -39,7 +43,7 @@ class PlannedRun:
     video_models: list[tuple[str, ...]]  # for each, the backbones that still need it
     num_skipped: dict[str, int]  # per backbone, videos already done
     run_id: str  # names this run's failure records and its keys in the process group's store
-    videos_per_rank: list[int]  # how many videos each rank decodes
+    videos_per_rank: list[int]  # how many videos each rank decodes (all of them or a part)
     work: list[list[WorkItem]]  # this rank's work items, one list per DataLoader worker
 
 
@@ -131,6 +135,62 @@ def _clip_cuts(
         chosen.append((clip, size * seconds / duration))
         previous_seconds = seconds
     return chosen
+
+
+def plan_ranks(
+    video_indices: list[int],
+    sizes: list[int],
+    num_ranks: int,
+    num_workers: int,
+    clip_len: Fraction,
+    duration_of: Callable[[int], float | None] | None,
+    min_segment_seconds: float,
+) -> list[list[list[WorkItem]]]:
+    """Per rank, one list of work items per worker (`num_workers` >= 1), every item knowing how
+    many of its video's segments its rank holds and on how many ranks the video is."""
+    if duration_of is None:  # whole videos: by size over ranks, then over each rank's workers
+        shares = assign_ranks([sizes[i] for i in video_indices], num_ranks)
+        per_rank = [
+            split_over_workers(
+                [video_indices[i] for i in share], sizes, num_workers, clip_len, None, 0.0
+            )
+            for share in shares
+        ]
+    else:
+        everyone = split_over_workers(
+            video_indices,
+            sizes,
+            num_ranks * num_workers,
+            clip_len,
+            duration_of,
+            min_segment_seconds,
+        )
+        per_rank = [
+            everyone[rank * num_workers : (rank + 1) * num_workers] for rank in range(num_ranks)
+        ]
+    on_rank: dict[tuple[int, int], int] = {}  # (video, rank) -> segments
+    for rank, workers in enumerate(per_rank):
+        for items in workers:
+            for item in items:
+                key = (item.video_index, rank)
+                on_rank[key] = on_rank.get(key, 0) + 1
+    ranks_of: dict[int, int] = {}
+    for video, _ in on_rank:
+        ranks_of[video] = ranks_of.get(video, 0) + 1
+    return [
+        [
+            [
+                replace(
+                    item,
+                    rank_segments=on_rank[(item.video_index, rank)],
+                    num_ranks=ranks_of[item.video_index],
+                )
+                for item in items
+            ]
+            for items in workers
+        ]
+        for rank, workers in enumerate(per_rank)
+    ]
 
 
 def work_shares(work: list[list[WorkItem]]) -> list[int]:

@@ -3,7 +3,9 @@
 `ClipFeatureAssembler` holds only unfinished videos: per clip the running sum of its samples'
 features and their count. A video is finished when the end records of all its segments (one
 for an unsplit video) have arrived and so have all the samples they announce; its clip features
-(the mean over samples), windows and fps are then final.
+(the mean over samples), windows and fps are then final. A video whose segments are on several
+ranks ends here as this rank's part (`PartialVideo`), which `vfe.output.parts` merges with the
+other ranks' parts.
 """
 
 from dataclasses import dataclass, field
@@ -38,10 +40,22 @@ class _PendingVideo:
         self.samples_seen += len(clip_index)
 
     def complete(self, model: str) -> bool:
-        """All segments ended and all the samples they announced for `model` are in."""
-        return len(self.ends) == self.info.num_segments and self.samples_seen == sum(
+        """All this rank's segments ended and all the samples they announced for `model` are
+        in."""
+        segments = self.info.rank_segments or self.info.num_segments
+        return len(self.ends) == segments and self.samples_seen == sum(
             end.num_samples[model] for end in self.ends
         )
+
+
+@dataclass
+class PartialVideo:
+    """This rank's part of a video whose other segments were decoded on other ranks."""
+
+    info: VideoStart
+    feature_sums: np.ndarray  # (clips, D) float64, zero for clips of other ranks
+    sample_counts: np.ndarray  # (clips,) int64
+    ends: list[SegmentEnd]
 
 
 @dataclass
@@ -87,7 +101,7 @@ class ClipFeatureAssembler:
 
     def add_features(
         self, features: np.ndarray, video_index: np.ndarray, clip_index: np.ndarray
-    ) -> list[FinishedVideo]:
+    ) -> list[FinishedVideo | PartialVideo]:
         """`features (B, D)` of samples with their video and clip; returns finished videos."""
         finished = []
         for video in np.unique(video_index).tolist():
@@ -100,7 +114,7 @@ class ClipFeatureAssembler:
                 finished.append(self._finish(video))
         return finished
 
-    def add_end(self, end: SegmentEnd) -> list[FinishedVideo]:
+    def add_end(self, end: SegmentEnd) -> list[FinishedVideo | PartialVideo]:
         """A segment's end record; returns the video finished if all its segments and samples
         are in."""
         if end.index in self._failed:
@@ -109,32 +123,44 @@ class ClipFeatureAssembler:
         pending.ends.append(end)
         return [self._finish(end.index)] if pending.complete(self.model) else []
 
-    def _finish(self, video_index: int) -> FinishedVideo:
+    def _finish(self, video_index: int) -> FinishedVideo | PartialVideo:
         pending = self._pending.pop(video_index)
-        # The segment that reached the end of the file knows the clip count and duration (if
-        # the container overstated the duration, later segments found no frames).
-        reached = [end for end in pending.ends if end.last is not None]
-        if not reached:
-            raise RuntimeError(f"video {video_index}: no segment reached the end of the file")
-        last = min(reached, key=lambda end: end.first_clip).last
-        num_clips, duration = last.num_clips, last.duration_seconds
-        num_frames = sum(end.num_frames for end in pending.ends)
-        counts = pending.sample_counts[:num_clips]
-        if len(pending.sample_counts) > num_clips and pending.sample_counts[num_clips:].any():
-            raise RuntimeError(f"video {video_index}: samples beyond its {num_clips} clips")
-        if len(counts) < num_clips or not counts.all():
-            raise RuntimeError(f"video {video_index}: clips without samples: {counts.tolist()}")
-        end = pending.ends[0]
-        clip_length = clip_length_fraction(end.clip_length)
-        stride = None if end.clip_stride is None else clip_length_fraction(end.clip_stride)
-        num_clips = clips_kept(num_clips, clip_length, duration, end.tail, stride)
-        means = pending.feature_sums[:num_clips] / counts[:num_clips, None]
-        windows = clip_windows(num_clips, clip_length, duration, stride)
-        arrays = {
-            "features": means.astype(np.float32),
-            "fps": np.float64(float(num_frames / duration) if duration else np.nan),
-            "clip_length": np.float64(end.clip_length),
-            "timestamps": windows,
-        }
-        decode_errors = sum(end.decode_errors for end in pending.ends)
-        return FinishedVideo(pending.info.relative_path, arrays, pending.info, decode_errors)
+        if pending.info.num_ranks > 1:
+            return PartialVideo(
+                pending.info, pending.feature_sums, pending.sample_counts, pending.ends
+            )
+        return finish_video(pending.info, pending.feature_sums, pending.sample_counts, pending.ends)
+
+
+def finish_video(
+    info: VideoStart, feature_sums: np.ndarray, sample_counts: np.ndarray, ends: list[SegmentEnd]
+) -> FinishedVideo:
+    """A video's arrays from the per-clip sums and counts of all its samples and the end
+    records of all its segments."""
+    # The segment that reached the end of the file knows the clip count and duration (if
+    # the container overstated the duration, later segments found no frames).
+    reached = [end for end in ends if end.last is not None]
+    if not reached:
+        raise RuntimeError(f"video {info.index}: no segment reached the end of the file")
+    last = min(reached, key=lambda end: end.first_clip).last
+    num_clips, duration = last.num_clips, last.duration_seconds
+    num_frames = sum(end.num_frames for end in ends)
+    counts = sample_counts[:num_clips]
+    if len(sample_counts) > num_clips and sample_counts[num_clips:].any():
+        raise RuntimeError(f"video {info.index}: samples beyond its {num_clips} clips")
+    if len(counts) < num_clips or not counts.all():
+        raise RuntimeError(f"video {info.index}: clips without samples: {counts.tolist()}")
+    end = ends[0]
+    clip_length = clip_length_fraction(end.clip_length)
+    stride = None if end.clip_stride is None else clip_length_fraction(end.clip_stride)
+    num_clips = clips_kept(num_clips, clip_length, duration, end.tail, stride)
+    means = feature_sums[:num_clips] / counts[:num_clips, None]
+    windows = clip_windows(num_clips, clip_length, duration, stride)
+    arrays = {
+        "features": means.astype(np.float32),
+        "fps": np.float64(float(num_frames / duration) if duration else np.nan),
+        "clip_length": np.float64(end.clip_length),
+        "timestamps": windows,
+    }
+    decode_errors = sum(end.decode_errors for end in ends)
+    return FinishedVideo(info.relative_path, arrays, info, decode_errors)

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from vfe.data.paths import feature_files
 from vfe.output.failures import FAILURES_FILE_NAME, read_failures
-from vfe.output.provenance import DETERMINING_SETTINGS, PROVENANCE_KEY
+from vfe.output.provenance import DETERMINING_SETTINGS, PROVENANCE_KEY, SETTINGS_BEFORE_RECORDED
 
 MAX_LISTED = 10
 
@@ -80,11 +81,11 @@ def describe_folder(folder: Path, excluded: list[Path] = ()) -> dict[str, Any]:
     shapes: Counter[str] = Counter()
     settings: dict[str, Counter[str]] = {key: Counter() for key in DETERMINING_SETTINGS}
     without_provenance, unreadable = [], []
-    files = sorted(
+    files = [
         path
-        for path in folder.rglob("*.npz")
+        for path in feature_files(folder)
         if not any(path.is_relative_to(part) for part in excluded)
-    )
+    ]
     for path in files:
         try:
             report = describe_file(path)
@@ -96,6 +97,7 @@ def describe_folder(folder: Path, excluded: list[Path] = ()) -> dict[str, Any]:
         if provenance is None:
             without_provenance.append(str(path.relative_to(folder)))
             continue
+        provenance = {**SETTINGS_BEFORE_RECORDED, **provenance}  # older files: the defaults
         for key in DETERMINING_SETTINGS:
             settings[key][json.dumps(provenance.get(key), sort_keys=True)] += 1
     failure_log = read_failures(folder / FAILURES_FILE_NAME)

@@ -16,6 +16,7 @@ from types import ModuleType
 import numpy as np
 
 from vfe.backbones.extras import import_extra
+from vfe.data.paths import feature_files
 from vfe.errors import ExitCode, VfeError
 from vfe.output.npz import save_npz_atomically
 
@@ -32,7 +33,7 @@ def pack(features_dir: Path, output_file: Path, key: str = "features") -> int:
     features_dir = Path(features_dir)
     if not features_dir.is_dir():
         raise VfeError(f"{str(features_dir)!r} is not a folder")
-    files = sorted(features_dir.rglob("*.npz"))
+    files = feature_files(features_dir)
     if not files:
         raise VfeError(f"{str(features_dir)!r} holds no .npz files")
     partial = output_file.with_name(output_file.name + ".partial")

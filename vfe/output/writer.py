@@ -20,9 +20,18 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from vfe.data.paths import model_output_dirs, output_path_for
 from vfe.data.records import SegmentEnd, VideoFailure, VideoStart
 from vfe.data.work_plan import PlannedRun
-from vfe.output.assembly import ClipFeatureAssembler, FinishedVideo
+from vfe.output.assembly import ClipFeatureAssembler, FinishedVideo, PartialVideo
 from vfe.output.failures import FAILURES_FILE_NAME, append_failure
 from vfe.output.npz import remove_stale_temporaries, save_npz_atomically
+from vfe.output.parts import (
+    claim_parts,
+    merge_parts,
+    part_folder,
+    remove_parts,
+    remove_run_parts,
+    remove_stale_parts,
+    write_part,
+)
 from vfe.output.provenance import PROVENANCE_KEY, encode, run_provenance, video_provenance
 from vfe.output.report import report_run
 from vfe.output.run_totals import RankReports
@@ -102,6 +111,8 @@ class FeatureWriter(BasePredictionWriter):
         self._reports: RankReports | None = None
         self._plan: PlannedRun | None = None  # the run's plan, from the datamodule
         self._thread_error: BaseException | None = None
+        self._rank = 0
+        self._ranks_of: dict[int, int] = {}  # video -> ranks decoding it (this rank's videos)
         self.total_failed = 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -109,6 +120,7 @@ class FeatureWriter(BasePredictionWriter):
         if trainer.global_rank == 0:
             for output_dir in self.output_dirs.values():
                 remove_stale_temporaries(output_dir)
+                remove_stale_parts(output_dir)
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         names = list(pl_module.members())
@@ -119,6 +131,10 @@ class FeatureWriter(BasePredictionWriter):
         datamodule = trainer.datamodule
         self._plan = datamodule.plan
         self._run_id = self._plan.run_id
+        self._rank = trainer.global_rank
+        self._ranks_of = {
+            item.video_index: item.num_ranks for items in self._plan.work for item in items
+        }
         data_settings = datamodule.provenance()
         self._provenance = {
             name: run_provenance(member, data_settings, trainer.precision)
@@ -232,7 +248,11 @@ class FeatureWriter(BasePredictionWriter):
                 videos = self._assemblers[name].add_end(end)
                 finished += [(name, video) for video in videos]
         for name, video in finished:
-            self._save(name, video)
+            if isinstance(video, PartialVideo):
+                self._save_part(name, video)
+            else:
+                self._save(name, video)
+                self._model_done(video.info)
         for failure in result.failures:
             self._fail(failure)
         self.counts.decoded_bytes += result.decoded_bytes
@@ -252,33 +272,69 @@ class FeatureWriter(BasePredictionWriter):
                 str(self._plan.videos[info.index].path),
             ),
         }
+        if info.num_segments > 1:  # how it was decoded (not compared on resume)
+            record["video"] |= {"segments": info.num_segments, "ranks": info.num_ranks}
         save_npz_atomically(
             output_path_for(self.output_dirs[name], video.relative_path),
             {**video.arrays, PROVENANCE_KEY: encode(record)},
         )
         self.counts.written[name] += 1
-        if video.decode_errors and self._models_left[info.index] == len(info.models):
+        if video.decode_errors and name == info.models[0]:
             self.counts.concealed += 1  # once per video, at its first backbone
         self.counts.clips[name] += len(video.arrays["features"])
+
+    def _model_done(self, info: VideoStart) -> None:
+        """This rank is done with one backbone of the video (written, or its part left)."""
         self._models_left[info.index] -= 1
         if self._models_left[info.index] == 0:
             self.counts.videos_done += 1
 
+    def _save_part(self, name: str, part: PartialVideo) -> None:
+        """This rank's part of a video decoded on several ranks; merged by the last rank."""
+        folder = part_folder(self.output_dirs[name], self._run_id, part.info.relative_path)
+        write_part(folder, self._rank, part)
+        self._model_done(part.info)
+        self._merge_if_complete(name, folder, part.info.num_ranks)
+
+    def _merge_if_complete(self, name: str, folder: Path, num_ranks: int) -> None:
+        parts = claim_parts(folder, num_ranks)
+        if parts is None:  # other ranks' parts still to come, or another rank merges
+            return
+        merged = merge_parts(parts)
+        if isinstance(merged, VideoFailure):
+            if name == merged.models[0]:
+                self.counts.failed += 1  # once per video
+            self._record_failure(name, merged)
+        else:
+            self._save(name, merged)
+        remove_parts(folder)
+
     def _fail(self, failure: VideoFailure) -> None:
         """Drop the video for all its backbones; recorded once per video (a split video's
-        segments may each fail), in each backbone's folder, naming the backbones affected."""
+        segments may each fail), in each backbone's folder, naming the backbones affected. A
+        video decoded on several ranks is recorded by the rank that merges its parts."""
         for name in failure.models:
             self._assemblers[name].drop_video(failure.index)
         if failure.index in self._failed_videos:
             return
         self._failed_videos.add(failure.index)
-        self.counts.failed += 1
         self.counts.videos_done += 1
+        num_ranks = self._ranks_of.get(failure.index, 1)
+        if num_ranks > 1:
+            for name in failure.models:
+                folder = part_folder(self.output_dirs[name], self._run_id, failure.relative_path)
+                write_part(folder, self._rank, failure)
+                self._merge_if_complete(name, folder, num_ranks)
+            return
+        self.counts.failed += 1
+        for name in failure.models:
+            self._record_failure(name, failure)
+
+    def _record_failure(self, name: str, failure: VideoFailure) -> None:
         record = dataclasses.asdict(failure)
         del record["index"]  # the run's own numbering
         record |= {"run": self._run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        for name in failure.models:
-            append_failure(self.output_dirs[name] / FAILURES_FILE_NAME, record)
+        append_failure(self.output_dirs[name] / FAILURES_FILE_NAME, record)
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
@@ -309,6 +365,8 @@ class FeatureWriter(BasePredictionWriter):
         )
         if totals is None:  # not rank 0: rank 0 reports for all
             return
+        for output_dir in self.output_dirs.values():  # every rank has merged what it could
+            remove_run_parts(output_dir, self._run_id)
         self.total_failed = report_run(
             totals,
             self.output_dirs,

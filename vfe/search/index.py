@@ -1,6 +1,7 @@
 """A features folder's clips as one L2-normalised matrix on disk, built once and reused.
 
-`<features_dir>/.vfe-search/` holds `features.f32` (`(num_clips, D)` float32, row-normalised,
+`<features_dir>/.vfe-search/` (or, where the folder is not writable, a folder of its own under
+`~/.cache/vfe/search/`) holds `features.f32` (`(num_clips, D)` float32, row-normalised,
 read memory-mapped), `clips.npy` (per row: video number, start and end seconds) and
 `index.json` (the videos, the model, and a digest of the folder's files: any file added,
 removed or rewritten makes the index be rebuilt).
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from vfe.data.paths import feature_files
 from vfe.errors import VfeError
 from vfe.output.provenance import PROVENANCE_KEY
 from vfe.text.command import MODEL_KEYS
@@ -41,7 +43,7 @@ class ClipIndex:
 
 
 def _feature_files(features_dir: Path) -> list[Path]:
-    return sorted(p for p in features_dir.rglob("*.npz") if INDEX_DIR_NAME not in p.parts)
+    return feature_files(features_dir)
 
 
 def folder_digest(files: list[Path], features_dir: Path) -> str:
@@ -55,6 +57,17 @@ def folder_digest(files: list[Path], features_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def index_dir_for(features_dir: Path) -> Path:
+    """Beside the features, or in the user's cache for a read-only (shared) folder."""
+    if os.access(features_dir, os.W_OK):
+        return features_dir / INDEX_DIR_NAME
+    key = hashlib.sha256(str(features_dir.resolve()).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    index_dir = cache / "vfe" / "search" / key
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    return index_dir
+
+
 def load_index(features_dir: Path) -> ClipIndex:
     """The folder's index: read if its digest is current, else built (and saved) first."""
     features_dir = Path(features_dir)
@@ -64,7 +77,7 @@ def load_index(features_dir: Path) -> ClipIndex:
     if not files:
         raise VfeError(f"{str(features_dir)!r} holds no .npz feature files")
     digest = folder_digest(files, features_dir)
-    index_dir = features_dir / INDEX_DIR_NAME
+    index_dir = index_dir_for(features_dir)
     meta_file = index_dir / "index.json"
     if meta_file.exists():
         meta = json.loads(meta_file.read_text())

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from vfe.data.paths import feature_files
 from vfe.errors import ExitCode, VfeError
 from vfe.output.provenance import PROVENANCE_KEY, read_provenance
 
@@ -31,7 +32,7 @@ MODEL_KEYS = ("model", "arch", "weights_sha256")
 def folder_model(features_dir: Path) -> dict[str, Any]:
     """The one backbone (`model`, `arch`, `weights_sha256`, `options`) the folder's .npz files
     record; an error when they record none or several."""
-    files = sorted(features_dir.rglob("*.npz"))
+    files = feature_files(features_dir)
     if not files:
         raise VfeError(f"--like {str(features_dir)!r} holds no .npz feature files")
     found: dict[tuple[Any, ...], Path] = {}

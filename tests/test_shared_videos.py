@@ -1,0 +1,83 @@
+"""One long video decoded on several ranks: each rank leaves its part, the last one merges
+them; the features equal those of one process."""
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from conftest import run_vfe
+
+from vfe.bench.synthetic import write_video
+from vfe.data.records import SegmentEnd, VideoFailure, VideoStart, VideoTail
+from vfe.output.assembly import PartialVideo
+from vfe.output.parts import PARTS_DIR_NAME, claim_parts, merge_parts, write_part
+
+
+def test_one_long_video_on_two_ranks_equals_one_process(tiny_clip_file: Path, tmp_path: Path):
+    write_video(tmp_path / "in" / "long.mp4", num_frames=600, fps=25, height=48, width=64, seed=5)
+    common = [
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", "in", "--trainer.accelerator", "cpu", "--data.num_workers", "0",
+        "--data.min_segment_seconds", "4", "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    single = run_vfe(*common, "--output_dir", "one", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    double = run_vfe(
+        *common, "--output_dir", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert double.returncode == 0, double.stderr
+    assert "written 1, skipped 0, failed 0, clips 12" in double.stderr
+    with (
+        np.load(tmp_path / "one" / "long.npz") as one,
+        np.load(tmp_path / "two" / "long.npz") as two,
+    ):
+        np.testing.assert_allclose(two["features"], one["features"], rtol=1e-5, atol=1e-6)
+        for key in ("timestamps", "fps", "clip_length"):
+            np.testing.assert_array_equal(two[key], one[key])
+        video = json.loads(str(two["provenance"]))["video"]
+    assert (video["segments"], video["ranks"]) == (2, 2)  # both ranks decoded a half
+    assert not (tmp_path / "two" / PARTS_DIR_NAME).exists()
+    again = run_vfe(
+        *common, "--output_dir", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert "written 0, skipped 1" in again.stderr  # resumes like any video
+
+
+def _info(rank_segments: int) -> VideoStart:
+    return VideoStart(0, "a/long.mp4", 10, 1, "sha256-sampled:x", 2, ["m"], rank_segments, 2)
+
+
+def _end(first_clip: int, last: VideoTail | None) -> SegmentEnd:
+    return SegmentEnd(0, first_clip, {"m": 2}, 50, 2.0, last=last)
+
+
+def test_parts_merge_once_when_all_are_written(tmp_path: Path):
+    folder = tmp_path / "parts"
+    first = PartialVideo(
+        _info(1), np.array([[2.0, 4.0], [0.0, 0.0]]), np.array([2, 0]), [_end(0, None)]
+    )
+    write_part(folder, 0, first)
+    assert claim_parts(folder, 2) is None  # rank 1's part not there yet
+    tail = VideoTail(2, Fraction(7, 2))
+    second = PartialVideo(
+        _info(1), np.array([[0.0, 0.0], [6.0, 8.0]]), np.array([0, 2]), [_end(1, tail)]
+    )
+    write_part(folder, 1, second)
+    parts = claim_parts(folder, 2)
+    assert parts is not None and claim_parts(folder, 2) is None  # only one merger
+    video = merge_parts(parts)
+    assert video.arrays["features"].tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert video.arrays["timestamps"].tolist() == [[0.0, 2.0], [2.0, 3.5]]
+    assert float(video.arrays["fps"]) == 100 / 3.5  # both segments' frames
+
+
+def test_a_failed_part_makes_the_merge_a_failure(tmp_path: Path):
+    folder = tmp_path / "parts"
+    failure = VideoFailure(0, "/v/a/long.mp4", "a/long.mp4", "decode", "EOFError: cut", ["m"])
+    write_part(folder, 1, failure)
+    ok = PartialVideo(_info(1), np.ones((1, 2)), np.array([1]), [_end(0, None)])
+    write_part(folder, 0, ok)
+    assert merge_parts(claim_parts(folder, 2)) == failure
