@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import extract, run_vfe
+from conftest import run_vfe
 
 import vfe
-from vfe.backbones.openai_clip import CLIPBackbone
 from vfe.data.paths import find_videos, flat_layout, read_video_list
 from vfe.errors import VfeError
 
@@ -97,8 +96,12 @@ def test_api_returns_what_the_cli_writes(tmp_path: Path, video_dir: Path, tiny_c
     videos = [video_dir / "moving.mp4", str(video_dir / "nested" / "short.mp4")]
     got = vfe.extract(videos, "clip", options, clip_stride=1.0)
     assert list(got) == [str(videos[0]), videos[1]]
-    model = CLIPBackbone(arch="custom", weights=str(tiny_clip_file))
-    extract(model, video_dir, tmp_path / "cli", clip_stride=1.0)
+    cli = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", str(video_dir), "--output_dir", str(tmp_path / "cli"),
+        "--clip_stride", "1", "--data.num_workers", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
     for key, relative in zip(got, ["moving.npz", "nested/short.npz"], strict=True):
         with np.load(tmp_path / "cli" / relative) as written:
             np.testing.assert_array_equal(got[key]["features"], written["features"])

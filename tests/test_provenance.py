@@ -12,8 +12,8 @@ import pytest
 from conftest import run_vfe
 
 from vfe.bench.synthetic import write_video
-from vfe.data.paths import video_fingerprint
-from vfe.output.provenance import PROVENANCE_KEY, read_provenance
+from vfe.data.paths import VideoEntry, video_fingerprint
+from vfe.output.provenance import PROVENANCE_KEY, first_difference, read_provenance
 
 
 @pytest.fixture
@@ -53,9 +53,11 @@ def test_every_file_records_how_it_was_made(
     }  # fmt: skip
     assert (record["clip_length"], record["grid_version"]) == (2.0, 2)
     assert (record["decoder"], record["precision"]) == ("pyav", "32-true")
+    assert (record["clip_stride"], record["tail"]) == (None, "keep")
     assert record["decoder_version"] and record["versions"]["torch"]
     stat = (video_dir / "moving.mp4").stat()
     assert record["video"] == {
+        "path": str((video_dir / "moving.mp4").absolute()),
         "size_bytes": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
         "fingerprint": video_fingerprint(video_dir / "moving.mp4"),
@@ -168,3 +170,13 @@ def test_files_from_an_earlier_vfe_need_overwrite(clip_args, video_dir: Path, tm
     np.savez(old, **arrays)
     legacy = run_vfe(*clip_args, cwd=tmp_path)
     assert legacy.returncode == 2 and "records no settings" in legacy.stderr
+
+
+def test_files_made_before_stride_and_tail_were_recorded_count_as_the_defaults():
+    video = VideoEntry(Path("/v.mp4"), "v.mp4", 10, 5)
+    older = {"model": "m", "clip_length": 2.0, "video": {"size_bytes": 10, "mtime_ns": 5}}
+    wanted = {"model": "m", "clip_length": 2.0, "clip_stride": None, "tail": "keep"}
+    assert first_difference(older, wanted, video) is None
+    rounded = first_difference(older, {**wanted, "tail": "round"}, video)
+    assert rounded == "tail: 'keep' in the file, 'round' now"
+    assert first_difference(older, {**wanted, "clip_stride": 1.0}, video).startswith("clip_stride")

@@ -25,7 +25,14 @@ from vfe.data.clip_grid import ClipAssigner, clip_length_fraction, stride_phases
 from vfe.data.input_spec import FrameSampling, InputSpec
 from vfe.data.paths import VideoEntry, video_fingerprint
 from vfe.data.records import Batch, SegmentEnd, VideoFailure, VideoStart, VideoTail
-from vfe.data.samples import ClipSamples, Emitter, ImageSamples, MiddleFrameSamples, hold_clips
+from vfe.data.samples import (
+    ClipSamples,
+    Destination,
+    Emitter,
+    ImageSamples,
+    MiddleFrameSamples,
+    hold_clips,
+)
 from vfe.data.transforms import resize_and_center_crop
 from vfe.data.work_plan import WorkItem, split_over_workers
 from vfe.decoding.video import DEFAULT_DECODER, DecodeError, Frame, file_errors, open_video
@@ -272,13 +279,12 @@ class VideoClipDataset(IterableDataset):
         def convert(frames: list[Frame]) -> torch.Tensor:
             return self.to_samples(builder, spec, frames)
 
-        video, phases = item.video_index, self.phases
+        destination = Destination(builder, model, item.video_index, self.phases, phase)
         if spec.frames_per_clip is None:
-            chunk = self.batch_sizes[model]
-            return ImageSamples(builder, model, video, convert, chunk, phases, phase)
+            return ImageSamples(destination, convert, self.batch_sizes[model])
         if spec.frame_sampling is FrameSampling.MIDDLE:
-            return MiddleFrameSamples(builder, model, video, convert, self.clip_len, phases, phase)
-        return ClipSamples(builder, model, video, convert, spec, item.first_clip, phases, phase)
+            return MiddleFrameSamples(destination, convert, self.clip_len)
+        return ClipSamples(destination, convert, spec, item.first_clip)
 
     def to_samples(
         self, builder: BatchBuilder, spec: InputSpec, frames: list[Frame]

@@ -77,6 +77,16 @@ def feature_files(folder: Path) -> list[Path]:
     )
 
 
+def require_feature_files(folder: Path) -> list[Path]:
+    """`feature_files(folder)`, or an error naming the folder when it has none."""
+    if not Path(folder).is_dir():
+        raise VfeError(f"{str(folder)!r} is not a folder")
+    files = feature_files(folder)
+    if not files:
+        raise VfeError(f"{str(folder)!r} holds no .npz feature files")
+    return files
+
+
 def output_path_for(output_dir: Path, relative_path: str) -> Path:
     """`<output_dir>/<relative path with its extension replaced by .npz>`."""
     return (output_dir / relative_path).with_suffix(".npz")

@@ -3,6 +3,7 @@ each clip (video backbones), with the empty windows of a timestamp gap held by t
 screen, and memory bounded however long a clip or a gap is."""
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -37,32 +38,34 @@ def hold_clips(
             yield builder.pop()
 
 
+@dataclass(frozen=True)
+class Destination:
+    """Where an emitter's samples go: one backbone's batches, for one video, and which of the
+    video's grids it fills. With a stride the video has `phases` interleaved grids
+    (`vfe.data.clip_grid`); clip m of grid `phase` is the video's clip m*phases + phase."""
+
+    builder: BatchBuilder
+    model: str
+    video_index: int
+    phases: int = 1
+    phase: int = 0
+
+
 class Emitter:
-    """Turns one backbone's frames into samples for the batch builder.
+    """Turns one backbone's frames into samples for the batch builder."""
 
-    With a stride the video has `phases` interleaved grids (`vfe.data.clip_grid`); an emitter
-    serves one of them, `phase`, and numbers its clip m as the video's clip m*phases + phase.
-    """
-
-    def __init__(
-        self,
-        builder: BatchBuilder,
-        model: str,
-        video_index: int,
-        convert: Convert,
-        phases: int = 1,
-        phase: int = 0,
-    ) -> None:
-        self.builder, self.model, self.video_index = builder, model, video_index
+    def __init__(self, destination: Destination, convert: Convert) -> None:
+        self.destination = destination
+        self.builder, self.model = destination.builder, destination.model
         self.convert = convert
-        self.phases, self.phase = phases, phase
         self.num_samples = 0
         self.previous: Frame | None = None  # the frame on screen: it holds empty windows
 
     def send(self, samples: torch.Tensor, clips: list[int]) -> None:
         """Hand samples of this grid's clips `clips` to the batch builder."""
-        numbers = [clip * self.phases + self.phase for clip in clips]
-        self.builder.add_samples(self.model, samples, self.video_index, numbers)
+        target = self.destination
+        numbers = [clip * target.phases + target.phase for clip in clips]
+        self.builder.add_samples(self.model, samples, target.video_index, numbers)
         self.num_samples += len(numbers)
 
     def samples_of(self, items: list["Frame | torch.Tensor"]) -> torch.Tensor:
@@ -95,17 +98,8 @@ class ImageSamples(Emitter):
     """Every frame of a clip is one `(C, H, W)` sample; frames are sent in chunks of the
     backbone's batch size as they arrive, so a clip is never held whole."""
 
-    def __init__(
-        self,
-        builder: BatchBuilder,
-        model: str,
-        video_index: int,
-        convert: Convert,
-        chunk_size: int,
-        phases: int = 1,
-        phase: int = 0,
-    ) -> None:
-        super().__init__(builder, model, video_index, convert, phases, phase)
+    def __init__(self, destination: Destination, convert: Convert, chunk_size: int) -> None:
+        super().__init__(destination, convert)
         self.chunk_size = chunk_size
         self._pending: list[tuple[int, Frame]] = []
 
@@ -137,17 +131,9 @@ class ClipSamples(Emitter):
     size past that (the same samples either way: each frame is resized on its own)."""
 
     def __init__(
-        self,
-        builder: BatchBuilder,
-        model: str,
-        video_index: int,
-        convert: Convert,
-        spec: InputSpec,
-        first_clip: int = 0,
-        phases: int = 1,
-        phase: int = 0,
+        self, destination: Destination, convert: Convert, spec: InputSpec, first_clip: int = 0
     ) -> None:
-        super().__init__(builder, model, video_index, convert, phases, phase)
+        super().__init__(destination, convert)
         self.spec = spec
         self._clip_index = first_clip
         self._items: list[Frame | torch.Tensor] = []
@@ -204,17 +190,8 @@ class MiddleFrameSamples(Emitter):
     FFmpeg's `fps=1/clip_len` filter outputs for the clip (it rounds frame times to the
     nearest output time). Only the current pick is held, never the clip's frames."""
 
-    def __init__(
-        self,
-        builder: BatchBuilder,
-        model: str,
-        video_index: int,
-        convert: Convert,
-        clip_len: Fraction,
-        phases: int = 1,
-        phase: int = 0,
-    ) -> None:
-        super().__init__(builder, model, video_index, convert, phases, phase)
+    def __init__(self, destination: Destination, convert: Convert, clip_len: Fraction) -> None:
+        super().__init__(destination, convert)
         self.clip_len = clip_len
         self._clip_index: int | None = None
         self._pick: Frame | None = None
@@ -224,7 +201,8 @@ class MiddleFrameSamples(Emitter):
             self.finish()
             self._clip_index, self._pick = clip_index, self.previous
         # This grid starts at phase * stride = phase * L / phases.
-        middle = (clip_index + Fraction(1, 2) + Fraction(self.phase, self.phases)) * self.clip_len
+        grid_start = Fraction(self.destination.phase, self.destination.phases)
+        middle = (clip_index + Fraction(1, 2) + grid_start) * self.clip_len
         if self._pick is None or frame.time_seconds < middle:
             self._pick = frame
         self.previous = frame

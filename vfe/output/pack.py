@@ -16,7 +16,7 @@ from types import ModuleType
 import numpy as np
 
 from vfe.backbones.extras import import_extra
-from vfe.data.paths import feature_files
+from vfe.data.paths import require_feature_files
 from vfe.errors import ExitCode, VfeError
 from vfe.output.npz import save_npz_atomically
 
@@ -31,11 +31,7 @@ def pack(features_dir: Path, output_file: Path, key: str = "features") -> int:
     """Write every .npz under `features_dir` into `output_file`; the number of videos."""
     h5py = _h5py("pack")
     features_dir = Path(features_dir)
-    if not features_dir.is_dir():
-        raise VfeError(f"{str(features_dir)!r} is not a folder")
-    files = feature_files(features_dir)
-    if not files:
-        raise VfeError(f"{str(features_dir)!r} holds no .npz files")
+    files = require_feature_files(features_dir)
     partial = output_file.with_name(output_file.name + ".partial")
     # libver "latest": attributes of any size (a long video's timestamps pass 64 KiB).
     with h5py.File(partial, "w", libver="latest") as packed:

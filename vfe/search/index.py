@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vfe.data.paths import feature_files
+from vfe.data.paths import require_feature_files
 from vfe.errors import VfeError
 from vfe.output.provenance import PROVENANCE_KEY
 from vfe.text.command import MODEL_KEYS
@@ -40,10 +40,6 @@ class ClipIndex:
 
     def rows_of(self, video: int) -> np.ndarray:
         return np.flatnonzero(self.clips["video"] == video)
-
-
-def _feature_files(features_dir: Path) -> list[Path]:
-    return feature_files(features_dir)
 
 
 def folder_digest(files: list[Path], features_dir: Path) -> str:
@@ -71,11 +67,7 @@ def index_dir_for(features_dir: Path) -> Path:
 def load_index(features_dir: Path) -> ClipIndex:
     """The folder's index: read if its digest is current, else built (and saved) first."""
     features_dir = Path(features_dir)
-    if not features_dir.is_dir():
-        raise VfeError(f"{str(features_dir)!r} is not a folder")
-    files = _feature_files(features_dir)
-    if not files:
-        raise VfeError(f"{str(features_dir)!r} holds no .npz feature files")
+    files = require_feature_files(features_dir)
     digest = folder_digest(files, features_dir)
     index_dir = index_dir_for(features_dir)
     meta_file = index_dir / "index.json"
