@@ -74,6 +74,17 @@ def test_parts_merge_once_when_all_are_written(tmp_path: Path):
     assert float(video.arrays["fps"]) == 100 / 3.5  # both segments' frames
 
 
+def test_a_part_without_frames_merges(tmp_path: Path):
+    """A container that overstates its duration leaves the last segment without frames."""
+    folder = tmp_path / "parts"
+    tail = VideoTail(1, Fraction(2))
+    write_part(folder, 0, PartialVideo(_info(1), np.ones((1, 2)), np.array([1]), [_end(0, tail)]))
+    empty = SegmentEnd(0, 5, {"m": 0}, 0, 2.0)
+    write_part(folder, 1, PartialVideo(_info(1), np.zeros((0, 0)), np.zeros(0, np.int64), [empty]))
+    video = merge_parts(claim_parts(folder, 2))
+    assert video.arrays["features"].tolist() == [[1.0, 1.0]]
+
+
 def test_a_failed_part_makes_the_merge_a_failure(tmp_path: Path):
     folder = tmp_path / "parts"
     failure = VideoFailure(0, "/v/a/long.mp4", "a/long.mp4", "decode", "EOFError: cut", ["m"])

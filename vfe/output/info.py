@@ -45,7 +45,7 @@ def backbone_folders(folder: Path) -> list[Path]:
     just the dataset's own), and, beside them, sub-folders with only a failure log."""
     models: dict[Path, str] = {}
     only_failures = []
-    for part in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for part in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         first = next(part.rglob("*.npz"), None)
         if first is None:
             if (part / FAILURES_FILE_NAME).exists():

@@ -94,7 +94,8 @@ def merge_parts(parts: list[Path]) -> FinishedVideo | VideoFailure:
     feature_sums = np.zeros((num_clips, dim), dtype=np.float64)
     sample_counts = np.zeros(num_clips, dtype=np.int64)
     for part_sums, part_counts in zip(sums, counts, strict=True):
-        feature_sums[: len(part_sums)] += part_sums
+        if part_sums.size:  # a rank whose segments found no frames has no sums
+            feature_sums[: len(part_sums)] += part_sums
         sample_counts[: len(part_counts)] += part_counts
     return finish_video(info, feature_sums, sample_counts, sorted(ends, key=lambda e: e.first_clip))
 
