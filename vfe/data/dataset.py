@@ -182,6 +182,8 @@ class VideoClipDataset(IterableDataset):
             )
         )
         builder.decode_seconds += time.perf_counter() - started
+        if self.phases > 1 and item.num_segments > 1:
+            raise ValueError("a clip stride needs whole videos as work items, not segments")
         start_seconds = item.first_clip * self.clip_len
         # One grid per phase of a stride (`vfe.data.clip_grid`); one grid without a stride.
         grids = [
@@ -197,7 +199,7 @@ class VideoClipDataset(IterableDataset):
         frames = video.frames(start_seconds)
         num_frames, last, reached_end = 0, None, True
         bytes_origin, bytes_reported = None, 0  # progress through this item's share of the file
-        while reached_end:
+        while True:
             started = time.perf_counter()
             try:
                 frame = next(frames, None)
