@@ -6,6 +6,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import run_vfe
 
 from vfe.bench.synthetic import write_video
@@ -14,12 +15,23 @@ from vfe.output.assembly import PartialVideo
 from vfe.output.parts import PARTS_DIR_NAME, claim_parts, merge_parts, write_part
 
 
-def test_one_long_video_on_two_ranks_equals_one_process(tiny_clip_file: Path, tmp_path: Path):
-    write_video(tmp_path / "in" / "long.mp4", num_frames=600, fps=25, height=48, width=64, seed=5)
+@pytest.mark.parametrize("models", ["clip", "clip,slowfast"], ids=["one backbone", "two"])
+def test_one_long_video_on_two_ranks_equals_one_process(
+    models, tiny_clip_file: Path, slowfast_pyth_file: Path, tmp_path: Path
+):
+    write_video(tmp_path / "in" / "long.mp4", num_frames=300, fps=25, height=48, width=64, seed=5)
+    weights = ["--model.arch", "custom", "--model.weights", str(tiny_clip_file)]
+    folders = [""]
+    if models != "clip":
+        weights = [
+            "--model.clip.arch", "custom", "--model.clip.weights", str(tiny_clip_file),
+            "--model.slowfast.weights", str(slowfast_pyth_file),
+        ]  # fmt: skip
+        folders = ["clip", "slowfast"]
     common = [
-        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
-        "--input_dir", "in", "--trainer.accelerator", "cpu", "--data.num_workers", "0",
-        "--data.min_segment_seconds", "4", "--trainer.enable_progress_bar", "false",
+        "--model", models, *weights, "--input_dir", "in", "--trainer.accelerator", "cpu",
+        "--data.num_workers", "0", "--data.min_segment_seconds", "2",
+        "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     single = run_vfe(*common, "--output_dir", "one", cwd=tmp_path)
     assert single.returncode == 0, single.stderr
@@ -28,17 +40,18 @@ def test_one_long_video_on_two_ranks_equals_one_process(tiny_clip_file: Path, tm
         cwd=tmp_path,
     )  # fmt: skip
     assert double.returncode == 0, double.stderr
-    assert "written 1, skipped 0, failed 0, clips 12" in double.stderr
-    with (
-        np.load(tmp_path / "one" / "long.npz") as one,
-        np.load(tmp_path / "two" / "long.npz") as two,
-    ):
-        np.testing.assert_allclose(two["features"], one["features"], rtol=1e-5, atol=1e-6)
-        for key in ("timestamps", "fps", "clip_length"):
-            np.testing.assert_array_equal(two[key], one[key])
-        video = json.loads(str(two["provenance"]))["video"]
-    assert (video["segments"], video["ranks"]) == (2, 2)  # both ranks decoded a half
-    assert not (tmp_path / "two" / PARTS_DIR_NAME).exists()
+    assert double.stderr.count("written 1, skipped 0, failed 0, clips 6") == len(folders)
+    for folder in folders:
+        with (
+            np.load(tmp_path / "one" / folder / "long.npz") as one,
+            np.load(tmp_path / "two" / folder / "long.npz") as two,
+        ):
+            np.testing.assert_allclose(two["features"], one["features"], rtol=1e-5, atol=1e-5)
+            for key in ("timestamps", "fps", "clip_length"):
+                np.testing.assert_array_equal(two[key], one[key])
+            video = json.loads(str(two["provenance"]))["video"]
+        assert (video["segments"], video["ranks"]) == (2, 2)  # both ranks decoded a half
+        assert not (tmp_path / "two" / folder / PARTS_DIR_NAME).exists()
     again = run_vfe(
         *common, "--output_dir", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp",
         cwd=tmp_path,
