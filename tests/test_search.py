@@ -170,3 +170,15 @@ def test_pack_keeps_long_attributes(tmp_path):
 def test_pack_cli_errors(tmp_path):
     result = vfe_command("pack", str(tmp_path / "none"), str(tmp_path / "x.h5"), cwd=tmp_path)
     assert result.returncode == 2 and "is not a folder" in result.stderr
+
+
+def test_moved_videos_are_found_under_input_dir(features_dir, video_dir, tmp_path):
+    from vfe.search.command import source_of
+
+    moved = tmp_path / "moved"
+    shutil.copytree(video_dir, moved)
+    video = {"features_file": "nested/short.npz", "source": str(tmp_path / "gone" / "short.mp4")}
+    assert source_of(video, moved) == str(moved / "nested" / "short.mp4")
+    assert source_of(video, None) == video["source"]  # reported as not found by the page
+    recorded = {"features_file": "moving.npz", "source": str(video_dir / "moving.mp4")}
+    assert source_of(recorded, moved) == recorded["source"]

@@ -12,7 +12,7 @@ from conftest import run_vfe
 from vfe.bench.synthetic import write_video
 from vfe.data.records import SegmentEnd, VideoFailure, VideoStart, VideoTail
 from vfe.output.assembly import PartialVideo
-from vfe.output.parts import PARTS_DIR_NAME, claim_parts, merge_parts, write_part
+from vfe.output.parts import PARTS_DIR_NAME, claim_parts, merge_parts, part_folder, write_part
 
 
 @pytest.mark.parametrize("models", ["clip", "clip,slowfast"], ids=["one backbone", "two"])
@@ -105,3 +105,15 @@ def test_a_failed_part_makes_the_merge_a_failure(tmp_path: Path):
     ok = PartialVideo(_info(1), np.ones((1, 2)), np.array([1]), [_end(0, None)])
     write_part(folder, 0, ok)
     assert merge_parts(claim_parts(folder, 2)) == failure
+
+
+def test_parts_of_a_killed_run_are_removed_when_the_next_run_starts(tmp_path: Path):
+    """A rank that died leaves its part; the next run (rank 0's setup) removes it, and redoes
+    the video, which has no .npz."""
+    from vfe.output.parts import remove_stale_parts
+
+    folder = part_folder(tmp_path, "20261130T000000-1", "a/long.mp4")
+    write_part(folder, 0, PartialVideo(_info(1), np.ones((1, 2)), np.array([1]), [_end(0, None)]))
+    (tmp_path / "kept.npz").write_bytes(b"x")
+    remove_stale_parts(tmp_path)
+    assert not (tmp_path / PARTS_DIR_NAME).exists() and (tmp_path / "kept.npz").exists()

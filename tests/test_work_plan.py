@@ -137,3 +137,15 @@ def test_videos_that_cannot_be_split_are_balanced_whole_over_ranks():
     work = plan_ranks(list(range(4)), [400, 100, 100, 100], 2, 2, TWO_SECONDS, None, 30.0)
     assert [sum(work_shares(workers)) for workers in work] == [400, 300]
     assert all(i.num_ranks == 1 and i.num_segments == 1 for w in work for its in w for i in its)
+
+
+def test_thousands_of_tiny_videos_and_ranks_with_nothing():
+    sizes = [3, 1, 4, 1, 5, 9, 2, 6] * 500  # 4,000 tiny videos (5 s: never split)
+    work = plan_ranks(list(range(4000)), sizes, 4, 2, TWO_SECONDS, lambda i: 5.0, 30.0)
+    shares = [share for workers in work for share in work_shares(workers)]
+    assert max(shares) - min(shares) <= max(sizes)
+    videos = sorted(item.video_index for w in work for its in w for item in its)
+    assert videos == list(range(4000))  # each exactly once, whole
+    assert all(i.num_ranks == 1 for w in work for its in w for i in its)
+    one_video = plan_ranks([0], [100], 4, 1, TWO_SECONDS, lambda i: 5.0, 30.0)
+    assert sorted(len(items) for (items,) in one_video) == [0, 0, 0, 1]  # 3 ranks with nothing

@@ -16,12 +16,12 @@ from vfe.text.command import build_text_tower
 
 
 def source_of(video: dict, input_dir: Path | None) -> str | None:
-    """The video a features file was made from: as recorded, or found under `input_dir` by
-    its relative path (files made before vfe recorded the path)."""
-    if video.get("source"):
-        return video["source"]
-    if input_dir is None:
-        return None
+    """The video a features file was made from: as recorded, or, where that file is gone (a
+    moved or copied dataset) or not recorded (older files), found under `input_dir` by its
+    relative path."""
+    recorded = video.get("source")
+    if input_dir is None or (recorded and Path(recorded).exists()):
+        return recorded
     stem = Path(video["features_file"]).with_suffix("")
     found = sorted((input_dir / stem.parent).glob(f"{stem.name}.*"))
     return str(found[0]) if found else None
