@@ -117,3 +117,19 @@ def test_api_returns_what_the_cli_writes(tmp_path: Path, video_dir: Path, tiny_c
         [tmp_path / "missing.mp4", videos[0]], "clip", options, allow_failures=True
     )
     assert list(partial) == [str(videos[0])]
+
+
+def test_a_bad_list_stops_every_rank_at_once(tmp_path: Path, video_dir: Path, tiny_clip_file):
+    """Rank 0 reads the list; its error reaches the other rank as the same one line."""
+    listing = tmp_path / "videos.txt"
+    listing.write_text(
+        f"{video_dir / 'moving.mp4'}\tsame\n{video_dir / 'nested/short.mp4'}\tsame\n"
+    )
+    result = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_list", str(listing), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+        "--trainer.strategy", "ddp", "--data.num_workers", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "would write the same .npz" in result.stderr
+    assert "Traceback" not in result.stderr  # rank 1 crashed in the broadcast before

@@ -36,7 +36,7 @@ from vfe.decoding.video import (
 from vfe.errors import VfeError
 from vfe.messages import say
 from vfe.output.provenance import run_provenance
-from vfe.output.resume import plan_run
+from vfe.output.resume import RunPlan, plan_run
 from vfe.output.stopping import STOP_SIGNALS
 
 DEFAULT_INPUT_DIR = Path("raw_videos")
@@ -266,8 +266,12 @@ class VideoDataModule(LightningDataModule):
                 name: run_provenance(member, settings, trainer.precision)
                 for name, member in model.members().items()
             }
-            videos = list_videos(self.input_dir, self.input_list, self.layout)
-            listing = plan_run(videos, output_dirs, self.overwrite, wanted)
+            try:
+                videos = list_videos(self.input_dir, self.input_list, self.layout)
+            except VfeError as error:  # reaches every rank below, so none waits in broadcast
+                listing = RunPlan([], [], {}, str(error))
+            else:
+                listing = plan_run(videos, output_dirs, self.overwrite, wanted)
             listing.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
             if not listing.problem:
                 work_by_rank = self.plan_work(listing.todo, trainer.world_size)
