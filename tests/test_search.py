@@ -182,3 +182,19 @@ def test_moved_videos_are_found_under_input_dir(features_dir, video_dir, tmp_pat
     assert source_of(video, None) == video["source"]  # reported as not found by the page
     recorded = {"features_file": "moving.npz", "source": str(video_dir / "moving.mp4")}
     assert source_of(recorded, moved) == recorded["source"]
+
+
+def test_unpack_never_replaces_files_and_names_bad_input(features_dir, tmp_path):
+    packed = tmp_path / "p.h5"
+    pack(features_dir, packed)
+    back = tmp_path / "back"
+    (back / "nested").mkdir(parents=True)
+    (back / "nested" / "short.npz").write_bytes(b"mine")
+    result = vfe_command("unpack", str(packed), str(back), cwd=tmp_path)
+    assert result.returncode == 2 and "nested/short.npz" in result.stderr
+    assert (back / "nested" / "short.npz").read_bytes() == b"mine"
+    assert not (back / "moving.npz").exists()  # nothing written
+    (tmp_path / "not.h5").write_text("text")
+    bad = vfe_command("unpack", str(tmp_path / "not.h5"), str(tmp_path / "x"), cwd=tmp_path)
+    assert bad.returncode == 2 and "cannot be read as HDF5" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -10,6 +10,7 @@ writes the same .npz files back.
 import argparse
 import os
 import sys
+import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -38,7 +39,11 @@ def pack(features_dir: Path, output_file: Path, key: str = "features") -> int:
         packed.attrs[KEY_ATTRIBUTE] = key
         for path in files:
             name = path.relative_to(features_dir).with_suffix("").as_posix()
-            with np.load(path) as saved:
+            try:
+                saved = np.load(path)
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+                raise VfeError(f"{path} cannot be read ({error})") from error
+            with saved:
                 if key not in saved.files:
                     raise VfeError(f"{path} has no {key!r} (its keys: {', '.join(saved.files)})")
                 dataset = packed.create_dataset(name, data=saved[key])
@@ -51,12 +56,23 @@ def pack(features_dir: Path, output_file: Path, key: str = "features") -> int:
 
 
 def unpack(packed_file: Path, output_dir: Path) -> int:
-    """Write each dataset of `packed_file` back as `<output_dir>/<name>.npz`; how many."""
+    """Write each dataset of `packed_file` back as `<output_dir>/<name>.npz`; how many. An
+    existing .npz is never replaced: the command stops before writing any."""
     h5py = _h5py("unpack")
     names: list[str] = []
-    with h5py.File(packed_file, "r") as packed:
+    try:
+        packed = h5py.File(packed_file, "r")
+    except OSError as error:
+        raise VfeError(f"{str(packed_file)!r} cannot be read as HDF5 ({error})") from error
+    with packed:
         key = str(packed.attrs.get(KEY_ATTRIBUTE, "features"))
         packed.visititems(lambda name, item: names.append(name) if hasattr(item, "shape") else None)
+        existing = [name for name in names if (Path(output_dir) / f"{name}.npz").exists()]
+        if existing:
+            raise VfeError(
+                f"{len(existing)} file(s) exist already under {str(output_dir)!r} (first: "
+                f"{existing[0]}.npz); unpack into an empty folder"
+            )
         for name in names:
             dataset = packed[name]
             arrays = {key: dataset[()]}
