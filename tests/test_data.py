@@ -12,8 +12,10 @@ from vfe.data.clip_grid import uniform_indices
 from vfe.data.dataset import VideoClipDataset
 from vfe.data.input_spec import InputSpec, ResizeMode
 from vfe.data.paths import find_videos, output_path_for
+from vfe.data.records import Samples
 from vfe.data.transforms import resize_and_center_crop
 from vfe.data.work_plan import WorkItem
+from vfe.decoding.colour import FrameLayout
 from vfe.errors import VfeError
 from vfe.output.assembly import ClipFeatureAssembler
 
@@ -37,10 +39,10 @@ def pixels_of(batch: dict) -> torch.Tensor:
 def test_batch_builder_cuts_exact_batches_per_backbone_and_keeps_order():
     builder = BatchBuilder({"a": 4, "b": 1})
     builder.add_video({"index": 0})
-    builder.add_samples("a", torch.arange(3).view(3, 1), 0, [0, 0, 1])
+    builder.add_samples("a", Samples(torch.arange(3).view(3, 1), None), 0, [0, 0, 1])
     builder.add_end({"index": 0})
-    builder.add_samples("a", torch.arange(3, 9).view(6, 1), 1, [2] * 6)
-    builder.add_samples("b", torch.arange(2).view(2, 1), 1, [5, 6])
+    builder.add_samples("a", Samples(torch.arange(3, 9).view(6, 1), None), 1, [2] * 6)
+    builder.add_samples("b", Samples(torch.arange(2).view(2, 1), None), 1, [5, 6])
     builder.add_failure({"index": 7})
     assert builder.full()
     first = builder.pop()
@@ -61,14 +63,35 @@ def test_batch_builder_cuts_exact_batches_per_backbone_and_keeps_order():
     assert not builder.has_anything()
 
 
+def test_packed_runs_keep_their_order_and_layouts_across_batches():
+    """Samples of several layouts (packed pictures of two sizes, and some at the backbone's
+    size) come out as runs in the order they were added, split where a batch ends."""
+    small = FrameLayout(2, 2, "planar", "bt601", False, 0)
+    other, large = small._replace(height=4), None  # None: at the backbone's size
+    builder = BatchBuilder({"a": 4})
+    builder.add_samples("a", Samples(torch.arange(3).view(3, 1), small), 0, [0, 1, 2])
+    builder.add_samples("a", Samples(torch.arange(3, 5).view(2, 1), large), 1, [0, 1])
+    builder.add_samples("a", Samples(torch.arange(5, 7).view(2, 1), other), 2, [0, 1])
+    builder.add_samples("a", Samples(torch.arange(7, 8).view(1, 1), other), 2, [2])
+    first = builder.pop()["models"]["a"]
+    assert [run.flatten().tolist() for run in first["pixels"]] == [[0, 1, 2], [3]]
+    assert first["layouts"] == [small, None]
+    assert first["video_index"] == [0, 0, 0, 1]
+    second = builder.pop()["models"]["a"]
+    assert [run.flatten().tolist() for run in second["pixels"]] == [[4], [5, 6, 7]]
+    assert second["layouts"] == [None, other]
+    assert second["clip_index"] == [1, 0, 1, 2]
+    assert not builder.has_anything()
+
+
 def test_decoded_bytes_travel_with_the_last_samples_decoded_before_them():
     """Progress counts a file's bytes when the model has their samples, not when they were
     decoded: a worker runs ahead of the model by whole videos."""
     builder = BatchBuilder({"a": 2, "b": 1})
-    builder.add_samples("a", torch.zeros(1, 1), 0, [0])
-    builder.add_samples("b", torch.zeros(1, 1), 0, [0])
+    builder.add_samples("a", Samples(torch.zeros(1, 1), None), 0, [0])
+    builder.add_samples("b", Samples(torch.zeros(1, 1), None), 0, [0])
     builder.add_decoded_bytes(100)  # after a's first sample and b's
-    builder.add_samples("a", torch.zeros(2, 1), 0, [0, 1])
+    builder.add_samples("a", Samples(torch.zeros(2, 1), None), 0, [0, 1])
     builder.add_decoded_bytes(50)  # the rest of the video: after all three of a's samples
     first = builder.pop()  # a: samples 1-2, b: sample 1
     assert first["decoded_bytes"] == 100

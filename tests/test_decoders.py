@@ -158,7 +158,6 @@ def test_frames_are_converted_only_when_asked(tmp_path: Path, monkeypatch):
     [
         ("ffmpeg-cli", "cpu", "--data.decoder 'ffmpeg-cli' is unknown"),
         ("decord", "cuda", "needs --data.decoder torchcodec"),
-        ("pyav", "cuda", "use --data.decoder torchcodec"),
         ("pyav", "tpu", "--data.decode_device 'tpu' is unknown"),
     ],
 )

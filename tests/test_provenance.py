@@ -172,11 +172,16 @@ def test_files_from_an_earlier_vfe_need_overwrite(clip_args, video_dir: Path, tm
     assert legacy.returncode == 2 and "records no settings" in legacy.stderr
 
 
-def test_files_made_before_stride_and_tail_were_recorded_count_as_the_defaults():
+def test_files_made_before_stride_tail_and_convert_on_were_recorded_count_as_the_defaults():
     video = VideoEntry(Path("/v.mp4"), "v.mp4", 10, 5)
     older = {"model": "m", "clip_length": 2.0, "video": {"size_bytes": 10, "mtime_ns": 5}}
-    wanted = {"model": "m", "clip_length": 2.0, "clip_stride": None, "tail": "keep"}
+    wanted = {
+        "model": "m", "clip_length": 2.0, "clip_stride": None, "tail": "keep",
+        "convert_on": "workers",
+    }  # fmt: skip
     assert first_difference(older, wanted, video) is None
     rounded = first_difference(older, {**wanted, "tail": "round"}, video)
     assert rounded == "tail: 'keep' in the file, 'round' now"
     assert first_difference(older, {**wanted, "clip_stride": 1.0}, video).startswith("clip_stride")
+    on_model = first_difference(older, {**wanted, "convert_on": "model"}, video)
+    assert on_model == "convert_on: 'workers' in the file, 'model' now"

@@ -94,15 +94,16 @@ def test_features_match_pytorchvideo_canonical_pipeline(
 SLOWFAST_FILES = ["edit_list_cut.mp4", "broadcast.ts", "xvid_bframes.avi", "vfr_gap.mkv"]
 
 
+@pytest.mark.parametrize("convert_on", ["workers", "model"])
 def test_features_match_pytorchvideo_on_real_world_files(
-    real_world_videos, slowfast_pyth_file: Path, tmp_path: Path
+    real_world_videos, slowfast_pyth_file: Path, tmp_path: Path, convert_on: str
 ):
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in SLOWFAST_FILES:
         shutil.copy(real_world_videos[name], inputs / name)
     model = SlowFastBackbone(weights=str(slowfast_pyth_file))
-    extract(model, inputs, tmp_path / "out", batch_size=4)
+    extract(model, inputs, tmp_path / "out", batch_size=4, convert_on=convert_on)
     for name in SLOWFAST_FILES:
         ours = np.load((tmp_path / "out" / name).with_suffix(".npz"))["features"]
         reference = reference_features(slowfast_pyth_file, inputs / name, 2.0)

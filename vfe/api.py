@@ -31,6 +31,7 @@ def extract(
     clip_len: float = 2.0,
     clip_stride: float | None = None,
     tail: str = "keep",
+    convert_on: str = "workers",
     batch_size: int | None = None,
     device: str = "auto",
     precision: str = "32-true",
@@ -49,8 +50,9 @@ def extract(
 
     `output_dir`: keep the .npz files there (a video whose file exists with the same settings
     is read, not recomputed; files of a list are named by file name); None: a temporary
-    folder. A video that fails raises VfeError naming it, unless `allow_failures` (then it is
-    left out).
+    folder. `convert_on="model"`: colour conversion and resizing on the model's device (as
+    `--data.convert_on`). A video that fails raises VfeError naming it, unless
+    `allow_failures` (then it is left out).
     """
     names = [model] if isinstance(model, str) else list(model)
     options = dict(model_options or {})
@@ -67,6 +69,7 @@ def extract(
             clip_len=clip_len,
             clip_stride=clip_stride,
             tail=tail,
+            convert_on=convert_on,
             num_workers=num_workers,
             overwrite=overwrite,
         )

@@ -9,3 +9,8 @@ from lightning.pytorch.utilities import rank_zero_only
 def say(message: str) -> None:
     """`vfe: message` on stderr, from rank 0 only."""
     print(f"vfe: {message}", file=sys.stderr, flush=True)
+
+
+def say_on_this_rank(message: str) -> None:
+    """`vfe: message` on stderr, from whichever rank it concerns."""
+    print(f"vfe: {message}", file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from vfe.data.input_spec import InputSpec
-from vfe.data.transforms import normalize
+from vfe.data.transforms import model_samples, normalize
 from vfe.errors import VfeError
 
 if TYPE_CHECKING:
@@ -37,11 +37,13 @@ class Extractor(LightningModule, ABC):
         return {name: member.input_spec for name, member in self.members().items()}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        return {
-            name: member.features(batch["models"][name]["pixels"])
-            for name, member in self.members().items()
-            if name in batch["models"]
-        }
+        features = {}
+        for name, member in self.members().items():
+            if name in batch["models"]:
+                samples = batch["models"][name]
+                pixels = model_samples(samples["pixels"], samples.get("layouts"), member.input_spec)
+                features[name] = member.features(pixels)
+        return features
 
 
 class Backbone(Extractor):

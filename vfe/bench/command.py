@@ -132,6 +132,7 @@ def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "num_workers": args.num_workers,
                     "batch_size": args.batch_size,
                     "decoder": args.decoder,
+                    "convert_on": args.convert_on,
                     "samples": work["samples"],
                 }
                 row = _benchmark_row(options, work, set_name, args)
@@ -167,6 +168,7 @@ def _benchmark_row(
         "set": set_name,
         "model": options["model"],
         "precision": options["precision"],
+        "convert_on": options["convert_on"],
         "device": pipeline["device"],
         "video_seconds": round(seconds, 2),
         "clips": int(work["clips"]),
@@ -265,6 +267,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--decoder", default=DEFAULT_DECODER, choices=list(DECODERS))
+    parser.add_argument(
+        "--convert_on",
+        default="workers",
+        choices=["workers", "model"],
+        help="where frames are converted to RGB and resized (as --data.convert_on)",
+    )
     parser.add_argument("--no_baseline", action="store_true")
     parser.add_argument(
         "--scaling",

@@ -118,6 +118,7 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
             num_workers=options["num_workers"],
             overwrite=True,
             decoder=options["decoder"],
+            convert_on=options.get("convert_on", "workers"),
             min_segment_seconds=options.get("min_segment_seconds", 30.0),
             decode_threads=options.get("decode_threads"),
         )
@@ -131,7 +132,7 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
     return {"wall_seconds": wall, "stage_seconds": stages, "device": str(model.device)}
 
 
-def _bench_dataset(options: dict[str, Any], spec: Any) -> Any:
+def _bench_dataset(options: dict[str, Any], spec: Any, convert_on: str = "workers") -> Any:
     """The pipeline's own dataset over the set's videos, on one process."""
     from vfe.data.dataset import VideoClipDataset
     from vfe.data.paths import find_videos
@@ -142,6 +143,7 @@ def _bench_dataset(options: dict[str, Any], spec: Any) -> Any:
         CLIP_LEN_SECONDS,
         {"model": options["batch_size"] or spec.default_batch_size},
         decoder=options["decoder"],
+        convert_on=convert_on,
     )
 
 
@@ -154,10 +156,13 @@ def measure_decode(options: dict[str, Any]) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     spec = build_backbone(options["model"]).input_spec
-    dataset = _bench_dataset(options, spec)
+    # The workers' side: with convert_on model, what they hand over is not converted yet.
+    dataset = _bench_dataset(options, spec, options.get("convert_on", "workers"))
     loader = DataLoader(dataset, batch_size=None, num_workers=options["num_workers"])
     started = time.perf_counter()
-    samples = sum(len(_pixels(batch)) for batch in loader if batch["models"])
+    samples = sum(
+        len(batch["models"]["model"]["clip_index"]) for batch in loader if batch["models"]
+    )
     return {"wall_seconds": time.perf_counter() - started, "samples": samples}
 
 

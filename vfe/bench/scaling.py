@@ -172,6 +172,7 @@ def _options(args: argparse.Namespace, model_name: str, folder: Path, workers: i
         "num_workers": workers,
         "batch_size": args.batch_size,
         "decoder": args.decoder,
+        "convert_on": args.convert_on,
         "min_segment_seconds": 30.0,
         "decode_threads": args.decode_threads,
     }

@@ -6,7 +6,15 @@ from collections import deque
 
 import torch
 
-from vfe.data.records import Batch, ModelSamples, SegmentEnd, VideoFailure, VideoStart
+from vfe.data.records import (
+    Batch,
+    ModelSamples,
+    Samples,
+    SegmentEnd,
+    VideoFailure,
+    VideoStart,
+)
+from vfe.decoding.colour import FrameLayout
 
 
 class _SampleBuffer:
@@ -14,7 +22,7 @@ class _SampleBuffer:
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
-        self.chunks: list[torch.Tensor] = []
+        self.chunks: deque[Samples] = deque()
         self.video_index: list[int] = []
         self.clip_index: list[int] = []
 
@@ -22,15 +30,30 @@ class _SampleBuffer:
         return len(self.clip_index)
 
     def take(self) -> ModelSamples:
-        """Up to `batch_size` samples, oldest first."""
+        """Up to `batch_size` samples, oldest first: one tensor where all are at the
+        backbone's size, else runs of one layout each."""
         count = min(self.batch_size, len(self))
-        pixels = self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
-        self.chunks = [pixels[count:]] if count < len(pixels) else []
+        runs: list[tuple[FrameLayout | None, list[torch.Tensor]]] = []
+        remaining = count
+        while remaining:
+            chunk = self.chunks.popleft()
+            if len(chunk.pixels) > remaining:
+                self.chunks.appendleft(Samples(chunk.pixels[remaining:], chunk.layout))
+                chunk = Samples(chunk.pixels[:remaining], chunk.layout)
+            remaining -= len(chunk.pixels)
+            if runs and runs[-1][0] == chunk.layout:
+                runs[-1][1].append(chunk.pixels)
+            else:
+                runs.append((chunk.layout, [chunk.pixels]))
+        pixels = [parts[0] if len(parts) == 1 else torch.cat(parts) for _, parts in runs]
         taken: ModelSamples = {
-            "pixels": pixels[:count],
+            "pixels": pixels[0],
             "video_index": self.video_index[:count],
             "clip_index": self.clip_index[:count],
         }
+        if len(runs) > 1 or runs[0][0] is not None:
+            taken["pixels"] = pixels
+            taken["layouts"] = [layout for layout, _ in runs]
         del self.video_index[:count], self.clip_index[:count]
         return taken
 
@@ -57,12 +80,12 @@ class BatchBuilder:
             self._decoded.append((dict(self._added), num_bytes))
 
     def add_samples(
-        self, model: str, pixels: torch.Tensor, video_index: int, clip_index: list[int]
+        self, model: str, samples: Samples, video_index: int, clip_index: list[int]
     ) -> None:
-        """`pixels (N, ...)` samples for `model` of one video, sample n of clip `clip_index[n]`."""
+        """N samples for `model` of one video, sample n of clip `clip_index[n]`."""
         buffer = self._buffers[model]
         self._added[model] += len(clip_index)
-        buffer.chunks.append(pixels)
+        buffer.chunks.append(samples)
         buffer.video_index += [video_index] * len(clip_index)
         buffer.clip_index += clip_index
 

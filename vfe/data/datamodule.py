@@ -39,6 +39,9 @@ from vfe.output.provenance import run_provenance
 from vfe.output.resume import RunPlan, plan_run
 from vfe.output.stopping import STOP_SIGNALS
 
+# Where frames become each backbone's RGB input (`VideoDataModule`'s convert_on).
+CONVERT_ON = ("workers", "model")
+
 DEFAULT_INPUT_DIR = Path("raw_videos")
 
 
@@ -123,8 +126,10 @@ class VideoDataModule(LightningDataModule):
         decoder: video decoding library: pyav (frame-exact on every file type vfe was checked
             on), decord or torchcodec (CPU or CUDA; needs FFmpeg); README: "Which files are
             exact".
-        decode_device: cpu, or cuda to decode with NVDEC on the model's GPU (torchcodec only;
-            decoding then runs in the main process, so num_workers must be 0).
+        decode_device: cpu, or cuda to decode with NVDEC on the model's GPU (decoding then
+            runs in the main process, so num_workers must be 0). With pyav the pictures stay on
+            the GPU (needs convert_on model); a stream NVDEC cannot decode is decoded by FFmpeg's
+            software decoder, and its file records `nvdec_frames: 0`.
         decode_threads: FFmpeg decoding threads per decoding process; default: the available
             cores divided by all decoding workers on the node (1 with num_workers 0).
         allow_concealed_errors: write videos in which the decoder reported errors in the data
@@ -138,6 +143,11 @@ class VideoDataModule(LightningDataModule):
         tail: "keep" (every clip of the grid) or "round": no clip whose middle is after the
             video's end, as FFmpeg's `fps=1/clip_len` counts rows (10.5 s -> 5 two-second
             clips), for features to mix with Moment-DETR's/HERO's released ones.
+        convert_on: where decoded frames become each backbone's RGB input: "workers"
+            (swscale's RGB, resized in the decoding workers) or "model": 8-bit 4:2:0 BT.601/709
+            frames leave the workers as decoded (YUV, 1.5 bytes a pixel) and are converted and
+            resized on the model's device, so a worker only decodes (pyav only; other frames
+            are converted in the workers; pixels within 2 levels of swscale's).
     """
 
     def __init__(
@@ -157,6 +167,7 @@ class VideoDataModule(LightningDataModule):
         tail: str = "keep",
         input_list: Path | None = None,
         layout: str = "tree",
+        convert_on: str = "workers",
     ) -> None:
         super().__init__()
         if not (math.isfinite(clip_len) and clip_len > 0):
@@ -181,6 +192,21 @@ class VideoDataModule(LightningDataModule):
                 f"{min_segment_seconds}"
             )
         check_decoder(decoder, decode_device)
+        if convert_on not in CONVERT_ON:
+            raise VfeError(
+                f"--data.convert_on {convert_on!r} is not allowed; choose one of "
+                f"{', '.join(CONVERT_ON)}"
+            )
+        if convert_on == "model" and decoder != "pyav":
+            raise VfeError(
+                f"--data.convert_on model needs the decoded pictures, which only --data.decoder "
+                f"pyav hands over; {decoder} gives RGB (use --data.convert_on workers)"
+            )
+        if decode_device == "cuda" and decoder == "pyav" and convert_on != "model":
+            raise VfeError(
+                "--data.decode_device cuda with --data.decoder pyav keeps the pictures on the "
+                "GPU, where they are converted: add --data.convert_on model"
+            )
         if decode_device == "cuda" and num_workers != 0:
             raise VfeError(
                 "--data.decode_device cuda decodes in the main process (CUDA cannot run in "
@@ -216,6 +242,7 @@ class VideoDataModule(LightningDataModule):
         # The contract's grid is recorded as no stride, whichever way it was asked for.
         self.clip_stride = None if clip_stride == clip_len else clip_stride
         self.tail = tail
+        self.convert_on = convert_on
         self.plan: PlannedRun | None = None  # decided at the start of predict (`plan_run`)
 
     def setup(self, stage: str) -> None:
@@ -239,6 +266,7 @@ class VideoDataModule(LightningDataModule):
             "allow_concealed_errors": self.allow_concealed_errors,
             "clip_stride": self.clip_stride,
             "tail": self.tail,
+            "convert_on": self.convert_on,
         }
 
     def source(self) -> str:
@@ -335,6 +363,12 @@ class VideoDataModule(LightningDataModule):
         self.plan = plan = self.plan_run()
         specs: dict[str, InputSpec] = self.trainer.lightning_module.input_specs
         root_device = self.trainer.strategy.root_device
+        if self.convert_on == "model" and root_device.type == "cpu":
+            say(
+                "--data.convert_on model with the model on the CPU: colour conversion and "
+                "resizing run in the main process, far slower there than in the workers "
+                "(docs/benchmarks.md); it is meant for GPUs"
+            )
         decode_device = "cpu"
         if self.decode_device == "cuda":
             if root_device.type != "cuda":
@@ -358,6 +392,7 @@ class VideoDataModule(LightningDataModule):
             allow_concealed_errors=self.allow_concealed_errors,
             clip_stride_seconds=self.clip_stride,
             tail=self.tail,
+            convert_on=self.convert_on,
         )
         return DataLoader(
             dataset,

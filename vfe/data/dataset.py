@@ -24,7 +24,7 @@ from vfe.data.batching import BatchBuilder
 from vfe.data.clip_grid import ClipAssigner, clip_length_fraction, stride_phases
 from vfe.data.input_spec import FrameSampling, InputSpec
 from vfe.data.paths import VideoEntry, video_fingerprint
-from vfe.data.records import Batch, SegmentEnd, VideoFailure, VideoStart, VideoTail
+from vfe.data.records import Batch, Samples, SegmentEnd, VideoFailure, VideoStart, VideoTail
 from vfe.data.samples import (
     ClipSamples,
     Destination,
@@ -33,9 +33,11 @@ from vfe.data.samples import (
     MiddleFrameSamples,
     hold_clips,
 )
-from vfe.data.transforms import resize_and_center_crop
+from vfe.data.transforms import packed_to_samples, resize_and_center_crop
 from vfe.data.work_plan import WorkItem, split_over_workers
+from vfe.decoding.colour import packed_shape
 from vfe.decoding.video import DEFAULT_DECODER, DecodeError, Frame, file_errors, open_video
+from vfe.messages import say_on_this_rank
 
 
 def describe_error(error: BaseException, max_chars: int = 300) -> str:
@@ -78,6 +80,10 @@ class VideoClipDataset(IterableDataset):
             clips); None: every clip_len seconds. Needs whole videos as work items.
         tail: "keep" every clip of the grid, or "round": drop a last clip whose middle is
             after the video's end (`vfe.data.clip_grid`).
+        convert_on: "workers": frames leave the workers as RGB at each backbone's size;
+            "model": 8-bit 4:2:0 frames leave them as decoded (packed YUV), converted and
+            resized on the model's device (`vfe.data.transforms.packed_to_samples`); others
+            as with "workers".
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class VideoClipDataset(IterableDataset):
         allow_concealed_errors: bool = False,
         clip_stride_seconds: float | None = None,
         tail: str = "keep",
+        convert_on: str = "workers",
     ) -> None:
         self.videos = videos
         self.specs = specs
@@ -114,6 +121,7 @@ class VideoClipDataset(IterableDataset):
         )
         self.phases = stride_phases(self.clip_len, self.clip_stride)
         self.tail = tail
+        self.convert_on = convert_on
 
     def worker_items(self) -> list[WorkItem]:
         """This DataLoader worker's work items."""
@@ -249,6 +257,11 @@ class VideoClipDataset(IterableDataset):
                     "videos"
                 ),
             )
+        if self.decode_device != "cpu" and num_frames and video.hardware_frames == 0:
+            say_on_this_rank(
+                f"NVDEC cannot decode {entry.relative_path}; FFmpeg's software decoder did "
+                "(its provenance records nvdec_frames: 0)"
+            )
         num_samples = dict.fromkeys(models, 0)
         for grid in grids:
             for emitter in grid.emitters:
@@ -267,6 +280,7 @@ class VideoClipDataset(IterableDataset):
                 num_frames=num_frames,
                 clip_length=self.clip_len_seconds,
                 decode_errors=video.decode_errors,
+                nvdec_frames=None if self.decode_device == "cpu" else video.hardware_frames,
                 last=tail,
                 clip_stride=self.clip_stride_seconds,
                 tail=self.tail,
@@ -277,16 +291,30 @@ class VideoClipDataset(IterableDataset):
 
     def _emitter(self, builder: BatchBuilder, model: str, item: WorkItem, phase: int) -> Emitter:
         spec = self.specs[model]
-
-        def convert(frames: list[Frame]) -> torch.Tensor:
-            return self.to_samples(builder, spec, frames)
-
+        convert = _SampleConverter(self, builder, spec)
         destination = Destination(builder, model, item.video_index, self.phases, phase)
         if spec.frames_per_clip is None:
             return ImageSamples(destination, convert, self.batch_sizes[model])
         if spec.frame_sampling is FrameSampling.MIDDLE:
             return MiddleFrameSamples(destination, convert, self.clip_len)
         return ClipSamples(destination, convert, spec, item.first_clip)
+
+    def packed_samples(self, builder: BatchBuilder, frames: list[Frame]) -> Samples | None:
+        """Frames as decoded pictures for the model's device, if all pack to one layout."""
+        started = time.perf_counter()
+        pictures = [frame.packed() for frame in frames]
+        kinds = {
+            None if picture is None else (picture.layout, picture.device) for picture in pictures
+        }
+        if None in kinds or len(kinds) != 1:
+            return None
+        layout, device = kinds.pop()
+        shape = (len(pictures), 1, *packed_shape(layout.height, layout.width))
+        packed = torch.empty(shape, dtype=torch.uint8, device=device)
+        for row, picture in enumerate(pictures):
+            picture.write(packed[row, 0])
+        builder.decode_seconds += time.perf_counter() - started
+        return Samples(packed, layout)
 
     def to_samples(
         self, builder: BatchBuilder, spec: InputSpec, frames: list[Frame]
@@ -305,3 +333,24 @@ class VideoClipDataset(IterableDataset):
         builder.decode_seconds += converted - started
         builder.preprocess_seconds += time.perf_counter() - converted
         return samples
+
+
+class _SampleConverter:
+    """One backbone's `Converter` (`vfe.data.samples`) for one video."""
+
+    def __init__(self, dataset: VideoClipDataset, builder: BatchBuilder, spec: InputSpec) -> None:
+        self.dataset, self.builder, self.spec = dataset, builder, spec
+        self.packs = dataset.convert_on == "model"
+
+    def __call__(self, frames: list[Frame], packed: bool) -> Samples:
+        if packed:
+            samples = self.dataset.packed_samples(self.builder, frames)
+            if samples is not None:
+                return samples
+        return Samples(self.dataset.to_samples(self.builder, self.spec, frames), None)
+
+    def unpacked(self, samples: Samples) -> Samples:
+        started = time.perf_counter()
+        pixels = packed_to_samples(samples.pixels, samples.layout, self.spec)
+        self.builder.preprocess_seconds += time.perf_counter() - started
+        return Samples(pixels, None)

@@ -7,9 +7,21 @@ records in it are dataclasses holding no tensors.
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TypedDict
+from typing import NamedTuple, NotRequired, TypedDict
 
 import torch
+
+from vfe.decoding.colour import FrameLayout
+
+
+class Samples(NamedTuple):
+    """Samples of one backbone as they leave a worker."""
+
+    # layout None: `(N, C, h, w)` (or stacked `(N, C, T, h, w)`) uint8 at the backbone's size;
+    # a layout: `(N, 1, rows, cols)` (or `(N, 1, T, rows, cols)`) pictures as decoded, packed
+    # (`vfe.decoding.colour`), converted and resized on the model's device
+    pixels: torch.Tensor
+    layout: FrameLayout | None
 
 
 @dataclass
@@ -48,6 +60,7 @@ class SegmentEnd:
     last: VideoTail | None = None  # for the segment that reached the end of the file
     clip_stride: float | None = None  # seconds between clip starts; None: clip_length
     tail: str = "keep"  # the tail rule (`vfe.data.clip_grid.TAIL_RULES`)
+    nvdec_frames: int | None = None  # frames NVDEC decoded (decoding on cuda); None on the CPU
 
 
 @dataclass
@@ -65,7 +78,10 @@ class VideoFailure:
 class ModelSamples(TypedDict):
     """One backbone's samples in a batch."""
 
-    pixels: torch.Tensor  # (B, C, H, W) or (B, C, T, H, W) uint8
+    # (B, C, H, W) or (B, C, T, H, W) uint8 at the backbone's size; with packed pictures
+    # (`--data.convert_on model`), runs of samples of one layout each, as `layouts` says
+    pixels: torch.Tensor | list[torch.Tensor]
+    layouts: NotRequired[list[FrameLayout | None]]
     video_index: list[int]  # (B) lists, not tensors: they stay on the host
     clip_index: list[int]
 

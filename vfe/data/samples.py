@@ -2,16 +2,17 @@
 each clip (video backbones), with the empty windows of a timestamp gap held by the frame on
 screen, and memory bounded however long a clip or a gap is."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from vfe.data.batching import BatchBuilder
 from vfe.data.clip_grid import uniform_indices
 from vfe.data.input_spec import InputSpec
+from vfe.data.records import Samples
 from vfe.decoding.video import Frame
 
 # Decoded pictures a clip backbone may hold (per backbone and worker) while its clip is still
@@ -21,7 +22,20 @@ MAX_HELD_DECODED_BYTES = 256 << 20
 # Held frames converted at once when they go over that bound (each converts to full-size RGB).
 SPILL_FRAMES = 4
 
-Convert = Callable[[list[Frame]], torch.Tensor]  # frames -> (N, C, h, w) uint8 samples
+
+class Converter(Protocol):
+    """Frames -> one backbone's samples."""
+
+    packs: bool  # frames go to the model as decoded pictures where they can (convert_on model)
+
+    def __call__(self, frames: list[Frame], packed: bool) -> Samples:
+        """`(N, ...)` samples of the frames: packed pictures if `packed` and every frame packs
+        to one layout, else RGB at the backbone's size."""
+        ...
+
+    def unpacked(self, samples: Samples) -> Samples:
+        """Packed samples converted to RGB at the backbone's size here, in the worker."""
+        ...
 
 
 def hold_clips(
@@ -54,38 +68,60 @@ class Destination:
 class Emitter:
     """Turns one backbone's frames into samples for the batch builder."""
 
-    def __init__(self, destination: Destination, convert: Convert) -> None:
+    def __init__(self, destination: Destination, convert: Converter) -> None:
         self.destination = destination
         self.builder, self.model = destination.builder, destination.model
         self.convert = convert
         self.num_samples = 0
         self.previous: Frame | None = None  # the frame on screen: it holds empty windows
 
-    def send(self, samples: torch.Tensor, clips: list[int]) -> None:
+    def send(self, samples: Samples, clips: list[int]) -> None:
         """Hand samples of this grid's clips `clips` to the batch builder."""
         target = self.destination
         numbers = [clip * target.phases + target.phase for clip in clips]
         self.builder.add_samples(self.model, samples, target.video_index, numbers)
         self.num_samples += len(numbers)
 
-    def samples_of(self, items: list["Frame | torch.Tensor"]) -> torch.Tensor:
-        """`(N, C, h, w)` samples of frames (converted, each distinct frame of the call once: a
-        frame held across a gap is converted once per piece of it) and of samples already
-        converted.
+    def samples_of(self, items: list["Frame | Samples"], packed: bool | None = None) -> Samples:
+        """`(N, ...)` samples of frames (converted, each distinct frame of the call once: a
+        frame held across a gap is converted once per piece of it) and of one-sample Samples
+        already converted; packed pictures where all of them can be (`packed`, default: as the
+        converter packs), else RGB at the backbone's size.
 
         No converted frame is kept across calls: with such a cache a forked DataLoader worker
         crashed (segmentation fault) now and then on a 40-minute gap; not understood yet.
         """
+        packed = self.convert.packs if packed is None else packed
+        done = {item.layout for item in items if isinstance(item, Samples)}
+        if None in done or len(done) > 1:
+            packed = False
         pending = list(
             {item.time_seconds: item for item in items if isinstance(item, Frame)}.values()
         )
+        converted = self.convert(pending, packed) if pending else None
+        layouts = done | ({converted.layout} if converted is not None else set())
+        if len(layouts) > 1:  # packed and unpacked mixed (a picture size change, a spill)
+            if converted is not None and converted.layout is not None:
+                converted = self.convert(pending, False)
+            items = [
+                self.convert.unpacked(item)
+                if isinstance(item, Samples) and item.layout is not None
+                else item
+                for item in items
+            ]
+        if converted is not None and len(pending) == len(items) and layouts == {converted.layout}:
+            return converted  # each item a distinct frame, in order: no second copy
         rows: dict[Fraction, torch.Tensor] = {}
-        if pending:
-            for frame, sample in zip(pending, self.convert(pending), strict=True):
+        if converted is not None:
+            for frame, sample in zip(pending, converted.pixels, strict=True):
                 rows[frame.time_seconds] = sample
-        return torch.stack(
-            [rows[item.time_seconds] if isinstance(item, Frame) else item for item in items]
+        pixels = torch.stack(
+            [
+                rows[item.time_seconds] if isinstance(item, Frame) else item.pixels[0]
+                for item in items
+            ]
         )
+        return Samples(pixels, layouts.pop() if len(layouts) == 1 else None)
 
     def hold(self, clips: range) -> None: ...
 
@@ -98,7 +134,7 @@ class ImageSamples(Emitter):
     """Every frame of a clip is one `(C, H, W)` sample; frames are sent in chunks of the
     backbone's batch size as they arrive, so a clip is never held whole."""
 
-    def __init__(self, destination: Destination, convert: Convert, chunk_size: int) -> None:
+    def __init__(self, destination: Destination, convert: Converter, chunk_size: int) -> None:
         super().__init__(destination, convert)
         self.chunk_size = chunk_size
         self._pending: list[tuple[int, Frame]] = []
@@ -119,8 +155,7 @@ class ImageSamples(Emitter):
         if not self._pending:
             return
         clips = [clip_index for clip_index, _ in self._pending]
-        pixels = self.samples_of([frame for _, frame in self._pending])
-        self.send(pixels, clips)
+        self.send(self.samples_of([frame for _, frame in self._pending]), clips)
         self._pending = []
 
 
@@ -131,12 +166,12 @@ class ClipSamples(Emitter):
     size past that (the same samples either way: each frame is resized on its own)."""
 
     def __init__(
-        self, destination: Destination, convert: Convert, spec: InputSpec, first_clip: int = 0
+        self, destination: Destination, convert: Converter, spec: InputSpec, first_clip: int = 0
     ) -> None:
         super().__init__(destination, convert)
         self.spec = spec
         self._clip_index = first_clip
-        self._items: list[Frame | torch.Tensor] = []
+        self._items: list[Frame | Samples] = []  # a Samples: one frame already converted
         self._held_bytes = 0  # decoded pictures held in `_items`
         self.max_held_bytes = 0  # the most held at once (for tests and benchmarks)
 
@@ -145,7 +180,7 @@ class ClipSamples(Emitter):
         if not clips:
             return
         self.finish()
-        held = self.samples_of([self.previous])[0]  # converted once for the whole piece
+        held = self.samples_of([self.previous])  # converted once for the whole piece
         for clip_index in clips:
             self._emit(clip_index, [held])
 
@@ -158,11 +193,12 @@ class ClipSamples(Emitter):
             raw = [i for i, item in enumerate(self._items) if isinstance(item, Frame)]
             for start in range(0, len(raw), SPILL_FRAMES):  # few full-size frames at a time
                 chunk = raw[start : start + SPILL_FRAMES]
-                converted = self.samples_of([self._items[i] for i in chunk])
-                for i, sample in zip(chunk, converted, strict=True):
-                    self._items[i] = sample
+                # At the backbone's size: packed pictures would hold as much as decoded ones.
+                converted = self.samples_of([self._items[i] for i in chunk], packed=False)
+                for row, i in enumerate(chunk):
+                    self._items[i] = Samples(converted.pixels[row : row + 1], None)
             self._held_bytes = 0
-            self._items.append(self.samples_of([frame])[0])
+            self._items.append(self.samples_of([frame], packed=False))
             return
         self._items.append(frame)
         self._held_bytes += frame.num_bytes
@@ -173,15 +209,15 @@ class ClipSamples(Emitter):
             self._emit(self._clip_index, self._items)
             self._items, self._held_bytes = [], 0
 
-    def _emit(self, clip_index: int, items: list["Frame | torch.Tensor"]) -> None:
+    def _emit(self, clip_index: int, items: list["Frame | Samples"]) -> None:
         picks = uniform_indices(len(items), self.spec.frames_per_clip)
         distinct = sorted(set(picks))  # a frame picked twice is converted once
         images = self.samples_of([items[i] for i in distinct])
         row_of = {frame_index: row for row, frame_index in enumerate(distinct)}
-        samples = images[[row_of[i] for i in picks]]
-        if self.spec.stack_frames:
+        samples = images.pixels[[row_of[i] for i in picks]]
+        if self.spec.stack_frames:  # (T, C, H, W) -> (1, C, T, H, W)
             samples = samples.permute(1, 0, 2, 3).unsqueeze(0).contiguous()
-        self.send(samples, [clip_index] * len(samples))
+        self.send(Samples(samples, images.layout), [clip_index] * len(samples))
 
 
 class MiddleFrameSamples(Emitter):
@@ -190,7 +226,7 @@ class MiddleFrameSamples(Emitter):
     FFmpeg's `fps=1/clip_len` filter outputs for the clip (it rounds frame times to the
     nearest output time). Only the current pick is held, never the clip's frames."""
 
-    def __init__(self, destination: Destination, convert: Convert, clip_len: Fraction) -> None:
+    def __init__(self, destination: Destination, convert: Converter, clip_len: Fraction) -> None:
         super().__init__(destination, convert)
         self.clip_len = clip_len
         self._clip_index: int | None = None
@@ -213,7 +249,8 @@ class MiddleFrameSamples(Emitter):
             return
         self.finish()
         sample = self.samples_of([self.previous])
-        self.send(sample.expand(len(clips), *sample.shape[1:]).contiguous(), list(clips))
+        pixels = sample.pixels.expand(len(clips), *sample.pixels.shape[1:]).contiguous()
+        self.send(Samples(pixels, sample.layout), list(clips))
 
     def finish(self) -> None:
         if self._clip_index is not None and self._pick is not None:

@@ -40,6 +40,7 @@ class DecordVideo:
         self._path = path
         self.bytes_read = 0  # the library does not say how far it has read
         self.decode_errors = 0  # nor which errors it concealed
+        self.hardware_frames = None  # nor which frames NVDEC decoded
         # FFmpeg's per-file warnings would otherwise flood stderr on large runs.
         decord.logging.set_level(decord.logging.QUIET)
         self._reader = decord.VideoReader(str(path), num_threads=num_threads)

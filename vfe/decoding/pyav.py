@@ -4,6 +4,12 @@ Frames come out exactly as the FFmpeg command line presents them: edit lists hon
 rotation applied, exact rational timestamps, colour converted by FFmpeg's swscale to RGB24.
 Errors the decoder concealed (damaged data it painted over) are counted by the frames FFmpeg
 flags corrupt (its decode error flags), which needs no log callback into Python.
+
+On `cuda`, PyAV's FFmpeg decodes with NVDEC (its hwaccel, loading the driver's libraries at run
+time): the same demuxer, timestamps and reordering as on the CPU, the pictures staying on the
+GPU (NV12, read through DLPack). A stream NVDEC cannot decode (AV1 on Hopper, 10-bit or 4:4:4
+H.264, MPEG-4 Part 2 on some GPUs) is decoded by FFmpeg's software decoder instead, and the video
+records which did (`hardware_frames`).
 """
 
 import heapq
@@ -13,10 +19,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.codec.hwaccel
 import numpy as np
 import torch
+from av.codec.hwaccel import HWAccel
 
-from vfe.decoding.video import DecodeError, Frame, Timeline, check_complete
+from vfe.decoding.colour import layout_of, pack_planes
+from vfe.decoding.video import DecodeError, Frame, PackedPicture, Timeline, check_complete
 from vfe.errors import VfeError
 
 # Frames leave the decoder in presentation order, but some containers (AVI with packed B-frames)
@@ -28,6 +37,7 @@ REORDER_FRAMES = 16
 # the real-world corpus, open GOP included). FFmpeg's MPEG program stream demuxer (.mpg, .vob)
 # is not among them: after a seek its timestamps are half a frame off the sequential ones, so
 # such files (and any other format) are decoded from their start, never split.
+_CPU = torch.device("cpu")
 SEEKABLE_FORMATS = frozenset(
     {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts", "avi", "flv", "asf"}
 )
@@ -41,6 +51,56 @@ def _rgb_of(frame: av.VideoFrame) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
+def _packed_of(frame: av.VideoFrame) -> PackedPicture | None:
+    """The picture's planes packed for conversion on the model's device, or None where
+    `vfe.decoding.colour` does not convert its format."""
+    layout = layout_of(
+        frame.height,
+        frame.width,
+        frame.format.name,
+        frame.colorspace,
+        frame.color_range,
+        frame.rotation,
+    )
+    if layout is None:
+        return None
+    planes = [
+        np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+        for plane in frame.planes
+    ]
+    return PackedPicture(layout, _CPU, lambda packed: pack_planes(planes, layout, packed))
+
+
+def _packed_from_dlpack(frame: av.VideoFrame) -> PackedPicture | None:
+    """An NV12 picture (an NVDEC frame on the GPU, or any NV12 frame) packed on its own device
+    without leaving it, or None where `vfe.decoding.colour` does not convert it (10-bit P010,
+    odd sizes, other matrices)."""
+    layout = layout_of(
+        frame.height, frame.width, "nv12", frame.colorspace, frame.color_range, frame.rotation
+    )
+    if layout is None or frame.width % 2:
+        return None
+    luma = torch.from_dlpack(frame.planes[0])  # (H, W), rows `line_size` apart
+    if luma.dtype != torch.uint8:  # P010/P016: 10-bit
+        return None
+    chroma = torch.from_dlpack(frame.planes[1])  # (H/2, W/2, 2)
+    height = frame.height
+
+    def write(packed: torch.Tensor) -> None:
+        packed[:height] = luma
+        packed[height:] = chroma.flatten(1)
+
+    return PackedPicture(layout, luma.device, write)
+
+
+def _packed_on_gpu(frame: av.VideoFrame) -> PackedPicture | None:
+    """An NVDEC frame packed on its GPU (None: converted through a download and swscale)."""
+    # NVDEC writes the picture on FFmpeg's own stream; PyAV's DLPack export asks the caller to
+    # synchronise before reading it.
+    torch.cuda.synchronize()
+    return _packed_from_dlpack(frame)
+
+
 class PyAVVideo:
     """A video decoded sequentially by PyAV on the CPU.
 
@@ -52,10 +112,11 @@ class PyAVVideo:
 
     @staticmethod
     def check(device: str) -> None:
-        if device != "cpu":
+        if device.split(":")[0] == "cuda" and "cuda" not in av.codec.hwaccel.hwdevices_available():
             raise VfeError(
-                f"--data.decoder pyav decodes on the CPU; for --data.decode_device {device} "
-                "use --data.decoder torchcodec"
+                "--data.decode_device cuda: this PyAV's FFmpeg has no CUDA hardware decoding "
+                f"(it has: {', '.join(av.codec.hwaccel.hwdevices_available()) or 'none'}); "
+                "PyAV's own wheels have it (pip install --force-reinstall av)"
             )
 
     @staticmethod
@@ -94,7 +155,13 @@ class PyAVVideo:
 
     def __init__(self, path: Path, device: str = "cpu", num_threads: int = 1) -> None:
         self.check(device)
-        self._container = av.open(str(path))
+        hwaccel = None
+        if device.startswith("cuda"):
+            # Frames stay on the GPU (`is_hw_owned`); FFmpeg shares torch's primary context.
+            index = device.partition(":")[2] or "0"
+            hwaccel = HWAccel("cuda", device=index, allow_software_fallback=True, is_hw_owned=True)
+        self.hardware_frames = 0  # frames NVDEC decoded, so far
+        self._container = av.open(str(path), hwaccel=hwaccel)
         if not self._container.streams.video:
             self._container.close()
             raise DecodeError("the file has no video stream")
@@ -162,8 +229,17 @@ class PyAVVideo:
             duration = frame.duration * time_base if frame.duration else None
             time_seconds, duration_seconds = timeline.place(raw, duration)
             num_bytes = sum(plane.buffer_size for plane in frame.planes)
+            if frame.format.name == "cuda":
+                self.hardware_frames += 1
+                packed = _packed_on_gpu
+            else:
+                packed = _packed_of
             yield Frame(
-                time_seconds, duration_seconds, lambda frame=frame: _rgb_of(frame), num_bytes
+                time_seconds,
+                duration_seconds,
+                lambda frame=frame: _rgb_of(frame),
+                num_bytes,
+                lambda frame=frame, packed=packed: packed(frame),
             )
 
     def _decode(self, from_keyframe: bool = False) -> Iterator[tuple[int | None, av.VideoFrame]]:

@@ -14,7 +14,29 @@ from typing import Protocol
 
 import torch
 
+from vfe.decoding.colour import FrameLayout, packed_shape
 from vfe.errors import VfeError
+
+
+@dataclass(frozen=True)
+class PackedPicture:
+    """A decoded picture to be packed as one uint8 tensor (`vfe.decoding.colour`): written
+    straight into its place in a batch, so it is copied once."""
+
+    layout: FrameLayout
+    device: torch.device  # where the picture is (NVDEC's stay on the GPU)
+    write: Callable[[torch.Tensor], None]  # into a (rows, cols) uint8 tensor on `device`
+
+    def tensor(self) -> torch.Tensor:
+        """The picture packed on its own, `(1, rows, cols) uint8`."""
+        packed = torch.empty((1, *packed_shape(self.layout.height, self.layout.width)),
+                             dtype=torch.uint8, device=self.device)  # fmt: skip
+        self.write(packed[0])
+        return packed
+
+
+def _not_packable() -> None:
+    return None
 
 
 class DecodeError(Exception):
@@ -31,6 +53,9 @@ class Frame:
     # 0, where the file does not say)
     rgb: Callable[[], torch.Tensor]  # -> (H, W, 3) uint8, display orientation
     num_bytes: int = 0  # memory the decoded picture holds until converted (for bounds)
+    # -> the picture as decoded, for conversion on the model's device, or None where that does
+    # not apply (a decoder that only gives RGB, a format `vfe.decoding.colour` does not convert)
+    packed: Callable[[], PackedPicture | None] = _not_packable
 
 
 class Video(Protocol):
@@ -45,6 +70,8 @@ class Video(Protocol):
     bytes_read: int  # how far into the file decoding has got (0 where the library hides it)
     decode_errors: int  # frames decoded with errors the decoder concealed, so far (0 where the
     # library does not say)
+    hardware_frames: int | None  # frames the GPU's decoder (NVDEC) decoded, so far (None
+    # where the library does not say)
 
     def frames(self, start_seconds: Fraction = Fraction(0)) -> Iterator[Frame]:
         """Every frame once, in presentation order; times strictly increase from the first

@@ -64,6 +64,7 @@ class FinishedVideo:
     arrays: dict[str, np.ndarray]
     info: VideoStart
     decode_errors: int = 0  # errors the decoder concealed (written only where allowed)
+    nvdec_frames: int | None = None  # decoding on cuda: frames NVDEC decoded (the rest: FFmpeg)
 
 
 class ClipFeatureAssembler:
@@ -163,4 +164,7 @@ def finish_video(
         "timestamps": windows,
     }
     decode_errors = sum(end.decode_errors for end in ends)
-    return FinishedVideo(info.relative_path, arrays, info, decode_errors)
+    nvdec = [end.nvdec_frames for end in ends if end.nvdec_frames is not None]
+    return FinishedVideo(
+        info.relative_path, arrays, info, decode_errors, sum(nvdec) if nvdec else None
+    )

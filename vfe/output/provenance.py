@@ -29,12 +29,13 @@ DETERMINING_SETTINGS = (
     "clip_length",
     "clip_stride",
     "tail",
+    "convert_on",
     "grid_version",
     "decoder",
     "precision",
 )
 # What files made before a setting was recorded were made with.
-SETTINGS_BEFORE_RECORDED = {"clip_stride": None, "tail": "keep"}
+SETTINGS_BEFORE_RECORDED = {"clip_stride": None, "tail": "keep", "convert_on": "workers"}
 LIBRARIES = (
     "vfe",
     "torch",

@@ -274,6 +274,8 @@ class FeatureWriter(BasePredictionWriter):
         }
         if info.num_segments > 1:  # how it was decoded (not compared on resume)
             record["video"] |= {"segments": info.num_segments, "ranks": info.num_ranks}
+        if video.nvdec_frames is not None:  # decoded on cuda: by NVDEC, or FFmpeg's software
+            record["video"]["nvdec_frames"] = video.nvdec_frames
         save_npz_atomically(
             output_path_for(self.output_dirs[name], video.relative_path),
             {**video.arrays, PROVENANCE_KEY: encode(record)},

@@ -1,0 +1,306 @@
+"""`--data.convert_on model`: workers hand over the decoded YUV pictures; colour conversion and
+resizing run on the model's device (here the CPU; on a GPU machine, the GPU test)."""
+
+import subprocess
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from conftest import cosine, reference_decode, run_vfe
+from test_clip_backbone import reference_clip_features
+from torchvision.transforms import InterpolationMode
+
+from vfe.bench.synthetic import write_video
+from vfe.data.datamodule import VideoDataModule
+from vfe.data.dataset import VideoClipDataset
+from vfe.data.input_spec import FrameSampling, InputSpec
+from vfe.data.paths import find_videos
+from vfe.data.transforms import model_samples
+from vfe.decoding import pyav
+from vfe.decoding.colour import yuv_to_rgb
+from vfe.decoding.pyav import _packed_from_dlpack, _packed_of, _rgb_of
+from vfe.decoding.video import check_decoder, open_video
+from vfe.errors import VfeError
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def _testsrc(path: Path, size: str, *options: str, seconds: float = 1.0) -> Path:
+    _ffmpeg(
+        "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=10", "-t", str(seconds), "-c:v",
+        "libx264", *options, str(path),
+    )  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def colour_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """720p H.264 tagged BT.709, BT.601 and untagged; full range (yuvj420p) at an odd size;
+    4:4:4 and 10-bit (converted in the workers)."""
+    folder = tmp_path_factory.mktemp("colour")
+    tagged = ["-pix_fmt", "yuv420p", "-color_primaries"]
+    return {
+        "bt709": _testsrc(
+            folder / "bt709.mp4", "1280x720", *tagged, "bt709", "-color_trc", "bt709",
+            "-colorspace", "bt709",
+        ),
+        "bt601": _testsrc(
+            folder / "bt601.mp4", "1280x720", *tagged, "bt470bg", "-color_trc", "gamma28",
+            "-colorspace", "bt470bg",
+        ),
+        "untagged": _testsrc(folder / "untagged.mp4", "1280x720", "-pix_fmt", "yuv420p"),
+        "full_range": _testsrc(
+            folder / "full_range.mp4", "642x362", "-pix_fmt", "yuvj420p", "-color_range", "pc"
+        ),
+        "yuv444p": _testsrc(folder / "yuv444p.mp4", "96x64", "-pix_fmt", "yuv444p"),
+        "yuv420p10": _testsrc(folder / "yuv420p10.mp4", "96x64", "-pix_fmt", "yuv420p10le"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["bt709", "bt601", "untagged", "full_range"])
+@pytest.mark.parametrize("pixel_format", [None, "nv12"])
+def test_conversion_is_swscales_within_two_levels(colour_videos, name, pixel_format):
+    """Every frame of each file, as yuv420p and as NV12 (NVDEC's layout), against PyAV's
+    `to_ndarray("rgb24")` (FFmpeg's swscale)."""
+    with av.open(str(colour_videos[name])) as container:
+        for frame in container.decode(video=0):
+            reference = _rgb_of(frame).permute(2, 0, 1).int()
+            source = frame if pixel_format is None else frame.reformat(format=pixel_format)
+            picture = _packed_of(source)
+            assert picture is not None
+            assert picture.layout.matrix == ("bt709" if name == "bt709" else "bt601")
+            assert picture.layout.full_range == (name == "full_range")
+            rgb = yuv_to_rgb(picture.tensor()[None], picture.layout)[0].int()
+            difference = (rgb - reference).abs()
+            assert difference.max() <= 2, name
+            assert difference.float().mean() <= 0.45, name
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "packs"), [(64, 96, True), (64, 97, True), (63, 96, False), (63, 97, False)]
+)
+def test_odd_sizes_convert_as_swscale_or_stay_in_the_workers(height, width, packs):
+    """Noise (the hardest case for chroma) at odd sizes: an odd width converts as swscale; an
+    odd height, where swscale interpolates the chroma, is left to the workers."""
+    rgb = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    picture = _packed_of(frame)
+    assert (picture is not None) == packs
+    if packs:
+        converted = yuv_to_rgb(picture.tensor()[None], picture.layout)[0].int()
+        assert (converted - _rgb_of(frame).permute(2, 0, 1).int()).abs().max() <= 2
+
+
+@pytest.mark.parametrize("name", ["yuv444p", "yuv420p10"])
+def test_other_formats_are_left_to_the_workers(colour_videos, name):
+    with av.open(str(colour_videos[name])) as container:
+        assert _packed_of(next(container.decode(video=0))) is None
+
+
+def test_rotated_pictures_turn_as_ffmpeg_turns_them(real_world_videos):
+    with av.open(str(real_world_videos["rotated_90.mp4"])) as container:
+        frame = next(container.decode(video=0))
+    picture = _packed_of(frame)
+    assert picture.layout.rotation != 0
+    rgb = yuv_to_rgb(picture.tensor()[None], picture.layout)[0]
+    expected = torch.from_numpy(
+        np.ascontiguousarray(reference_decode(real_world_videos["rotated_90.mp4"]).frames[0])
+    )
+    assert rgb.shape == expected.permute(2, 0, 1).shape
+    assert (rgb.int() - expected.permute(2, 0, 1).int()).abs().float().mean() <= 0.6
+
+
+def _spec(frames_per_clip: int | None, size: int, **options) -> InputSpec:
+    return InputSpec(
+        frames_per_clip, size, size, InterpolationMode.BICUBIC, True, (0.5,) * 3, (0.5,) * 3, 4,
+        **options,
+    )  # fmt: skip
+
+
+SPECS = {
+    "frames": _spec(None, 32),
+    "stacked": _spec(4, 40, stack_frames=True),
+    "middle": _spec(1, 24, frame_sampling=FrameSampling.MIDDLE),
+}
+
+
+def _samples(folder: Path, convert_on: str, clip_len: float) -> dict:
+    """Every sample per backbone, by (video, clip): as the model receives them."""
+    dataset = VideoClipDataset(
+        find_videos(folder), SPECS, clip_len, {"frames": 5, "stacked": 3, "middle": 3},
+        convert_on=convert_on,
+    )  # fmt: skip
+    samples: dict = {name: {} for name in SPECS}
+    layouts_seen: dict = {name: set() for name in SPECS}
+    for batch in dataset:
+        for name, taken in batch["models"].items():
+            layouts_seen[name].update(taken.get("layouts", [None]))
+            pixels = model_samples(taken["pixels"], taken.get("layouts"), SPECS[name])
+            assert len(pixels) == len(taken["clip_index"])
+            for video, clip, sample in zip(
+                taken["video_index"], taken["clip_index"], pixels, strict=True
+            ):
+                samples[name].setdefault((video, clip), []).append(sample)
+    return samples, layouts_seen
+
+
+def test_samples_equal_the_workers_within_a_few_levels(colour_videos, tmp_path: Path):
+    """Mixed in one run: 720p BT.709, odd-sized full range, 4:4:4 (converted in the workers)
+    and a stream whose picture size changes mid-clip (MPEG-TS segments joined), each backbone
+    kind: every frame, stacked clips, the middle frame."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("bt709", "full_range", "yuv444p"):
+        (folder / f"{name}.mp4").symlink_to(colour_videos[name])
+    first = _testsrc(tmp_path / "a.ts", "160x120", "-pix_fmt", "yuv420p", "-f", "mpegts")
+    second = _testsrc(
+        tmp_path / "b.ts", "96x64", "-pix_fmt", "yuv420p", "-output_ts_offset", "1.5",
+        "-f", "mpegts",
+    )  # fmt: skip
+    (folder / "resized.ts").write_bytes(first.read_bytes() + second.read_bytes())
+    on_workers, _ = _samples(folder, "workers", 0.3)
+    on_model, layouts = _samples(folder, "model", 0.3)
+    for name in SPECS:
+        assert on_model[name].keys() == on_workers[name].keys(), name
+        assert len(on_model[name]) >= 10
+        for key, samples in on_workers[name].items():
+            ours, theirs = torch.stack(on_model[name][key]), torch.stack(samples)
+            assert ours.shape == theirs.shape, (name, key)
+            difference = (ours.int() - theirs.int()).abs()
+            assert difference.max() <= 3, (name, key)
+            assert difference.float().mean() <= 0.5, (name, key)
+        # Batches mixed packed runs of several layouts and samples the workers converted.
+        assert None in layouts[name] and len(layouts[name]) >= 3, name
+
+
+def test_clip_features_match_clips_pipeline_on_the_real_world_files(
+    real_world_videos: dict[str, Path], tiny_clip_file: Path, tmp_path: Path
+):
+    """The issue's parity bar for the new path: per clip cosine >= 0.999 to OpenAI's PIL
+    pipeline on the frames FFmpeg presents, every awkward file, through the CLI."""
+    folder = next(iter(real_world_videos.values())).parent
+    result = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", str(folder), "--output_dir", "out", "--batch_size", "16",
+        "--data.convert_on", "model", "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"written {len(real_world_videos)}, skipped 0, failed 0" in result.stdout + result.stderr
+    for name, path in real_world_videos.items():
+        saved = np.load((tmp_path / "out" / name).with_suffix(".npz"))
+        reference = reference_clip_features(tiny_clip_file, path, 2.0)
+        assert saved["features"].shape == reference.shape, name
+        assert cosine(saved["features"], reference).min() >= 0.999, name
+        assert '"convert_on": "model"' in str(saved["provenance"])
+    # A folder made with the workers' conversion is not resumed as if it were the same.
+    again = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", str(folder), "--output_dir", "out", "--batch_size", "16",
+        "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert again.returncode != 0
+    assert "convert_on: 'model' in the file, 'workers' now" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"convert_on": "gpu"}, "--data.convert_on 'gpu' is not allowed; choose one of workers"),
+        (
+            {"convert_on": "model", "decoder": "decord"},
+            "--data.convert_on model needs the decoded pictures",
+        ),
+        (
+            {"decode_device": "cuda", "num_workers": 0},
+            "keeps the pictures on the GPU, where they are converted: add --data.convert_on model",
+        ),
+    ],
+)
+def test_bad_convert_on_choices_are_clear_errors(tmp_path: Path, options, message):
+    with pytest.raises(VfeError, match=message):
+        VideoDataModule(input_dir=tmp_path, **options)
+
+
+def test_pyav_without_cuda_decoding_says_so(monkeypatch):
+    monkeypatch.setattr(av.codec.hwaccel, "hwdevices_available", lambda: ["vaapi"])
+    with pytest.raises(VfeError, match="this PyAV's FFmpeg has no CUDA hardware decoding"):
+        check_decoder("pyav", "cuda")
+
+
+def test_nv12_read_through_dlpack_packs_as_from_the_buffers(colour_videos):
+    """NVDEC's frames are read through DLPack; NV12 frames on the CPU take the same path."""
+    with av.open(str(colour_videos["bt601"])) as container:
+        frame = next(container.decode(video=0)).reformat(format="nv12")
+    through_dlpack, from_buffers = _packed_from_dlpack(frame), _packed_of(frame)
+    assert through_dlpack.layout == from_buffers.layout
+    assert torch.equal(through_dlpack.tensor(), from_buffers.tensor())
+
+
+def test_a_video_nvdec_does_not_decode_is_named_and_recorded(tmp_path: Path, monkeypatch, capsys):
+    """Where NVDEC cannot decode a stream FFmpeg decodes it in software: the run says so and
+    the segment's record (the file's provenance) holds nvdec_frames 0. Simulated here by
+    opening without the hardware context, which is what FFmpeg's fallback amounts to."""
+    monkeypatch.setattr(pyav, "HWAccel", lambda *args, **kwargs: None)
+    write_video(tmp_path / "in" / "v.mp4", num_frames=10, fps=10)
+    dataset = VideoClipDataset(
+        find_videos(tmp_path / "in"), {"frames": SPECS["frames"]}, 2.0, {"frames": 4},
+        decode_device="cuda", convert_on="model",
+    )  # fmt: skip
+    ends = [end for batch in dataset for end in batch["ends"]]
+    assert [end.nvdec_frames for end in ends] == [0]
+    assert "NVDEC cannot decode v.mp4; FFmpeg's software decoder did" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_nvdec_gives_the_cpu_decodes_frames_times_and_pictures(real_world_videos):
+    """Same demuxer, timestamps and reordering; NVDEC's pictures (bit-exact decoders) equal
+    the CPU's, byte for byte, where NVDEC decodes the stream."""
+    decoded_by_nvdec = 0
+    for name, path in real_world_videos.items():
+        on_gpu = open_video(path, "pyav", "cuda")
+        on_cpu = open_video(path, "pyav", "cpu")
+        gpu_frames, cpu_frames = list(on_gpu.frames()), list(on_cpu.frames())
+        assert [f.time_seconds for f in gpu_frames] == [f.time_seconds for f in cpu_frames]
+        for gpu_frame, cpu_frame in zip(gpu_frames, cpu_frames, strict=True):
+            gpu_picture, cpu_picture = gpu_frame.packed(), cpu_frame.packed()
+            if gpu_picture is None or cpu_picture is None:
+                continue
+            assert gpu_picture.layout == cpu_picture.layout, name
+            assert torch.equal(gpu_picture.tensor().cpu(), cpu_picture.tensor()), name
+        decoded_by_nvdec += on_gpu.hardware_frames > 0
+    assert decoded_by_nvdec >= 5  # the H.264 and HEVC files at least
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_nvdec_run_matches_clips_pipeline(
+    real_world_videos: dict[str, Path], tiny_clip_file: Path, tmp_path: Path
+):
+    folder = next(iter(real_world_videos.values())).parent
+    result = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", str(folder), "--output_dir", "out", "--device", "cuda",
+        "--data.decode_device", "cuda", "--data.convert_on", "model", "--data.num_workers", "0",
+        "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for name, path in real_world_videos.items():
+        saved = np.load((tmp_path / "out" / name).with_suffix(".npz"))
+        reference = reference_clip_features(tiny_clip_file, path, 2.0)
+        assert cosine(saved["features"], reference).min() >= 0.999, name
+        assert '"nvdec_frames": ' in str(saved["provenance"]), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_conversion_on_the_gpu_equals_the_cpus(colour_videos):
+    spec = _spec(None, 224)
+    with av.open(str(colour_videos["bt709"])) as container:
+        pictures = [_packed_of(frame) for frame in container.decode(video=0)]
+    pixels = torch.stack([picture.tensor() for picture in pictures])
+    layouts = [pictures[0].layout]
+    on_cpu = model_samples([pixels], layouts, spec)
+    on_gpu = model_samples([pixels.cuda()], layouts, spec).cpu()
+    assert (on_gpu.int() - on_cpu.int()).abs().max() <= 1
