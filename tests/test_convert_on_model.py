@@ -256,11 +256,15 @@ def test_a_video_nvdec_does_not_decode_is_named_and_recorded(tmp_path: Path, mon
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_nvdec_gives_the_cpu_decodes_frames_times_and_pictures(real_world_videos):
-    """Same demuxer, timestamps and reordering; NVDEC's pictures (bit-exact decoders) equal
-    the CPU's, byte for byte, where NVDEC decodes the stream."""
-    decoded_by_nvdec = 0
-    for name, path in real_world_videos.items():
+def test_nvdec_gives_the_cpu_decodes_frames_times_and_pictures(real_world_videos, tmp_path):
+    """Same demuxer, timestamps and reordering. H.264 and HEVC decoders are bit-exact, so
+    NVDEC's pictures of those equal the CPU's byte for byte (and Hopper's NVDEC decodes every
+    8-bit one); other codecs (MPEG-2's IDCT is not bit-exact) within a level on average."""
+    videos = {**real_world_videos, "hd.mp4": write_video(tmp_path / "hd.mp4", 30, 25, 720, 1280)}
+    for name, path in videos.items():
+        with av.open(str(path)) as container:
+            context = container.streams.video[0].codec_context
+            exact = context.name in ("h264", "hevc") and context.pix_fmt == "yuv420p"
         on_gpu = open_video(path, "pyav", "cuda")
         on_cpu = open_video(path, "pyav", "cpu")
         gpu_frames, cpu_frames = list(on_gpu.frames()), list(on_cpu.frames())
@@ -270,34 +274,54 @@ def test_nvdec_gives_the_cpu_decodes_frames_times_and_pictures(real_world_videos
             if gpu_picture is None or cpu_picture is None:
                 continue
             assert gpu_picture.layout == cpu_picture.layout, name
-            assert torch.equal(gpu_picture.tensor().cpu(), cpu_picture.tensor()), name
-        decoded_by_nvdec += on_gpu.hardware_frames > 0
-    assert decoded_by_nvdec >= 5  # the H.264 and HEVC files at least
+            gpu_pixels, cpu_pixels = gpu_picture.tensor().cpu(), cpu_picture.tensor()
+            if exact:
+                assert torch.equal(gpu_pixels, cpu_pixels), name
+            else:
+                assert (gpu_pixels.int() - cpu_pixels.int()).abs().float().mean() <= 1, name
+        if exact:
+            assert on_gpu.hardware_frames == len(gpu_frames), name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_nvdec_run_matches_clips_pipeline(
+def test_nvdec_run_equals_the_runs_decoding_on_the_cpu(
     real_world_videos: dict[str, Path], tiny_clip_file: Path, tmp_path: Path
 ):
-    folder = next(iter(real_world_videos.values())).parent
-    result = run_vfe(
-        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
-        "--input_dir", str(folder), "--output_dir", "out", "--device", "cuda",
-        "--data.decode_device", "cuda", "--data.convert_on", "model", "--data.num_workers", "0",
-        "--trainer.enable_progress_bar", "false", cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    """Through the CLI on the GPU: decoding with NVDEC gives the features and timestamps of
+    decoding on the CPU (both converting on the GPU), and each file records how it was decoded.
+    Needs no `ffmpeg` command line (the GPU machine has none)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
     for name, path in real_world_videos.items():
-        saved = np.load((tmp_path / "out" / name).with_suffix(".npz"))
-        reference = reference_clip_features(tiny_clip_file, path, 2.0)
-        assert cosine(saved["features"], reference).min() >= 0.999, name
-        assert '"nvdec_frames": ' in str(saved["provenance"]), name
+        (folder / name).symlink_to(path)
+    write_video(folder / "hd.mp4", num_frames=40, fps=25, height=720, width=1280)
+    common = [
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--input_dir", str(folder), "--device", "cuda", "--data.convert_on", "model",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    on_cpu = run_vfe(*common, "--output_dir", "cpu", cwd=tmp_path)
+    assert on_cpu.returncode == 0, on_cpu.stderr
+    on_gpu = run_vfe(
+        *common, "--output_dir", "gpu", "--data.decode_device", "cuda",
+        "--data.num_workers", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert on_gpu.returncode == 0, on_gpu.stderr
+    for path in sorted(folder.iterdir()):
+        name = path.with_suffix(".npz").name
+        cpu, gpu = np.load(tmp_path / "cpu" / name), np.load(tmp_path / "gpu" / name)
+        np.testing.assert_array_equal(gpu["timestamps"], cpu["timestamps"], err_msg=name)
+        assert cosine(gpu["features"], cpu["features"]).min() >= 0.9999, name
+        assert '"nvdec_frames": ' in str(gpu["provenance"]), name
+        assert "nvdec_frames" not in str(cpu["provenance"]), name
+    assert '"nvdec_frames": 0' not in str(np.load(tmp_path / "gpu" / "hd.npz")["provenance"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_conversion_on_the_gpu_equals_the_cpus(colour_videos):
+def test_conversion_on_the_gpu_equals_the_cpus(tmp_path: Path):
     spec = _spec(None, 224)
-    with av.open(str(colour_videos["bt709"])) as container:
+    video = write_video(tmp_path / "v.mp4", num_frames=8, fps=10, height=720, width=1280)
+    with av.open(str(video)) as container:
         pictures = [_packed_of(frame) for frame in container.decode(video=0)]
     pixels = torch.stack([picture.tensor() for picture in pictures])
     layouts = [pictures[0].layout]

@@ -133,6 +133,8 @@ def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "batch_size": args.batch_size,
                     "decoder": args.decoder,
                     "convert_on": args.convert_on,
+                    "decode_device": args.decode_device,
+                    "cudnn_benchmark": args.cudnn_benchmark,
                     "samples": work["samples"],
                 }
                 row = _benchmark_row(options, work, set_name, args)
@@ -169,6 +171,8 @@ def _benchmark_row(
         "model": options["model"],
         "precision": options["precision"],
         "convert_on": options["convert_on"],
+        "decode_device": options["decode_device"],
+        "cudnn_benchmark": options["cudnn_benchmark"],
         "device": pipeline["device"],
         "video_seconds": round(seconds, 2),
         "clips": int(work["clips"]),
@@ -272,6 +276,17 @@ def main(argv: list[str] | None = None) -> None:
         default="workers",
         choices=["workers", "model"],
         help="where frames are converted to RGB and resized (as --data.convert_on)",
+    )
+    parser.add_argument(
+        "--decode_device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cuda: NVDEC in the main process (as --data.decode_device; --num_workers 0)",
+    )
+    parser.add_argument(
+        "--cudnn_benchmark",
+        action="store_true",
+        help="let cuDNN time its algorithms for each input shape (Trainer(benchmark=True))",
     )
     parser.add_argument("--no_baseline", action="store_true")
     parser.add_argument(

@@ -109,6 +109,7 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
             callbacks=[writer, WorkerTimes()],
             enable_progress_bar=False,
             enable_model_summary=False,
+            benchmark=options.get("cudnn_benchmark"),
         )
         datamodule = VideoDataModule(
             input_dir=Path(options["videos"]),
@@ -119,6 +120,7 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
             overwrite=True,
             decoder=options["decoder"],
             convert_on=options.get("convert_on", "workers"),
+            decode_device=options.get("decode_device", "cpu"),
             min_segment_seconds=options.get("min_segment_seconds", 30.0),
             decode_threads=options.get("decode_threads"),
         )
@@ -132,7 +134,9 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
     return {"wall_seconds": wall, "stage_seconds": stages, "device": str(model.device)}
 
 
-def _bench_dataset(options: dict[str, Any], spec: Any, convert_on: str = "workers") -> Any:
+def _bench_dataset(
+    options: dict[str, Any], spec: Any, convert_on: str = "workers", decode_device: str = "cpu"
+) -> Any:
     """The pipeline's own dataset over the set's videos, on one process."""
     from vfe.data.dataset import VideoClipDataset
     from vfe.data.paths import find_videos
@@ -144,6 +148,7 @@ def _bench_dataset(options: dict[str, Any], spec: Any, convert_on: str = "worker
         {"model": options["batch_size"] or spec.default_batch_size},
         decoder=options["decoder"],
         convert_on=convert_on,
+        decode_device=decode_device,
     )
 
 
@@ -157,7 +162,9 @@ def measure_decode(options: dict[str, Any]) -> dict[str, Any]:
 
     spec = build_backbone(options["model"]).input_spec
     # The workers' side: with convert_on model, what they hand over is not converted yet.
-    dataset = _bench_dataset(options, spec, options.get("convert_on", "workers"))
+    dataset = _bench_dataset(
+        options, spec, options.get("convert_on", "workers"), options.get("decode_device", "cpu")
+    )
     loader = DataLoader(dataset, batch_size=None, num_workers=options["num_workers"])
     started = time.perf_counter()
     samples = sum(

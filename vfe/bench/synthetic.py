@@ -149,15 +149,20 @@ def _ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
 
 
+_STREAM_COPIES = ("edit_list_cut.mp4", "rotated_90.mp4")  # made from the source by `ffmpeg`
+
+
 def write_real_world_videos(folder: Path) -> dict[str, Path]:
-    """Write the `REAL_WORLD_VIDEOS` whose encoder the `ffmpeg` CLI here has; name -> path."""
+    """Write the `REAL_WORLD_VIDEOS` whose encoder the `ffmpeg` CLI here has (without one, only
+    those PyAV writes: the GPU machine has no `ffmpeg`); name -> path."""
     folder.mkdir(parents=True, exist_ok=True)
     encoders = ffmpeg_encoders()
     written = {}
     source = folder / ".source.mp4"  # 4 s of H.264 with B-frames, for the stream copies
-    _ffmpeg("-f", "lavfi", "-i", _TESTSRC.format(rate=25), "-t", "4", *_X264, str(source))
+    if encoders:
+        _ffmpeg("-f", "lavfi", "-i", _TESTSRC.format(rate=25), "-t", "4", *_X264, str(source))
     for name, (encoder, rate, options) in REAL_WORLD_VIDEOS.items():
-        if encoder and encoder not in encoders:
+        if (encoder and encoder not in encoders) or (name in _STREAM_COPIES and not encoders):
             continue
         path = folder / name
         if name == "vfr_gap.mkv":  # a phone or screen recording: frames when something changes
@@ -171,5 +176,5 @@ def write_real_world_videos(folder: Path) -> dict[str, Path]:
         else:
             _ffmpeg("-f", "lavfi", "-i", _TESTSRC.format(rate=rate), *options, str(path))
         written[name] = path
-    source.unlink()
+    source.unlink(missing_ok=True)
     return written

@@ -130,6 +130,8 @@ class VideoDataModule(LightningDataModule):
             runs in the main process, so num_workers must be 0). With pyav the pictures stay on
             the GPU (needs convert_on model); a stream NVDEC cannot decode is decoded by FFmpeg's
             software decoder, and its file records `nvdec_frames: 0`.
+        decode_streams: with num_workers 0, work items decoded at once in threads of the main
+            process: several NVDEC streams keep the GPU's decoders busy (decode_device cuda).
         decode_threads: FFmpeg decoding threads per decoding process; default: the available
             cores divided by all decoding workers on the node (1 with num_workers 0).
         allow_concealed_errors: write videos in which the decoder reported errors in the data
@@ -168,6 +170,7 @@ class VideoDataModule(LightningDataModule):
         input_list: Path | None = None,
         layout: str = "tree",
         convert_on: str = "workers",
+        decode_streams: int = 1,
     ) -> None:
         super().__init__()
         if not (math.isfinite(clip_len) and clip_len > 0):
@@ -207,6 +210,14 @@ class VideoDataModule(LightningDataModule):
                 "--data.decode_device cuda with --data.decoder pyav keeps the pictures on the "
                 "GPU, where they are converted: add --data.convert_on model"
             )
+        if decode_streams < 1:
+            raise VfeError(f"--data.decode_streams must be at least 1, got {decode_streams}")
+        if decode_streams > 1 and num_workers != 0:
+            raise VfeError(
+                f"--data.decode_streams {decode_streams} decodes in threads of the main process; "
+                f"with --data.num_workers {num_workers} each worker decodes one stream (set "
+                "--data.num_workers 0, or leave --data.decode_streams at 1)"
+            )
         if decode_device == "cuda" and num_workers != 0:
             raise VfeError(
                 "--data.decode_device cuda decodes in the main process (CUDA cannot run in "
@@ -243,6 +254,7 @@ class VideoDataModule(LightningDataModule):
         self.clip_stride = None if clip_stride == clip_len else clip_stride
         self.tail = tail
         self.convert_on = convert_on
+        self.decode_streams = decode_streams
         self.plan: PlannedRun | None = None  # decided at the start of predict (`plan_run`)
 
     def setup(self, stage: str) -> None:
@@ -345,7 +357,7 @@ class VideoDataModule(LightningDataModule):
             list(range(len(videos))),
             sizes,
             num_ranks,
-            max(1, self.num_workers),
+            max(1, self.num_workers, self.decode_streams),  # equal shares for each decoder
             clip_length_fraction(self.clip_len),
             duration_of,
             self.min_segment_seconds,
@@ -393,6 +405,7 @@ class VideoDataModule(LightningDataModule):
             clip_stride_seconds=self.clip_stride,
             tail=self.tail,
             convert_on=self.convert_on,
+            decode_streams=self.decode_streams,
         )
         return DataLoader(
             dataset,

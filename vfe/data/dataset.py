@@ -33,6 +33,7 @@ from vfe.data.samples import (
     MiddleFrameSamples,
     hold_clips,
 )
+from vfe.data.streams import in_threads
 from vfe.data.transforms import packed_to_samples, resize_and_center_crop
 from vfe.data.work_plan import WorkItem, split_over_workers
 from vfe.decoding.colour import packed_shape
@@ -84,6 +85,8 @@ class VideoClipDataset(IterableDataset):
             "model": 8-bit 4:2:0 frames leave them as decoded (packed YUV), converted and
             resized on the model's device (`vfe.data.transforms.packed_to_samples`); others
             as with "workers".
+        decode_streams: in the main process only: `work` holds one list per stream, each
+            decoded in its own thread (several NVDEC streams at once).
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class VideoClipDataset(IterableDataset):
         clip_stride_seconds: float | None = None,
         tail: str = "keep",
         convert_on: str = "workers",
+        decode_streams: int = 1,
     ) -> None:
         self.videos = videos
         self.specs = specs
@@ -122,6 +126,7 @@ class VideoClipDataset(IterableDataset):
         self.phases = stride_phases(self.clip_len, self.clip_stride)
         self.tail = tail
         self.convert_on = convert_on
+        self.decode_streams = decode_streams
 
     def worker_items(self) -> list[WorkItem]:
         """This DataLoader worker's work items."""
@@ -143,8 +148,27 @@ class VideoClipDataset(IterableDataset):
         return self.video_models[video_index]
 
     def __iter__(self) -> Iterator[Batch]:
+        if self.decode_streams == 1:
+            yield from self._batches(self.worker_items())
+            return
+        if get_worker_info() is not None:
+            raise RuntimeError("decode_streams > 1 runs in the main process, not in workers")
+        shares = self.work
+        if shares is None:
+            sizes = [video.size_bytes for video in self.videos]
+            shares = split_over_workers(
+                list(range(len(self.videos))), sizes, self.decode_streams, self.clip_len, None, 0.0
+            )
+        if len(shares) != self.decode_streams:
+            raise RuntimeError(
+                f"work planned for {len(shares)} streams, run with {self.decode_streams}"
+            )
+        yield from in_threads([self._batches(share) for share in shares if share])
+
+    def _batches(self, items: list[WorkItem]) -> Iterator[Batch]:
+        """The batches of `items`, decoded one after the other."""
         builder = BatchBuilder(self.batch_sizes)
-        for item in self.worker_items():
+        for item in items:
             try:
                 yield from self._add_item(builder, item)
             except _FileError as error:
