@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import av
+import av.codec.hwaccel
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,6 @@ from vfe.data.dataset import VideoClipDataset
 from vfe.data.input_spec import FrameSampling, InputSpec
 from vfe.data.paths import find_videos
 from vfe.data.transforms import model_samples
-from vfe.decoding import pyav
 from vfe.decoding.colour import yuv_to_rgb
 from vfe.decoding.pyav import _packed_from_dlpack, _packed_of, _rgb_of
 from vfe.decoding.video import check_decoder, open_video
@@ -244,7 +244,7 @@ def test_a_video_nvdec_does_not_decode_is_named_and_recorded(tmp_path: Path, mon
     """Where NVDEC cannot decode a stream FFmpeg decodes it in software: the run says so and
     the segment's record (the file's provenance) holds nvdec_frames 0. Simulated here by
     opening without the hardware context, which is what FFmpeg's fallback amounts to."""
-    monkeypatch.setattr(pyav, "HWAccel", lambda *args, **kwargs: None)
+    monkeypatch.setattr(av.codec.hwaccel, "HWAccel", lambda *args, **kwargs: None)
     write_video(tmp_path / "in" / "v.mp4", num_frames=10, fps=10)
     dataset = VideoClipDataset(
         find_videos(tmp_path / "in"), {"frames": SPECS["frames"]}, 2.0, {"frames": 4},

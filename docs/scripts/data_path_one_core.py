@@ -3,9 +3,10 @@ and vfe's dataset with CLIP's and SlowFast's inputs on a 10-s 720p video (docs/b
 converted in the worker (`--data.convert_on workers`) or handed over as decoded pictures
 (`model`), and what the model side's conversion costs when that device is this CPU core.
 
-Run twice: `python docs/scripts/data_path_one_core.py`.
+Run twice: `python docs/scripts/data_path_one_core.py [720p|240p]` (default 720p).
 """
 
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from vfe.data.input_spec import InputSpec
 from vfe.data.paths import find_videos
 from vfe.data.transforms import model_samples
 
-VIDEO = Path("/tmp/vfe-data-path/720.mp4")
+SIZES = {"720p": (720, 1280), "240p": (240, 320)}  # as `vfe bench`'s sets
+SIZE = sys.argv[1] if len(sys.argv) > 1 else "720p"
+VIDEO = Path(f"/tmp/vfe-data-path/{SIZE}/video.mp4")
 NUM_FRAMES = 250
 CLIP_INPUTS = InputSpec(None, 224, 224, InterpolationMode.BICUBIC, True, (0.5,) * 3, (0.5,) * 3, 32)
 SLOWFAST_INPUTS = InputSpec(
@@ -94,7 +97,7 @@ def model_side_rate(spec: InputSpec) -> float:
 def main() -> None:
     torch.set_num_threads(1)
     if not VIDEO.exists():
-        write_video(VIDEO, NUM_FRAMES, 25, 720, 1280, seed=3)
+        write_video(VIDEO, NUM_FRAMES, 25, *SIZES[SIZE], seed=3)
     print(f"plain decode {decode_rate(False):.0f} frames/s")
     print(f"decode + rgb24 {decode_rate(True):.0f} frames/s")
     print(f"dataset, CLIP's inputs {dataset_rate(CLIP_INPUTS):.0f} frames/s")

@@ -36,6 +36,8 @@ bench clip-workers 70 --models clip --num_workers 15 --convert_on workers
 bench clip-model 70 --models clip --num_workers 15 --convert_on model
 bench clip-model-b256 70 --models clip --num_workers 15 --convert_on model --batch_size 256
 bench clip-nvdec 70 --models clip --num_workers 0 --convert_on model --decode_device cuda
+bench clip-nvdec-4 70 --models clip --num_workers 0 --convert_on model --decode_device cuda \
+  --decode_streams 4
 bench slowfast-workers 70 --models slowfast --num_workers 15 --convert_on workers
 bench slowfast-model-b32 70 --models slowfast --num_workers 15 --convert_on model \
   --batch_size 32 --cudnn_benchmark

@@ -135,6 +135,7 @@ def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "convert_on": args.convert_on,
                     "decode_device": args.decode_device,
                     "cudnn_benchmark": args.cudnn_benchmark,
+                    "decode_streams": args.decode_streams,
                     "samples": work["samples"],
                 }
                 row = _benchmark_row(options, work, set_name, args)
@@ -173,6 +174,7 @@ def _benchmark_row(
         "convert_on": options["convert_on"],
         "decode_device": options["decode_device"],
         "cudnn_benchmark": options["cudnn_benchmark"],
+        "decode_streams": options["decode_streams"],
         "device": pipeline["device"],
         "video_seconds": round(seconds, 2),
         "clips": int(work["clips"]),
@@ -282,6 +284,12 @@ def main(argv: list[str] | None = None) -> None:
         default="cpu",
         choices=["cpu", "cuda"],
         help="cuda: NVDEC in the main process (as --data.decode_device; --num_workers 0)",
+    )
+    parser.add_argument(
+        "--decode_streams",
+        type=int,
+        default=1,
+        help="with --num_workers 0: streams decoded at once in threads (--data.decode_streams)",
     )
     parser.add_argument(
         "--cudnn_benchmark",

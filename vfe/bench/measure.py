@@ -121,6 +121,7 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
             decoder=options["decoder"],
             convert_on=options.get("convert_on", "workers"),
             decode_device=options.get("decode_device", "cpu"),
+            decode_streams=options.get("decode_streams", 1),
             min_segment_seconds=options.get("min_segment_seconds", 30.0),
             decode_threads=options.get("decode_threads"),
         )
@@ -135,7 +136,11 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bench_dataset(
-    options: dict[str, Any], spec: Any, convert_on: str = "workers", decode_device: str = "cpu"
+    options: dict[str, Any],
+    spec: Any,
+    convert_on: str = "workers",
+    decode_device: str = "cpu",
+    decode_streams: int = 1,
 ) -> Any:
     """The pipeline's own dataset over the set's videos, on one process."""
     from vfe.data.dataset import VideoClipDataset
@@ -149,6 +154,7 @@ def _bench_dataset(
         decoder=options["decoder"],
         convert_on=convert_on,
         decode_device=decode_device,
+        decode_streams=decode_streams,
     )
 
 
@@ -163,7 +169,11 @@ def measure_decode(options: dict[str, Any]) -> dict[str, Any]:
     spec = build_backbone(options["model"]).input_spec
     # The workers' side: with convert_on model, what they hand over is not converted yet.
     dataset = _bench_dataset(
-        options, spec, options.get("convert_on", "workers"), options.get("decode_device", "cpu")
+        options,
+        spec,
+        options.get("convert_on", "workers"),
+        options.get("decode_device", "cpu"),
+        options.get("decode_streams", 1),
     )
     loader = DataLoader(dataset, batch_size=None, num_workers=options["num_workers"])
     started = time.perf_counter()

@@ -19,10 +19,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import av.codec.hwaccel
 import numpy as np
 import torch
-from av.codec.hwaccel import HWAccel
 
 from vfe.decoding.colour import layout_of, pack_planes
 from vfe.decoding.video import DecodeError, Frame, PackedPicture, Timeline, check_complete
@@ -112,10 +110,21 @@ class PyAVVideo:
 
     @staticmethod
     def check(device: str) -> None:
-        if device.split(":")[0] == "cuda" and "cuda" not in av.codec.hwaccel.hwdevices_available():
+        if device.split(":")[0] != "cuda":
+            return
+        from av.codec.hwaccel import hwdevices_available
+        from av.video.plane import VideoPlane
+
+        # Frames kept on the GPU and read through DLPack came with PyAV 17.
+        if not hasattr(VideoPlane, "__dlpack__"):
+            raise VfeError(
+                f"--data.decode_device cuda with --data.decoder pyav needs PyAV 17 or newer "
+                f"(frames kept on the GPU); this is PyAV {av.__version__}"
+            )
+        if "cuda" not in hwdevices_available():
             raise VfeError(
                 "--data.decode_device cuda: this PyAV's FFmpeg has no CUDA hardware decoding "
-                f"(it has: {', '.join(av.codec.hwaccel.hwdevices_available()) or 'none'}); "
+                f"(it has: {', '.join(hwdevices_available()) or 'none'}); "
                 "PyAV's own wheels have it (pip install --force-reinstall av)"
             )
 
@@ -157,6 +166,8 @@ class PyAVVideo:
         self.check(device)
         hwaccel = None
         if device.startswith("cuda"):
+            from av.codec.hwaccel import HWAccel
+
             # Frames stay on the GPU (`is_hw_owned`); FFmpeg shares torch's primary context.
             index = device.partition(":")[2] or "0"
             hwaccel = HWAccel("cuda", device=index, allow_software_fallback=True, is_hw_owned=True)
