@@ -141,18 +141,22 @@ def test_a_foreign_file_in_clips_cache_is_named_as_the_cause(tmp_path: Path, mon
         assert "--model.weights FILE" in message
 
 
+@pytest.mark.parametrize("convert_on", ["workers", "model"])
 def test_clip_run_over_real_world_files_matches_clips_pipeline_on_ffmpeg_frames(
-    real_world_videos: dict[str, Path], references, tiny_clip_file: Path, tmp_path: Path
-):
+    real_world_videos: dict[str, Path], references, tiny_clip_file: Path, tmp_path: Path,
+    convert_on: str,
+):  # fmt: skip
     """The frame-exact issue's acceptance: one CLI run over the awkward files writes every one,
     each clip equal to OpenAI CLIP's own pipeline over the frames FFmpeg presents in the
-    clip's window, with the contract's timestamps and fps."""
+    clip's window, with the contract's timestamps and fps; with the colour conversion in the
+    workers (swscale) or on the model's device (`--data.convert_on model`)."""
     folder = next(iter(real_world_videos.values())).parent
-    result = run_vfe(
+    options = [
         "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
         "--input_dir", str(folder), "--output_dir", "out", "--batch_size", "16",
-        "--trainer.enable_progress_bar", "false", cwd=tmp_path,
-    )  # fmt: skip
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    result = run_vfe(*options, "--data.convert_on", convert_on, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"written {len(real_world_videos)}, skipped 0, failed 0" in result.stdout + result.stderr
     for name, path in real_world_videos.items():
@@ -166,6 +170,11 @@ def test_clip_run_over_real_world_files_matches_clips_pipeline_on_ffmpeg_frames(
         ]
         np.testing.assert_array_equal(saved["timestamps"], windows, err_msg=name)
         assert float(saved["fps"]) == float(len(decoded.frames) / decoded.duration), name
+        assert f'"convert_on": "{convert_on}"' in str(saved["provenance"]), name
+    if convert_on == "model":  # not resumed by a run converting in the workers
+        again = run_vfe(*options, cwd=tmp_path)
+        assert again.returncode != 0
+        assert "convert_on: 'model' in the file, 'workers' now" in again.stderr
 
 
 def test_official_weights_are_fetched_by_prepare_data_once(tmp_path: Path, monkeypatch):
