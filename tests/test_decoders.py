@@ -157,7 +157,7 @@ def test_frames_are_converted_only_when_asked(tmp_path: Path, monkeypatch):
     ("decoder", "device", "message"),
     [
         ("ffmpeg-cli", "cpu", "--data.decoder 'ffmpeg-cli' is unknown"),
-        ("decord", "cuda", "needs --data.decoder torchcodec"),
+        ("decord", "cuda", "needs --data.decoder pyav .with --data.convert_on model."),
         ("pyav", "tpu", "--data.decode_device 'tpu' is unknown"),
     ],
 )

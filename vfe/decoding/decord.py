@@ -33,7 +33,10 @@ class DecordVideo:
     @staticmethod
     def check(device: str) -> None:
         if device != "cpu":
-            raise VfeError(f"--data.decode_device {device} needs --data.decoder torchcodec")
+            raise VfeError(
+                f"--data.decode_device {device} needs --data.decoder pyav (with --data.convert_on "
+                "model) or torchcodec"
+            )
 
     def __init__(self, path: Path, device: str = "cpu", num_threads: int = 1) -> None:
         self.check(device)

@@ -31,11 +31,11 @@ from vfe.errors import VfeError
 # REORDER_FRAMES ones, which undoes that and leaves increasing timestamps untouched; 16 is
 # H.264's and HEVC's deepest reordering.
 REORDER_FRAMES = 16
+_CPU = torch.device("cpu")
 # Containers whose seeks were checked to land on the sequential decode's timeline (every cut of
 # the real-world corpus, open GOP included). FFmpeg's MPEG program stream demuxer (.mpg, .vob)
 # is not among them: after a seek its timestamps are half a frame off the sequential ones, so
 # such files (and any other format) are decoded from their start, never split.
-_CPU = torch.device("cpu")
 SEEKABLE_FORMATS = frozenset(
     {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts", "avi", "flv", "asf"}
 )
@@ -100,7 +100,7 @@ def _packed_on_gpu(frame: av.VideoFrame) -> PackedPicture | None:
 
 
 class PyAVVideo:
-    """A video decoded sequentially by PyAV on the CPU.
+    """A video decoded sequentially by PyAV, on the CPU or (device `cuda[:N]`) with NVDEC.
 
     `num_threads` is FFmpeg's decoding thread count (0: as many as FFmpeg likes).
     """
@@ -112,9 +112,11 @@ class PyAVVideo:
     def check(device: str) -> None:
         if device.split(":")[0] != "cuda":
             return
-        from av.codec.hwaccel import hwdevices_available
-        from av.video.plane import VideoPlane
-
+        try:
+            from av.codec.hwaccel import hwdevices_available
+            from av.video.plane import VideoPlane
+        except ImportError:  # a PyAV without hardware decoding at all
+            hwdevices_available, VideoPlane = list, object
         # Frames kept on the GPU and read through DLPack came with PyAV 17.
         if not hasattr(VideoPlane, "__dlpack__"):
             raise VfeError(
