@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_vfe
 
 import vfe
@@ -117,6 +118,20 @@ def test_api_returns_what_the_cli_writes(tmp_path: Path, video_dir: Path, tiny_c
         [tmp_path / "missing.mp4", videos[0]], "clip", options, allow_failures=True
     )
     assert list(partial) == [str(videos[0])]
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("tpu", "device 'tpu' is not allowed; choose one of auto, cpu, cuda"),
+        ("cuda", "device='cuda' was asked for, but PyTorch sees no CUDA GPU here"),
+    ],
+)
+def test_the_api_checks_its_device_before_anything_runs(tmp_path: Path, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    with pytest.raises(VfeError, match=message):
+        vfe.extract(tmp_path, device=device)
 
 
 def test_a_bad_list_stops_every_rank_at_once(tmp_path: Path, video_dir: Path, tiny_clip_file):

@@ -19,6 +19,7 @@ from vfe.output.failures import FAILURES_FILE_NAME, read_failures
 from vfe.output.provenance import PROVENANCE_KEY
 from vfe.output.stopping import STOP_REQUEST, STOP_SIGNALS
 from vfe.output.writer import FeatureWriter
+from vfe.predict_cli import check_device
 
 VideoArrays = dict[str, Any]  # features, timestamps, fps, clip_length, provenance (a dict)
 
@@ -54,6 +55,7 @@ def extract(
     `--data.convert_on`). A video that fails raises VfeError naming it, unless
     `allow_failures` (then it is left out).
     """
+    check_device(device, "device=")
     names = [model] if isinstance(model, str) else list(model)
     options = dict(model_options or {})
     if batch_size is not None:

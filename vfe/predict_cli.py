@@ -182,15 +182,7 @@ class VfeCLI(LightningCLI):
                 "with several backbones)"
             )
         device = config.device
-        if device not in DEVICES:
-            raise VfeError(
-                f"--device {device!r} is not allowed; choose one of {', '.join(DEVICES)}"
-            )
-        if device == "cuda" and not torch.cuda.is_available():
-            raise VfeError(
-                "--device cuda was asked for, but PyTorch sees no CUDA GPU here; "
-                "use --device cpu (or auto)"
-            )
+        check_device(device)
         if device != "auto":
             config.trainer.accelerator = device
         warn_if_bf16_is_emulated(str(config.trainer.precision), device)
@@ -202,6 +194,25 @@ class VfeCLI(LightningCLI):
         if config.get("return_predictions") is None:
             # FeatureWriter writes features as they come; keeping them would grow memory.
             config.return_predictions = False
+
+
+def check_device(device: str, option: str = "--device") -> None:
+    """`device` is one of DEVICES, and a GPU is there if it asks for one (never a silent CPU
+    run); `option` is how the user gave it (`--device`, or the API's `device=`)."""
+
+    def spelled(value: str) -> str:  # as the user would write it
+        return f"{option}{value!r}" if option.endswith("=") else f"{option} {value}"
+
+    if device not in DEVICES:
+        raise VfeError(
+            f"{option.removesuffix('=')} {device!r} is not allowed; choose one of "
+            f"{', '.join(DEVICES)}"
+        )
+    if device == "cuda" and not torch.cuda.is_available():
+        raise VfeError(
+            f"{spelled('cuda')} was asked for, but PyTorch sees no CUDA GPU here; use "
+            f"{spelled('cpu')} (or auto)"
+        )
 
 
 def warn_if_bf16_is_emulated(precision: str, device: str) -> None:
