@@ -13,7 +13,12 @@ from conftest import run_vfe
 
 from vfe.bench.synthetic import write_video
 from vfe.data.paths import VideoEntry, video_fingerprint
-from vfe.output.provenance import PROVENANCE_KEY, first_difference, read_provenance
+from vfe.output.provenance import (
+    PROVENANCE_KEY,
+    first_difference,
+    read_provenance,
+    sha256_of_file,
+)
 
 
 @pytest.fixture
@@ -185,3 +190,21 @@ def test_files_made_before_stride_tail_and_convert_on_were_recorded_count_as_the
     assert first_difference(older, {**wanted, "clip_stride": 1.0}, video).startswith("clip_stride")
     on_model = first_difference(older, {**wanted, "convert_on": "model"}, video)
     assert on_model == "convert_on: 'workers' in the file, 'model' now"
+
+
+def test_a_files_sha256_is_remembered_while_its_size_and_time_stay(tmp_path: Path, monkeypatch):
+    """Weights are hashed once, not at every run's start; an edited file is hashed again."""
+    import hashlib
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"first")
+    first = sha256_of_file(weights)
+    assert first == hashlib.sha256(b"first").hexdigest()
+    times = weights.stat()
+    weights.write_bytes(b"other")  # same size; its time put back: taken as the same file
+    os.utime(weights, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert sha256_of_file(weights) == first
+    os.utime(weights, ns=(times.st_atime_ns, times.st_mtime_ns + 1_000_000))
+    assert sha256_of_file(weights) == hashlib.sha256(b"other").hexdigest()
+    assert len(list((tmp_path / "cache" / "vfe" / "sha256").iterdir())) == 2

@@ -7,6 +7,7 @@ decoder, the precision, the library versions, and the video's size and modificat
 
 import hashlib
 import json
+import os
 import time
 from importlib import metadata
 from pathlib import Path
@@ -51,12 +52,37 @@ LIBRARIES = (
 _HASH_CHUNK_BYTES = 1 << 22
 
 
+def _digests_folder() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "vfe" / "sha256"
+
+
 def sha256_of_file(path: Path) -> str:
+    """The file's sha256, remembered per path, size and modification time (weights files of a
+    GB were hashed again at every run's start, on every rank): the same trust resume gives a
+    video whose size and time are unchanged."""
+    stat = Path(path).stat()
+    key = f"{Path(path).resolve()}\n{stat.st_size}\n{stat.st_mtime_ns}"
+    remembered = _digests_folder() / hashlib.sha256(key.encode()).hexdigest()
+    try:
+        known = remembered.read_text().strip()
+    except OSError:  # not hashed yet (or the cache is unreadable): hash it
+        known = ""
+    if len(known) == 64:
+        return known
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         while chunk := file.read(_HASH_CHUNK_BYTES):
             digest.update(chunk)
-    return digest.hexdigest()
+    found = digest.hexdigest()
+    try:  # written whole or not at all: ranks and nodes may share the cache
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        partial = remembered.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(found)
+        partial.replace(remembered)
+    except OSError:  # a read-only cache only costs the hashing next time
+        pass
+    return found
 
 
 def library_versions() -> dict[str, str | None]:
