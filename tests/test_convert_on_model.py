@@ -296,5 +296,6 @@ def test_conversion_on_the_gpu_equals_the_cpus(tmp_path: Path):
     pixels = torch.stack([picture.tensor() for picture in pictures])
     layouts = [pictures[0].layout]
     on_cpu = model_samples([pixels], layouts, spec)
-    on_gpu = model_samples([pixels.cuda()], layouts, spec).cpu()
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # as under --trainer.precision bf16-mixed
+        on_gpu = model_samples([pixels.cuda()], layouts, spec).cpu()
     assert (on_gpu.int() - on_cpu.int()).abs().max() <= 1

@@ -61,12 +61,16 @@ def model_samples(
     backbone's size: runs of packed pictures are converted here, on their device."""
     if layouts is None:
         return pixels
-    return torch.cat(
-        [
-            run if layout is None else packed_to_samples(run, layout, spec)
-            for run, layout in zip(pixels, layouts, strict=True)
-        ]
-    )
+    device_type = pixels[0].device.type
+    # Pixel arithmetic in float32 whatever the run's precision (bf16 holds 0-255 only to 1-2
+    # levels): autocast must not take the resize.
+    with torch.autocast(device_type, enabled=False):
+        return torch.cat(
+            [
+                run if layout is None else packed_to_samples(run, layout, spec)
+                for run, layout in zip(pixels, layouts, strict=True)
+            ]
+        )
 
 
 def normalize(
