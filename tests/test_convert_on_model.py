@@ -19,9 +19,11 @@ from vfe.data.input_spec import FrameSampling, InputSpec
 from vfe.data.paths import find_videos
 from vfe.data.transforms import model_samples
 from vfe.decoding.colour import yuv_to_rgb
+from vfe.decoding import pyav
 from vfe.decoding.pyav import _packed_from_dlpack, _packed_of, _rgb_of
 from vfe.decoding.video import check_decoder, open_video
 from vfe.errors import VfeError
+from vfe.output.report import report_run
 
 
 def _ffmpeg(*args: str) -> None:
@@ -214,7 +216,7 @@ def test_a_video_nvdec_does_not_decode_is_named_and_recorded(tmp_path: Path, mon
     """Where NVDEC cannot decode a stream FFmpeg decodes it in software: the run says so and
     the segment's record (the file's provenance) holds nvdec_frames 0. Simulated here by
     opening without the hardware context, which is what FFmpeg's fallback amounts to."""
-    monkeypatch.setattr(av.codec.hwaccel, "HWAccel", lambda *args, **kwargs: None)
+    monkeypatch.setattr(pyav, "_nvdec", lambda device: None)
     write_video(tmp_path / "in" / "v.mp4", num_frames=10, fps=10)
     dataset = VideoClipDataset(
         find_videos(tmp_path / "in"), {"frames": SPECS["frames"]}, 2.0, {"frames": 4},
@@ -299,3 +301,12 @@ def test_conversion_on_the_gpu_equals_the_cpus(tmp_path: Path):
     with torch.autocast("cuda", dtype=torch.bfloat16):  # as under --trainer.precision bf16-mixed
         on_gpu = model_samples([pixels.cuda()], layouts, spec).cpu()
     assert (on_gpu.int() - on_cpu.int()).abs().max() <= 1
+
+
+def test_the_summary_counts_the_videos_nvdec_left_to_software(tmp_path: Path, capsys):
+    totals = {"failed": 0, "concealed": 0, "not_nvdec": 2}
+    totals |= {"clip/written": 5, "clip/clips": 20, "clip/unfinished": 0}
+    report_run(totals, {"clip": tmp_path}, {}, "run", 1.0)
+    err = capsys.readouterr().err
+    assert "written 5, skipped 0, failed 0" in err
+    assert "2 video(s) decoded by FFmpeg in software: NVDEC cannot decode their streams" in err

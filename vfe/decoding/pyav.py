@@ -99,6 +99,15 @@ def _packed_on_gpu(frame: av.VideoFrame) -> PackedPicture | None:
     return _packed_from_dlpack(frame)
 
 
+def _nvdec(device: str) -> "av.codec.hwaccel.HWAccel":
+    """PyAV's CUDA hwaccel on `cuda[:N]`: frames stay on the GPU (`is_hw_owned`), FFmpeg
+    sharing torch's primary context; streams NVDEC cannot decode go to the software decoder."""
+    from av.codec.hwaccel import HWAccel
+
+    index = device.partition(":")[2] or "0"
+    return HWAccel("cuda", device=index, allow_software_fallback=True, is_hw_owned=True)
+
+
 class PyAVVideo:
     """A video decoded sequentially by PyAV, on the CPU or (device `cuda[:N]`) with NVDEC.
 
@@ -166,13 +175,7 @@ class PyAVVideo:
 
     def __init__(self, path: Path, device: str = "cpu", num_threads: int = 1) -> None:
         self.check(device)
-        hwaccel = None
-        if device.startswith("cuda"):
-            from av.codec.hwaccel import HWAccel
-
-            # Frames stay on the GPU (`is_hw_owned`); FFmpeg shares torch's primary context.
-            index = device.partition(":")[2] or "0"
-            hwaccel = HWAccel("cuda", device=index, allow_software_fallback=True, is_hw_owned=True)
+        hwaccel = _nvdec(device) if device.startswith("cuda") else None
         self.hardware_frames = 0  # frames NVDEC decoded, so far
         self._container = av.open(str(path), hwaccel=hwaccel)
         if not self._container.streams.video:

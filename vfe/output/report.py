@@ -1,5 +1,6 @@
 """The end of a run, as rank 0 reports it for all ranks: one summary line per backbone, the
-failed videos with their reasons, and what was written with concealed errors."""
+failed videos with their reasons, what was written with concealed errors, and what NVDEC left
+to the software decoder."""
 
 import sys
 from pathlib import Path
@@ -48,6 +49,11 @@ def report_run(
             print(f"  ... and {failed - MAX_FAILURES_SHOWN} more", file=sys.stderr)
     if unfinished:
         say(f"{unfinished} video(s) ended incomplete and were not written")
+    if totals.get("not_nvdec"):
+        say(
+            f"{totals['not_nvdec']} video(s) decoded by FFmpeg in software: NVDEC cannot decode "
+            "their streams (nvdec_frames: 0 in their provenance)"
+        )
     if totals["concealed"]:
         say(
             f"{totals['concealed']} video(s) written although the decoder concealed errors "

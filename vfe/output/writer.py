@@ -46,6 +46,7 @@ class RunCounts:
     clips: dict[str, int] = field(default_factory=dict)
     failed: int = 0  # videos, once each whatever the backbones affected
     concealed: int = 0  # videos written with errors the decoder concealed (where allowed)
+    not_nvdec: int = 0  # decoding on cuda: videos FFmpeg decoded in software (NVDEC could not)
     videos_done: int = 0  # written for all their backbones, or failed
     decoded_bytes: int = 0  # how far decoding has got through this rank's files
     clips_in_progress: dict[str, int] = field(default_factory=dict)  # clips with features so
@@ -283,6 +284,8 @@ class FeatureWriter(BasePredictionWriter):
         self.counts.written[name] += 1
         if video.decode_errors and name == info.models[0]:
             self.counts.concealed += 1  # once per video, at its first backbone
+        if video.nvdec_frames == 0 and name == info.models[0]:
+            self.counts.not_nvdec += 1
         self.counts.clips[name] += len(video.arrays["features"])
 
     def _model_done(self, info: VideoStart) -> None:
@@ -351,7 +354,11 @@ class FeatureWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._finish_writing()
-        own = {"failed": self.counts.failed, "concealed": self.counts.concealed}
+        own = {
+            "failed": self.counts.failed,
+            "concealed": self.counts.concealed,
+            "not_nvdec": self.counts.not_nvdec,
+        }
         for name, assembler in self._assemblers.items():
             own |= {
                 f"{name}/written": self.counts.written[name],
