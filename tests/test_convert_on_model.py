@@ -18,8 +18,8 @@ from vfe.data.dataset import VideoClipDataset
 from vfe.data.input_spec import FrameSampling, InputSpec
 from vfe.data.paths import find_videos
 from vfe.data.transforms import model_samples
-from vfe.decoding.colour import yuv_to_rgb
 from vfe.decoding import pyav
+from vfe.decoding.colour import yuv_to_rgb
 from vfe.decoding.pyav import _packed_from_dlpack, _packed_of, _rgb_of
 from vfe.decoding.video import check_decoder, open_video
 from vfe.errors import VfeError
