@@ -76,3 +76,29 @@ def test_three_streams_give_the_features_of_one(tiny_clip_file: Path, tmp_path: 
 def test_bad_stream_counts_are_clear_errors(tmp_path: Path, options, message):
     with pytest.raises(VfeError, match=message):
         VideoDataModule(input_dir=tmp_path, **options)
+
+
+def test_streams_with_nothing_to_do_end_with_the_others(tmp_path: Path):
+    """One tiny video over four streams: three get no work; the batches are one stream's."""
+    from torchvision.transforms import InterpolationMode
+
+    from vfe.data.dataset import VideoClipDataset
+    from vfe.data.input_spec import InputSpec
+    from vfe.data.paths import find_videos
+
+    write_video(tmp_path / "in" / "tiny.mp4", num_frames=7, fps=10)
+    spec = InputSpec(None, 8, 8, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,) * 3, 4)
+
+    def samples(streams: int) -> list[tuple[int, list[int], list[int]]]:
+        dataset = VideoClipDataset(
+            find_videos(tmp_path / "in"), {"m": spec}, 0.5, {"m": 4}, decode_streams=streams
+        )
+        return [
+            (len(batch["ends"]), batch["models"]["m"]["clip_index"],
+             batch["models"]["m"]["pixels"].flatten().tolist())
+            for batch in dataset
+            if batch["models"]
+        ]  # fmt: skip
+
+    one, four = samples(1), samples(4)
+    assert one == four and sum(len(clips) for _, clips, _ in one) == 7

@@ -37,7 +37,14 @@ from vfe.data.streams import in_threads
 from vfe.data.transforms import packed_to_samples, resize_and_center_crop
 from vfe.data.work_plan import WorkItem, split_over_workers
 from vfe.decoding.colour import packed_shape
-from vfe.decoding.video import DEFAULT_DECODER, DecodeError, Frame, file_errors, open_video
+from vfe.decoding.video import (
+    DEFAULT_DECODER,
+    DecodeError,
+    Frame,
+    file_errors,
+    open_video,
+    ready_to_read,
+)
 from vfe.messages import say_on_this_rank
 
 
@@ -335,6 +342,7 @@ class VideoClipDataset(IterableDataset):
         layout, device = kinds.pop()
         shape = (len(pictures), 1, *packed_shape(layout.height, layout.width))
         packed = torch.empty(shape, dtype=torch.uint8, device=device)
+        ready_to_read(device)
         for row, picture in enumerate(pictures):
             picture.write(packed[row, 0])
         builder.decode_seconds += time.perf_counter() - started

@@ -70,9 +70,10 @@ def _packed_of(frame: av.VideoFrame) -> PackedPicture | None:
 
 
 def _packed_from_dlpack(frame: av.VideoFrame) -> PackedPicture | None:
-    """An NV12 picture (an NVDEC frame on the GPU, or any NV12 frame) packed on its own device
-    without leaving it, or None where `vfe.decoding.colour` does not convert it (10-bit P010,
-    odd sizes, other matrices)."""
+    """An NV12 picture (an NVDEC frame on the GPU, or any NV12 frame) to be packed on its own
+    device without leaving it, or None where `vfe.decoding.colour` does not convert it (10-bit
+    P010, odd sizes, other matrices). The planes are only viewed here; `write` reads them, after
+    the caller's `ready_to_read`."""
     layout = layout_of(
         frame.height, frame.width, "nv12", frame.colorspace, frame.color_range, frame.rotation
     )
@@ -89,14 +90,6 @@ def _packed_from_dlpack(frame: av.VideoFrame) -> PackedPicture | None:
         packed[height:] = chroma.flatten(1)
 
     return PackedPicture(layout, luma.device, write)
-
-
-def _packed_on_gpu(frame: av.VideoFrame) -> PackedPicture | None:
-    """An NVDEC frame packed on its GPU (None: converted through a download and swscale)."""
-    # NVDEC writes the picture on FFmpeg's own stream; PyAV's DLPack export asks the caller to
-    # synchronise before reading it.
-    torch.cuda.synchronize()
-    return _packed_from_dlpack(frame)
 
 
 def _nvdec(device: str) -> "av.codec.hwaccel.HWAccel":
@@ -245,9 +238,9 @@ class PyAVVideo:
             duration = frame.duration * time_base if frame.duration else None
             time_seconds, duration_seconds = timeline.place(raw, duration)
             num_bytes = sum(plane.buffer_size for plane in frame.planes)
-            if frame.format.name == "cuda":
+            if frame.format.name == "cuda":  # NVDEC's: read where it is
                 self.hardware_frames += 1
-                packed = _packed_on_gpu
+                packed = _packed_from_dlpack
             else:
                 packed = _packed_of
             yield Frame(

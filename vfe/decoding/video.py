@@ -25,14 +25,24 @@ class PackedPicture:
 
     layout: FrameLayout
     device: torch.device  # where the picture is (NVDEC's stay on the GPU)
-    write: Callable[[torch.Tensor], None]  # into a (rows, cols) uint8 tensor on `device`
+    # Into a (rows, cols) uint8 tensor on `device`; on a GPU, after `ready_to_read(device)`.
+    write: Callable[[torch.Tensor], None]
 
     def tensor(self) -> torch.Tensor:
         """The picture packed on its own, `(1, rows, cols) uint8`."""
-        packed = torch.empty((1, *packed_shape(self.layout.height, self.layout.width)),
-                             dtype=torch.uint8, device=self.device)  # fmt: skip
+        shape = (1, *packed_shape(self.layout.height, self.layout.width))
+        packed = torch.empty(shape, dtype=torch.uint8, device=self.device)
+        ready_to_read(self.device)
         self.write(packed[0])
         return packed
+
+
+def ready_to_read(device: torch.device) -> None:
+    """Wait for the GPU's decoder: NVDEC writes pictures on FFmpeg's own CUDA stream, which
+    PyAV does not expose (its DLPack export asks the reader to synchronise). Once per batch of
+    pictures, not per picture."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _not_packable() -> None:
