@@ -122,9 +122,13 @@ def test_killed_run_resumes_without_redoing_finished_videos(
     assert not [p for p in output.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("models", ["clip", "clip,slowfast"], ids=["one backbone", "two"])
+@pytest.mark.parametrize(
+    ("models", "convert_on"),
+    [("clip", "workers"), ("clip,slowfast", "workers"), ("clip", "model")],
+    ids=["one backbone", "two", "converted on the model"],
+)
 def test_ddp_two_processes_equal_one_process(
-    models, tiny_clip_file: Path, slowfast_pyth_file: Path, tmp_path: Path
+    models, convert_on, tiny_clip_file: Path, slowfast_pyth_file: Path, tmp_path: Path
 ):
     for index, num_frames in enumerate([85, 30, 60, 12, 1]):
         write_video(tmp_path / "in" / f"v{index}.mp4", num_frames=num_frames, seed=index)
@@ -137,7 +141,7 @@ def test_ddp_two_processes_equal_one_process(
     common = [
         "--model", models, *(arg for args in weights.values() for arg in args),
         "--input_dir", "in", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar",
-        "false", "--data.num_workers", "1",
+        "false", "--data.num_workers", "1", "--data.convert_on", convert_on,
     ]  # fmt: skip
     single = run_vfe(*common, "--output_dir", "one", cwd=tmp_path)
     assert single.returncode == 0, single.stderr
@@ -155,6 +159,7 @@ def test_ddp_two_processes_equal_one_process(
             two = np.load(tmp_path / "two" / folder / f"v{index}.npz")
             np.testing.assert_allclose(two["features"], one["features"], rtol=1e-4, atol=1e-5)
             np.testing.assert_array_equal(two["timestamps"], one["timestamps"])
+            assert f'"convert_on": "{convert_on}"' in str(two["provenance"])
 
 
 NATIVE_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
