@@ -76,6 +76,12 @@ VFE_FLAGS = (
     ),
     Flag("--device", "where the model runs: auto, cpu or cuda", {"type": str, "default": "auto"}),
     Flag(
+        "--part",
+        "I/N: this job extracts part I (from 0) of N of the videos, the same cut for every job "
+        "(SLURM array tasks: set from SLURM_ARRAY_TASK_ID/_MIN/_COUNT when unset)",
+        {"type": str | None, "default": None},
+    ),
+    Flag(
         "--overwrite",
         "redo every video whose .npz exists; 'changed': redo only those whose .npz no longer "
         "matches (other settings, or a changed video), keeping the rest",
@@ -168,6 +174,7 @@ class VfeCLI(LightningCLI):
             ("clip_stride", "data.clip_stride"),
             ("batch_size", "data.batch_size"),
             ("overwrite", "data.overwrite"),
+            ("part", "data.part"),
         ):
             parser.link_arguments(source, target)
         parser.add_lightning_class_args(FeatureWriter, "writer")

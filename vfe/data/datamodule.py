@@ -38,6 +38,9 @@ from vfe.messages import say
 from vfe.output.provenance import run_provenance
 from vfe.output.resume import RunPlan, plan_run
 from vfe.output.stopping import STOP_SIGNALS
+from vfe.planning.claims import Claims
+from vfe.planning.job_part import JobPart, job_part, select_part
+from vfe.planning.owners import new_run_id, register, this_run
 
 # Where frames become each backbone's RGB input (`VideoDataModule`'s convert_on).
 CONVERT_ON = ("workers", "model")
@@ -150,6 +153,8 @@ class VideoDataModule(LightningDataModule):
             frames leave the workers as decoded (YUV, 1.5 bytes a pixel) and are converted and
             resized on the model's device, so a worker only decodes (pyav only; other frames
             are converted in the workers; pixels within 2 levels of swscale's).
+        part: "I/N": this job does part I (from 0) of N of the listed videos, cut the same way
+            by every job (`vfe.planning.job_part`); default: a SLURM array task's, else all.
     """
 
     def __init__(
@@ -171,8 +176,10 @@ class VideoDataModule(LightningDataModule):
         layout: str = "tree",
         convert_on: str = "workers",
         decode_streams: int = 1,
+        part: str | None = None,
     ) -> None:
         super().__init__()
+        self.part: JobPart | None = job_part(part)
         if not (math.isfinite(clip_len) and clip_len > 0):
             raise VfeError(f"--clip_len must be a positive number of seconds, got {clip_len}")
         if clip_stride is not None:
@@ -299,23 +306,30 @@ class VideoDataModule(LightningDataModule):
         trainer = self.trainer
         model = trainer.lightning_module
         output_dirs = model_output_dirs(self.output_dir, list(model.members()))
-        listing, work_by_rank = None, None
+        listing, work_by_rank, claims = None, None, None
         if trainer.global_rank == 0:
             settings = self.provenance()
             wanted = {
                 name: run_provenance(member, settings, trainer.precision)
                 for name, member in model.members().items()
             }
+            started_ns = time.time_ns()  # before listing: a file written after it is new
             try:
-                videos = list_videos(self.input_dir, self.input_list, self.layout)
+                videos = self.job_videos()
             except VfeError as error:  # reaches every rank below, so none waits in broadcast
                 listing = RunPlan([], [], {}, str(error))
             else:
                 listing = plan_run(videos, output_dirs, self.overwrite, wanted)
-            listing.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+            owner = this_run(new_run_id())
+            listing.run_id = owner.run_id
             if not listing.problem:
+                # Before any rank decodes: the run's work in the folders is known to be alive.
+                register(list(output_dirs.values()), owner)
+                claims = Claims(output_dirs, owner.run_id, started_ns)
                 work_by_rank = self.plan_work(listing.todo, trainer.world_size)
-        listing, work_by_rank = trainer.strategy.broadcast((listing, work_by_rank), src=0)
+        listing, work_by_rank, claims = trainer.strategy.broadcast(
+            (listing, work_by_rank, claims), src=0
+        )
         if listing.problem:  # raised on every rank, so none waits for the others
             raise VfeError(listing.problem)
         for name, output_dir in output_dirs.items():
@@ -336,7 +350,20 @@ class VideoDataModule(LightningDataModule):
                 for workers in work_by_rank
             ],
             work=work_by_rank[trainer.global_rank],
+            claims=claims,
         )
+
+    def job_videos(self) -> list[VideoEntry]:
+        """The videos listed, or this job's part of them (`--part I/N`, a SLURM array)."""
+        videos = list_videos(self.input_dir, self.input_list, self.layout)
+        if self.part is None:
+            return videos
+        chosen = select_part([video.size_bytes for video in videos], self.part)
+        say(
+            f"part {self.part} ({self.part.source}): {len(chosen)} of the {len(videos)} videos "
+            f"{self.source()}"
+        )
+        return [videos[index] for index in chosen]
 
     def plan_work(self, videos: list[VideoEntry], num_ranks: int) -> list[list[list[WorkItem]]]:
         """Every rank's work items, one list per DataLoader worker (`vfe.data.work_plan`);
@@ -406,6 +433,7 @@ class VideoDataModule(LightningDataModule):
             tail=self.tail,
             convert_on=self.convert_on,
             decode_streams=self.decode_streams,
+            claims=plan.claims,
         )
         return DataLoader(
             dataset,

@@ -46,6 +46,7 @@ from vfe.decoding.video import (
     ready_to_read,
 )
 from vfe.messages import say_on_this_rank
+from vfe.planning.claims import Claims
 
 
 def describe_error(error: BaseException, max_chars: int = 300) -> str:
@@ -94,6 +95,8 @@ class VideoClipDataset(IterableDataset):
             as with "workers".
         decode_streams: in the main process only: `work` holds one list per stream, each
             decoded in its own thread (several NVDEC streams at once).
+        claims: the run's claims on videos (`vfe.planning.claims`): a video another live job
+            sharing the output folder decodes, or has written meanwhile, is left to it.
     """
 
     def __init__(
@@ -112,8 +115,10 @@ class VideoClipDataset(IterableDataset):
         tail: str = "keep",
         convert_on: str = "workers",
         decode_streams: int = 1,
+        claims: Claims | None = None,
     ) -> None:
         self.videos = videos
+        self.claims = claims
         self.specs = specs
         self.clip_len_seconds = clip_len_seconds
         self.clip_len = clip_length_fraction(clip_len_seconds)
@@ -176,8 +181,13 @@ class VideoClipDataset(IterableDataset):
         """The batches of `items`, decoded one after the other."""
         builder = BatchBuilder(self.batch_sizes)
         for item in items:
+            models = self.models_of(item.video_index)
+            if self.claims is not None:  # claimed just before decoding, so jobs share as they go
+                models = self.claims.claim(self.videos[item.video_index].relative_path, models)
+                if not models:  # another job decodes it, or has written it
+                    continue
             try:
-                yield from self._add_item(builder, item)
+                yield from self._add_item(builder, item, models)
             except _FileError as error:
                 entry = self.videos[item.video_index]
                 builder.add_failure(
@@ -187,17 +197,18 @@ class VideoClipDataset(IterableDataset):
                         relative_path=entry.relative_path,
                         stage=error.stage,
                         error=str(error),
-                        models=list(self.models_of(item.video_index)),
+                        models=list(models),
                     )
                 )
         while builder.has_anything():
             yield builder.pop(final=True)
 
-    def _add_item(self, builder: BatchBuilder, item: WorkItem) -> Iterator[Batch]:
-        """Decode one video or segment once for all its backbones, adding their samples and
-        finally its end record."""
+    def _add_item(
+        self, builder: BatchBuilder, item: WorkItem, models: tuple[str, ...]
+    ) -> Iterator[Batch]:
+        """Decode one video or segment once for `models`, adding their samples and finally its
+        end record."""
         entry = self.videos[item.video_index]
-        models = self.models_of(item.video_index)
         # Only what the decoding library raises for a bad file is a failure of the video; an
         # error in vfe's own code (timeline, reordering, rotation, resizing) stops the run.
         bad_file = file_errors(self.decoder)

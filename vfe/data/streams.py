@@ -45,9 +45,12 @@ def in_threads(iterators: list[Iterator[Item]]) -> Iterator[Item]:
             error = raised
         finally:
             close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-        hand_over(_Finished(error))
+            try:
+                if close is not None:
+                    close()
+            except BaseException as raised:  # the end marker must still reach the consumer
+                error = error or raised
+            hand_over(_Finished(error))
 
     threads = [
         threading.Thread(target=run, args=(iterator,), name=f"vfe-stream-{index}", daemon=True)

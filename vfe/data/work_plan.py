@@ -12,12 +12,13 @@ segments went to several ranks is assembled from the ranks' partial results
 whole videos are balanced over ranks by size first (largest first to the lightest rank).
 """
 
-import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from vfe.data.paths import VideoEntry
+from vfe.planning.claims import Claims
+from vfe.planning.shares import assign_by_size as assign_ranks
 
 
 @dataclass(frozen=True)
@@ -45,21 +46,7 @@ class PlannedRun:
     run_id: str  # names this run's failure records and its keys in the process group's store
     videos_per_rank: list[int]  # how many videos each rank decodes (all of them or a part)
     work: list[list[WorkItem]]  # this rank's work items, one list per DataLoader worker
-
-
-def assign_ranks(sizes: list[int], num_ranks: int) -> list[list[int]]:
-    """Split item indices into `num_ranks` lists of near-equal total size.
-
-    Largest first, each to the currently lightest list (LPT), so ranks finish together; ties go
-    to the lowest rank. Deterministic: every rank computes the same split.
-    """
-    shares: list[list[int]] = [[] for _ in range(num_ranks)]
-    heap = [(0, 0, rank) for rank in range(num_ranks)]  # (load, items, rank)
-    for index in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
-        load, count, rank = heapq.heappop(heap)
-        shares[rank].append(index)
-        heapq.heappush(heap, (load + sizes[index], count + 1, rank))
-    return shares
+    claims: Claims | None = None  # how this run claims videos in folders shared with other jobs
 
 
 def split_over_workers(

@@ -2,38 +2,43 @@
 killed run leaves cleaned up."""
 
 import contextlib
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-TEMPORARY_SUFFIX = ".vfe-tmp"
-# A temporary is written and renamed within seconds; one this old belongs to a killed run.
+from vfe.destinations import TEMPORARY_SUFFIX, write_atomically
+from vfe.planning.owners import process_is_gone
+
+# A temporary is written and renamed within seconds; one this old whose process is not known
+# to be alive belongs to a killed run.
 STALE_TEMPORARY_SECONDS = 600
 
 
 def save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write `path` so that it is either absent or complete: temporary file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
-    try:
-        with open(temporary, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """Write `path` so that it is either absent or complete (`vfe.destinations`)."""
+    write_atomically(path, lambda file: np.savez(file, **arrays))
 
 
 def remove_stale_temporaries(output_dir: Path) -> None:
-    """Delete temporaries a killed run left (never valid outputs). Only old ones go: a run
-    writing into the same folder right now owns the fresh ones."""
+    """Delete temporaries a killed run left (never valid outputs). A temporary goes when its
+    process on this host is gone, or, made elsewhere, when it is old: a run writing into the
+    same folder right now (even one paused for hours) owns its own."""
     if not output_dir.is_dir():
         return
     oldest_kept = time.time() - STALE_TEMPORARY_SECONDS
     for stale in output_dir.rglob(f".*{TEMPORARY_SUFFIX}"):
+        owner = _owner_of(stale.name)
         with contextlib.suppress(FileNotFoundError):  # its run renamed it meanwhile
-            if stale.stat().st_mtime < oldest_kept:
+            gone = process_is_gone(*owner) if owner else None
+            if gone or (gone is None and stale.stat().st_mtime < oldest_kept):
                 stale.unlink()
+
+
+def _owner_of(name: str) -> tuple[str, int] | None:
+    """(host, pid) from `.<final>.<host>-<pid>.<random>.vfe-tmp`, if the name has them."""
+    fields = name[: -len(TEMPORARY_SUFFIX)].rsplit(".", 2)
+    if len(fields) != 3:
+        return None
+    host, _, pid = fields[1].rpartition("-")
+    return (host, int(pid)) if host and pid.isdigit() else None

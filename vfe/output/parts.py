@@ -7,7 +7,9 @@ complete or not at all. A rank writes its part and then counts the parts: whiche
 writes last sees them all (both may, if they write at once), and only the one that creates
 the folder's `merging` file (`O_CREAT | O_EXCL`) merges. A rank on which a segment failed
 leaves a part that says so: the merge then records the failure instead of writing features.
-Parts of runs that were killed are removed when the next run starts (`remove_stale_parts`).
+Parts of runs that are gone (`vfe.planning.owners`: ended, killed on this host, or silent for
+`STALE_SECONDS` elsewhere) are removed when a run starts (`remove_stale_parts`); a live run's
+parts are never touched, whichever run shares the folder.
 """
 
 import contextlib
@@ -24,6 +26,7 @@ import numpy as np
 from vfe.data.records import SegmentEnd, VideoFailure, VideoStart, VideoTail
 from vfe.output.assembly import FinishedVideo, PartialVideo, finish_video
 from vfe.output.npz import save_npz_atomically
+from vfe.planning.owners import run_is_live
 
 PARTS_DIR_NAME = ".vfe-parts"
 MERGING_FILE_NAME = "merging"
@@ -114,5 +117,25 @@ def remove_run_parts(output_dir: Path, run_id: str) -> None:
 
 
 def remove_stale_parts(output_dir: Path) -> None:
-    """Parts left by runs that were killed before merging (a new run redoes those videos)."""
-    shutil.rmtree(Path(output_dir) / PARTS_DIR_NAME, ignore_errors=True)
+    """Parts left by runs that are gone, killed before merging (a new run redoes those
+    videos); the parts of runs still working are kept."""
+    root = Path(output_dir) / PARTS_DIR_NAME
+    if not root.is_dir():
+        return
+    for run_folder in root.iterdir():
+        if run_folder.is_dir() and not run_is_live(output_dir, run_folder.name):
+            shutil.rmtree(run_folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # other runs' parts are there
+        root.rmdir()
+
+
+def unmerged_videos(output_dir: Path, run_id: str) -> list[str]:
+    """Relative paths (as folders of parts) of the run's videos whose parts never merged."""
+    root = Path(output_dir) / PARTS_DIR_NAME / run_id
+    if not root.is_dir():
+        return []
+    return sorted(
+        folder.relative_to(root).as_posix()
+        for folder in root.rglob("*")
+        if folder.is_dir() and any(folder.glob("rank*.npz"))
+    )

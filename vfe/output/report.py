@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from vfe.messages import say
+from vfe.output.audit import Audit
 from vfe.output.failures import FAILURES_FILE_NAME, read_failures
 
 MAX_FAILURES_SHOWN = 20
@@ -17,12 +18,13 @@ def report_run(
     skipped: dict[str, int],
     run_id: str,
     seconds: float,
+    audit: Audit,
 ) -> int:
-    """Print the run's summary from the totals over all ranks; the number of videos not written
-    (failed or left incomplete)."""
+    """Print the run's summary from the totals over all ranks and the end-of-run `audit`; the
+    number of videos not written (failed, left incomplete, or found unfinished)."""
     names = list(output_dirs)
     unfinished = max(totals[f"{name}/unfinished"] for name in names)
-    failed = totals["failed"]
+    failed = totals["failed"] + len(audit.unfinished)
     for name in names:
         label = f"{name}: " if len(names) > 1 else ""
         say(
@@ -49,6 +51,13 @@ def report_run(
             print(f"  ... and {failed - MAX_FAILURES_SHOWN} more", file=sys.stderr)
     if unfinished:
         say(f"{unfinished} video(s) ended incomplete and were not written")
+    for name in names:
+        if audit.written_elsewhere.get(name):
+            label = f"{name}: " if len(names) > 1 else ""
+            say(
+                f"{label}{audit.written_elsewhere[name]} video(s) of this run's plan were written "
+                "by another job sharing the folder"
+            )
     if totals.get("not_nvdec"):
         say(
             f"{totals['not_nvdec']} video(s) decoded by FFmpeg in software: NVDEC cannot decode "
@@ -59,4 +68,4 @@ def report_run(
             f"{totals['concealed']} video(s) written although the decoder concealed errors "
             "in them (--data.allow_concealed_errors; the count is in each file's provenance)"
         )
-    return failed + unfinished
+    return failed  # the audit recorded what ended incomplete as failed

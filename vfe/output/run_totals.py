@@ -51,7 +51,14 @@ class RankReports:
         if not self.enabled or (not force and now - self._last_beat < HEARTBEAT_SECONDS):
             return
         self._beats, self._last_beat = self._beats + 1, now
-        self._store.set(self._key("alive", self.rank), json.dumps([self._beats, videos_done]))
+        try:
+            self._store.set(self._key("alive", self.rank), json.dumps([self._beats, videos_done]))
+        except RuntimeError as error:  # c10d's store errors: rank 0, which hosts it, is gone
+            raise RankLost(
+                f"rank 0, which holds the run's records, does not answer ({error}); this "
+                "rank's finished videos are written, run the same command again to finish the "
+                "others"
+            ) from error
 
     def fail(self, reason: str) -> None:
         """Record that this rank is stopping on an error (best effort: the store may be gone)."""

@@ -21,6 +21,7 @@ from vfe.data.paths import model_output_dirs, output_path_for
 from vfe.data.records import SegmentEnd, VideoFailure, VideoStart
 from vfe.data.work_plan import PlannedRun
 from vfe.output.assembly import ClipFeatureAssembler, FinishedVideo, PartialVideo
+from vfe.output.audit import audit_run
 from vfe.output.failures import FAILURES_FILE_NAME, append_failure
 from vfe.output.npz import remove_stale_temporaries, save_npz_atomically
 from vfe.output.parts import (
@@ -36,6 +37,10 @@ from vfe.output.provenance import PROVENANCE_KEY, encode, run_provenance, video_
 from vfe.output.report import report_run
 from vfe.output.run_totals import RankReports
 from vfe.output.stopping import STOP_REQUEST
+from vfe.planning.claims import Claims, release_claims_of
+from vfe.planning.owners import Heartbeat, forget_gone_runs, run_is_live, unregister
+
+Outcome = FinishedVideo | PartialVideo | VideoFailure  # one backbone's result for one video
 
 
 @dataclass
@@ -114,14 +119,19 @@ class FeatureWriter(BasePredictionWriter):
         self._thread_error: BaseException | None = None
         self._rank = 0
         self._ranks_of: dict[int, int] = {}  # video -> ranks decoding it (this rank's videos)
+        self._heartbeat: Heartbeat | None = None
+        self._claims: Claims | None = None  # the run's claims on videos in shared folders
         self.total_failed = 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Rank 0 clears what runs that are gone left in the folders (never a live run's)."""
         self.output_dirs = model_output_dirs(self.output_dir, list(pl_module.members()))
         if trainer.global_rank == 0:
             for output_dir in self.output_dirs.values():
                 remove_stale_temporaries(output_dir)
                 remove_stale_parts(output_dir)
+                release_claims_of(output_dir, lambda run, d=output_dir: not run_is_live(d, run))
+                forget_gone_runs(output_dir)
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         names = list(pl_module.members())
@@ -132,6 +142,7 @@ class FeatureWriter(BasePredictionWriter):
         datamodule = trainer.datamodule
         self._plan = datamodule.plan
         self._run_id = self._plan.run_id
+        self._claims = self._plan.claims
         self._rank = trainer.global_rank
         self._ranks_of = {
             item.video_index: item.num_ranks for items in self._plan.work for item in items
@@ -149,6 +160,8 @@ class FeatureWriter(BasePredictionWriter):
             target=self._write_batches, args=(self._queue,), name="vfe-writer", daemon=True
         )
         self._thread.start()
+        if self._rank == 0:  # its owner record was written when the run was planned
+            self._heartbeat = Heartbeat(list(self.output_dirs.values()), self._run_id).start()
         self._reports = RankReports(trainer, self._run_id, self.rank_timeout_seconds)
         self._reports.beat(0, force=True)
         # Replaces Lightning's SIGTERM handler (registered just before this hook), which
@@ -249,11 +262,7 @@ class FeatureWriter(BasePredictionWriter):
                 videos = self._assemblers[name].add_end(end)
                 finished += [(name, video) for video in videos]
         for name, video in finished:
-            if isinstance(video, PartialVideo):
-                self._save_part(name, video)
-            else:
-                self._save(name, video)
-                self._model_done(video.info)
+            self._settle(name, video)
         for failure in result.failures:
             self._fail(failure)
         self.counts.decoded_bytes += result.decoded_bytes
@@ -273,6 +282,7 @@ class FeatureWriter(BasePredictionWriter):
                 str(self._plan.videos[info.index].path),
             ),
         }
+        record["run"] = self._run_id  # which run wrote it (not compared on resume)
         if info.num_segments > 1:  # how it was decoded (not compared on resume)
             record["video"] |= {"segments": info.num_segments, "ranks": info.num_ranks}
         if video.nvdec_frames is not None:  # decoded on cuda: by NVDEC, or FFmpeg's software
@@ -294,46 +304,48 @@ class FeatureWriter(BasePredictionWriter):
         if self._models_left[info.index] == 0:
             self.counts.videos_done += 1
 
-    def _save_part(self, name: str, part: PartialVideo) -> None:
-        """This rank's part of a video decoded on several ranks; merged by the last rank."""
-        folder = part_folder(self.output_dirs[name], self._run_id, part.info.relative_path)
-        write_part(folder, self._rank, part)
-        self._model_done(part.info)
-        self._merge_if_complete(name, folder, part.info.num_ranks)
-
-    def _merge_if_complete(self, name: str, folder: Path, num_ranks: int) -> None:
-        parts = claim_parts(folder, num_ranks)
-        if parts is None:  # other ranks' parts still to come, or another rank merges
-            return
-        merged = merge_parts(parts)
-        if isinstance(merged, VideoFailure):
-            if name == merged.models[0]:
-                self.counts.failed += 1  # once per video
-            self._record_failure(name, merged)
-        else:
-            self._save(name, merged)
-        remove_parts(folder)
-
     def _fail(self, failure: VideoFailure) -> None:
-        """Drop the video for all its backbones; recorded once per video (a split video's
-        segments may each fail), in each backbone's folder, naming the backbones affected. A
-        video decoded on several ranks is recorded by the rank that merges its parts."""
+        """Drop the video for all its backbones and settle it as failed, once per video (a
+        split video's segments may each fail)."""
         for name in failure.models:
             self._assemblers[name].drop_video(failure.index)
         if failure.index in self._failed_videos:
             return
         self._failed_videos.add(failure.index)
         self.counts.videos_done += 1
-        num_ranks = self._ranks_of.get(failure.index, 1)
-        if num_ranks > 1:
-            for name in failure.models:
-                folder = part_folder(self.output_dirs[name], self._run_id, failure.relative_path)
-                write_part(folder, self._rank, failure)
-                self._merge_if_complete(name, folder, num_ranks)
-            return
-        self.counts.failed += 1
         for name in failure.models:
-            self._record_failure(name, failure)
+            self._settle(name, failure)
+
+    def _settle(self, name: str, outcome: Outcome, merged: bool = False) -> None:
+        """The one place a video's outcome for one backbone is decided on this rank.
+
+        A video split over ranks leaves this rank's part (its sums, or its failure); the rank
+        whose part completes the set merges them and settles the merged outcome. Otherwise the
+        .npz is written or the failure recorded (once per video, in each backbone's folder),
+        and the run's claim on the video is released.
+        """
+        info = outcome if isinstance(outcome, VideoFailure) else outcome.info
+        num_ranks = self._ranks_of.get(info.index, 1)
+        if not merged and num_ranks > 1:
+            if isinstance(outcome, PartialVideo):
+                self._model_done(outcome.info)
+            folder = part_folder(self.output_dirs[name], self._run_id, info.relative_path)
+            write_part(folder, self._rank, outcome)
+            parts = claim_parts(folder, num_ranks)
+            if parts is not None:  # this rank's part completed the set, and it merges
+                self._settle(name, merge_parts(parts), merged=True)
+                remove_parts(folder)
+            return
+        if isinstance(outcome, VideoFailure):
+            if name == outcome.models[0]:
+                self.counts.failed += 1  # once per video
+            self._record_failure(name, outcome)
+        else:
+            self._save(name, outcome)
+            if not merged:
+                self._model_done(outcome.info)
+        if self._claims is not None:
+            self._claims.release(info.relative_path, (name,))
 
     def _record_failure(self, name: str, failure: VideoFailure) -> None:
         record = dataclasses.asdict(failure)
@@ -347,6 +359,20 @@ class FeatureWriter(BasePredictionWriter):
         self._stop_thread()
         if self._reports is not None:  # so that rank 0 does not wait for this rank's totals
             self._reports.fail(f"{type(exception).__name__}: {exception}")
+        self._end_ownership()
+
+    def _end_ownership(self) -> None:
+        """Rank 0, at the run's end however it ends: its claims released (other jobs may
+        take those videos), its parts removed, its owner record gone."""
+        if self._heartbeat is None:
+            return
+        self._heartbeat.stop()
+        self._heartbeat = None
+        dirs = list(self.output_dirs.values())
+        for output_dir in dirs:
+            release_claims_of(output_dir, lambda run: run == self._run_id)
+            remove_run_parts(output_dir, self._run_id)
+        unregister(dirs, self._run_id)
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Before any callback's on_predict_end, so the progress bar's last line is final.
@@ -374,12 +400,21 @@ class FeatureWriter(BasePredictionWriter):
         )
         if totals is None:  # not rank 0: rank 0 reports for all
             return
-        for output_dir in self.output_dirs.values():  # every rank has merged what it could
-            remove_run_parts(output_dir, self._run_id)
+        # Every rank has written and merged what it could: each planned video is on disk or
+        # recorded as failed, else it is recorded now as unfinished.
+        audit = audit_run(
+            self._plan,
+            self.output_dirs,
+            {name: totals[f"{name}/written"] for name in self.output_dirs},
+            self._record_failure,
+            lambda: STOP_REQUEST.raise_if_requested("waiting for another job's videos"),
+        )
+        self._end_ownership()
         self.total_failed = report_run(
             totals,
             self.output_dirs,
             self._plan.num_skipped,
             self._run_id,
             time.perf_counter() - self._start_seconds,
+            audit,
         )

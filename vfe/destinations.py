@@ -1,0 +1,85 @@
+"""Writing into folders other people share: names that come from data stay inside the
+destination folder, and files appear whole under their name or not at all, through a temporary
+created exclusively (never by a predictable name that a planted link could redirect).
+
+Every name taken from data (HDF5 dataset names, qids, list ids, ...) goes through
+`path_inside` before it is joined to a folder; every file vfe writes for others to read goes
+through `write_atomically`.
+"""
+
+import contextlib
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from vfe.errors import VfeError
+
+# Temporaries are `.<final name>.<host>-<pid>.<random><TEMPORARY_SUFFIX>`: the owner is known
+# (a run cleaning up old temporaries leaves a live process's alone) and the name unpredictable.
+TEMPORARY_SUFFIX = ".vfe-tmp"
+
+
+def path_inside(folder: Path, name: str, what: str) -> Path:
+    """`folder / name`, checked: `name` is relative, has no empty, `.` or `..` part, and the
+    joined path (links resolved) stays inside `folder`; else a one-line error naming `what`
+    (e.g. "qid") and the bad value."""
+    problem = None
+    parts = name.split("/")
+    if not name or name.startswith("/") or Path(name).is_absolute():
+        problem = "is empty or absolute"
+    elif any(part in ("", ".", "..") for part in parts):
+        problem = "has an empty, '.' or '..' part"
+    elif "\0" in name or "\\" in name:
+        problem = "holds a NUL or backslash"
+    if problem is None:
+        joined = Path(folder) / name
+        root = Path(folder).resolve()
+        if not joined.resolve().is_relative_to(root):
+            problem = f"leads out of {str(folder)!r} through a link"
+    if problem is not None:
+        raise VfeError(
+            f"{what} {name!r} {problem}: it cannot name a file inside {str(folder)!r}; "
+            "rename it in the data"
+        )
+    return Path(folder) / name
+
+
+def host_label() -> str:
+    """This machine's name as it appears in file names (no dots)."""
+    return socket.gethostname().replace(".", "_")
+
+
+def temporary_name_prefix(final: Path) -> str:
+    return f".{final.name}.{host_label()}-{os.getpid()}."
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write `path` so that it is either absent or complete: `write(file)` into a temporary
+    created exclusively beside it (`mkstemp`: `O_CREAT | O_EXCL`, no link followed), fsync,
+    rename. The temporary is removed if anything fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=temporary_name_prefix(path), suffix=TEMPORARY_SUFFIX, dir=path.parent
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp's 0o600, as a plain open would not
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask is not thread-safe

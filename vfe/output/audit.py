@@ -1,0 +1,116 @@
+"""The end of a run, before its summary: every video it planned is written or reported.
+
+Rank 0 checks each planned video and backbone once all ranks have reported: its .npz exists
+(written by this run, or by another job sharing the folder), or this run recorded its failure.
+A video another live job has claimed (`vfe.planning.claims`) is waited for, as long as that job
+lives. Anything else is unfinished — parts that never merged, a write that was lost, a job that
+died holding the claim — and is recorded in `failures.jsonl` as a failure of this run, so the
+run cannot end with exit 0 while a video it planned is missing.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vfe.data.paths import output_path_for
+from vfe.data.records import VideoFailure
+from vfe.data.work_plan import PlannedRun
+from vfe.messages import say
+from vfe.output.failures import FAILURES_FILE_NAME, read_failures
+from vfe.output.parts import unmerged_videos
+from vfe.planning.claims import holder_of
+from vfe.planning.owners import run_is_live
+
+POLL_SECONDS = 2.0
+
+
+@dataclass
+class Audit:
+    unfinished: list[VideoFailure] = field(default_factory=list)  # recorded as failures
+    written_elsewhere: dict[str, int] = field(default_factory=dict)  # per backbone
+
+
+def audit_run(
+    plan: PlannedRun,
+    output_dirs: dict[str, Path],
+    written: dict[str, int],
+    record_failure: Callable[[str, VideoFailure], None],
+    stop_waiting: Callable[[], None] = lambda: None,
+) -> Audit:
+    """Check every planned video; record the unfinished ones with `record_failure(backbone,
+    failure)`. `written`: per backbone, the files this run wrote; `stop_waiting()` is called
+    while waiting for other jobs (it raises on a stop signal)."""
+    failed: dict[str, set[str]] = {}
+    for name, output_dir in output_dirs.items():
+        failed[name] = {
+            record.get("relative_path")
+            for record in read_failures(output_dir / FAILURES_FILE_NAME).records
+            if record.get("run") == plan.run_id and name in record.get("models", [name])
+        }
+
+    def missing() -> dict[int, list[str]]:
+        found: dict[int, list[str]] = {}
+        for index, (entry, models) in enumerate(zip(plan.videos, plan.video_models, strict=True)):
+            for name in models:
+                if entry.relative_path in failed[name]:
+                    continue
+                if not output_path_for(output_dirs[name], entry.relative_path).exists():
+                    found.setdefault(index, []).append(name)
+        return found
+
+    def held_elsewhere(index: int, names: list[str]) -> str | None:
+        for name in names:
+            holder = holder_of(output_dirs[name], plan.videos[index].relative_path)
+            if holder and holder != plan.run_id and run_is_live(output_dirs[name], holder):
+                return holder
+        return None
+
+    absent = missing()
+    waiting = {
+        index: holder for index in absent if (holder := held_elsewhere(index, absent[index]))
+    }
+    if waiting:
+        say(
+            f"waiting for {len(waiting)} video(s) that another job sharing the folder is "
+            f"extracting (run {next(iter(waiting.values()))}); it is checked every "
+            f"{POLL_SECONDS:g} s and given up if that job is gone"
+        )
+    while waiting:
+        stop_waiting()
+        time.sleep(POLL_SECONDS)
+        absent = missing()
+        waiting = {
+            index: holder
+            for index in waiting
+            if index in absent and (holder := held_elsewhere(index, absent[index]))
+        }
+    absent = missing()
+    unmerged = {
+        path
+        for output_dir in output_dirs.values()
+        for path in unmerged_videos(output_dir, plan.run_id)
+    }
+    audit = Audit()
+    for index, names in absent.items():
+        entry = plan.videos[index]
+        if entry.relative_path in unmerged:
+            why = "its parts from several ranks never merged (removed, or a merge failed)"
+        else:
+            why = "no .npz and no failure recorded (its write was lost, or the job holding it died)"
+        failure = VideoFailure(
+            index=index,
+            path=str(entry.path),
+            relative_path=entry.relative_path,
+            stage="unfinished",
+            error=f"{why}; run the same command again to extract it",
+            models=names,
+        )
+        audit.unfinished.append(failure)
+        for name in names:
+            record_failure(name, failure)
+    for name in output_dirs:
+        planned = sum(name in models for models in plan.video_models)
+        present = planned - sum(name in names for names in absent.values()) - len(failed[name])
+        audit.written_elsewhere[name] = max(0, present - written.get(name, 0))
+    return audit
