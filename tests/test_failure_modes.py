@@ -89,6 +89,10 @@ def test_concealed_decode_errors_fail_the_video_unless_allowed(
     assert provenance["video"]["decode_errors"] > 0
     assert provenance["allow_concealed_errors"] is True
     assert "decode_errors" not in read_provenance(tmp_path / "kept" / "clean.npz")["video"]
+    # A later strict run into that folder does not keep the damaged video's features: it
+    # decodes it again (and fails it); the clean one is skipped.
+    again = run_vfe(*args, "--output_dir", "kept", cwd=tmp_path)
+    assert again.returncode == 1 and "written 0, skipped 1, failed 1" in again.stderr, again.stderr
 
 
 @pytest.mark.parametrize("decoder", ["pyav", "torchcodec", "decord"])

@@ -1,9 +1,12 @@
 """`vfe.extract(...)`: features for notebooks, through the same datamodule, models and writer as
 `vfe predict` (the arrays returned are those of the .npz files it writes)."""
 
+import hashlib
 import json
+import re
 import signal
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,8 @@ def extract(
 ) -> dict[str, VideoArrays] | dict[str, dict[str, VideoArrays]]:
     """Per-clip features of `videos` (a folder, searched recursively, or a list of files).
 
-    Returns, per video (keyed by the path as given, or relative to the folder), the arrays
+    Returns, per video (keyed by the path as given, or relative to the folder; videos of one
+    file name in several folders are each given their own id), the arrays
     `vfe predict` writes: `features (num_clips, D) float32`, `timestamps (num_clips, 2)`, `fps`,
     `clip_length`, and `provenance` as a dict. With several models (`model=["clip",
     "slowfast"]`), one such dict per model name. `model_options`: per model name, its options
@@ -111,11 +115,27 @@ def _source(videos: str | Path | Sequence[str | Path], scratch: Path) -> tuple[d
     paths = [Path(video) for video in videos]
     if not paths:
         raise VfeError("extract() needs at least one video")
+    if len({path.absolute() for path in paths}) < len(paths):
+        raise VfeError("extract() was given the same video twice")
+    names = Counter(path.name for path in paths)
+    lines, keys = [], {}
+    for path, video in zip(paths, videos, strict=True):
+        if names[path.name] == 1:  # its file name names its output, as in a list
+            lines.append(f"{path.absolute()}\n")
+            keys[path.name] = str(video)
+        else:  # videos of one name in several folders: each its own id
+            video_id = _unique_id(path)
+            lines.append(f"{path.absolute()}\t{video_id}\n")
+            keys[video_id + (path.suffix or ".video")] = str(video)
     list_file = scratch / "videos.txt"
-    list_file.write_text("".join(f"{path.absolute()}\n" for path in paths))
-    return {"input_list": list_file}, {
-        path.name: str(video) for path, video in zip(paths, videos, strict=True)
-    }
+    list_file.write_text("".join(lines))
+    return {"input_list": list_file}, keys
+
+
+def _unique_id(path: Path) -> str:
+    """`<stem>-<8 hex digits of the absolute path>`, with characters an id cannot hold as `_`."""
+    stem = re.sub(r"[^A-Za-z0-9_.\-=+,@]", "_", path.stem).lstrip(".") or "video"
+    return f"{stem}-{hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:8]}"
 
 
 def _read(

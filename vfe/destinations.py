@@ -17,13 +17,18 @@ from typing import BinaryIO
 
 from vfe.errors import VfeError
 
+# vfe's own folders inside an output folder: never outputs, never an input's output path.
+RESERVED_NAMES = frozenset({".vfe-parts", ".vfe-claims", ".vfe-runs", ".vfe-search"})
 # Temporaries are `.<final name>.<host>-<pid>.<random><TEMPORARY_SUFFIX>`: the owner is known
 # (a run cleaning up old temporaries leaves a live process's alone) and the name unpredictable.
 TEMPORARY_SUFFIX = ".vfe-tmp"
 
 
-def path_inside(folder: Path, name: str, what: str) -> Path:
-    """`folder / name`, checked: `name` is relative, has no empty, `.` or `..` part, and the
+def path_inside(
+    folder: Path, name: str, what: str, folders: bool = True, prefix: str = "", suffix: str = ""
+) -> Path:
+    """`folder / (prefix + name + suffix)`, checked: `name` is relative, has no empty, `.` or
+    `..` part (no `/` at all unless `folders`), is not one of vfe's reserved names, and the
     joined path (links resolved) stays inside `folder`; else a one-line error naming `what`
     (e.g. "qid") and the bad value."""
     problem = None
@@ -34,8 +39,12 @@ def path_inside(folder: Path, name: str, what: str) -> Path:
         problem = "has an empty, '.' or '..' part"
     elif "\0" in name or "\\" in name:
         problem = "holds a NUL or backslash"
+    elif not folders and len(parts) > 1:
+        problem = "holds a '/'"
+    elif parts[0] in RESERVED_NAMES:
+        problem = f"starts with {parts[0]!r}, a folder vfe keeps for itself"
+    joined = Path(folder) / f"{prefix}{name}{suffix}"
     if problem is None:
-        joined = Path(folder) / name
         root = Path(folder).resolve()
         if not joined.resolve().is_relative_to(root):
             problem = f"leads out of {str(folder)!r} through a link"
@@ -44,7 +53,7 @@ def path_inside(folder: Path, name: str, what: str) -> Path:
             f"{what} {name!r} {problem}: it cannot name a file inside {str(folder)!r}; "
             "rename it in the data"
         )
-    return Path(folder) / name
+    return joined
 
 
 def host_label() -> str:

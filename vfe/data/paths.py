@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vfe.destinations import RESERVED_NAMES
 from vfe.errors import VfeError
 
 VIDEO_EXTENSIONS = frozenset(
@@ -67,13 +68,15 @@ def model_output_dirs(output_dir: Path | None, model_names: list[str]) -> dict[s
 
 
 def feature_files(folder: Path) -> list[Path]:
-    """The .npz files of a features folder, sorted, leaving out vfe's own hidden folders (the
-    parts of videos being merged, search indexes)."""
+    """The .npz files of a features folder, sorted, leaving out vfe's own folders
+    (`vfe.destinations.RESERVED_NAMES`: parts of videos being merged, claims, search indexes);
+    a video's output in a hidden sub-folder of the input (`.cam/`) is one of the files."""
     folder = Path(folder)
     return sorted(
         path
         for path in folder.rglob("*.npz")
-        if not any(part.startswith(".") for part in path.relative_to(folder).parts[:-1])
+        if path.relative_to(folder).parts[0] not in RESERVED_NAMES
+        and not path.name.startswith(".")  # a temporary being written
     )
 
 
@@ -150,6 +153,12 @@ def check_distinct_outputs(entries: list[VideoEntry], full_paths: bool = False) 
     them as listed, or by `full_paths`."""
     by_output: dict[str, list[str]] = {}
     for entry in entries:
+        top = entry.relative_path.split("/", 1)[0]
+        if top in RESERVED_NAMES:
+            raise VfeError(
+                f"{entry.path}: its output would go inside {top}/, a folder vfe keeps for itself "
+                "in the output folder; rename that input folder or list the video with an id"
+            )
         key = Path(entry.relative_path).with_suffix("").as_posix()
         listed_as = not full_paths and entry.path.as_posix().endswith("/" + entry.relative_path)
         by_output.setdefault(key, []).append(entry.relative_path if listed_as else str(entry.path))

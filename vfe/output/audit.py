@@ -18,9 +18,9 @@ from vfe.data.records import VideoFailure
 from vfe.data.work_plan import PlannedRun
 from vfe.messages import say
 from vfe.output.failures import FAILURES_FILE_NAME, read_failures
-from vfe.output.parts import unmerged_videos
-from vfe.planning.claims import holder_of
-from vfe.planning.owners import run_is_live
+from vfe.output.parts import remove_run_parts, unmerged_videos
+from vfe.planning.claims import holder_of, release_claims_of
+from vfe.planning.owners import run_is_live, unregister
 
 POLL_SECONDS = 2.0
 
@@ -114,3 +114,12 @@ def audit_run(
         present = planned - sum(name in names for names in absent.values()) - len(failed[name])
         audit.written_elsewhere[name] = max(0, present - written.get(name, 0))
     return audit
+
+
+def end_ownership(output_dirs: list[Path], run_id: str) -> None:
+    """A run's end, however it ends (after its audit): the claims it holds released (other
+    jobs may take those videos), its parts removed, its owner record gone."""
+    for output_dir in output_dirs:
+        release_claims_of(output_dir, lambda holder: holder == run_id)
+        remove_run_parts(output_dir, run_id)
+    unregister(output_dirs, run_id)

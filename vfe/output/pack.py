@@ -8,8 +8,10 @@ writes the same .npz files back.
 """
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +20,7 @@ import numpy as np
 
 from vfe.backbones.extras import import_extra
 from vfe.data.paths import require_feature_files
+from vfe.destinations import TEMPORARY_SUFFIX, path_inside, temporary_name_prefix
 from vfe.errors import ExitCode, VfeError
 from vfe.output.npz import save_npz_atomically
 
@@ -28,12 +31,31 @@ def _h5py(command: str) -> ModuleType:
     return import_extra("h5py", "hdf5", "", command)
 
 
-def pack(features_dir: Path, output_file: Path, key: str = "features") -> int:
-    """Write every .npz under `features_dir` into `output_file`; the number of videos."""
+def pack(
+    features_dir: Path, output_file: Path, key: str = "features", overwrite: bool = False
+) -> int:
+    """Write every .npz under `features_dir` into `output_file`; the number of videos. An
+    existing `output_file` is replaced only if `overwrite`; it appears complete or not at all."""
     h5py = _h5py("pack")
-    features_dir = Path(features_dir)
+    features_dir, output_file = Path(features_dir), Path(output_file)
+    if output_file.exists() and not overwrite:
+        raise VfeError(f"{str(output_file)!r} exists; pass --overwrite to replace it")
     files = require_feature_files(features_dir)
-    partial = output_file.with_name(output_file.name + ".partial")
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, partial = tempfile.mkstemp(
+        prefix=temporary_name_prefix(output_file), suffix=TEMPORARY_SUFFIX, dir=output_file.parent
+    )
+    os.close(descriptor)  # created exclusively; h5py reopens the file this process owns
+    try:
+        _write_packed(h5py, files, features_dir, Path(partial), key)
+        os.replace(partial, output_file)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+    return len(files)
+
+
+def _write_packed(h5py: ModuleType, files: list[Path], features_dir: Path, partial: Path, key: str):
     # libver "latest": attributes of any size (a long video's timestamps pass 64 KiB).
     with h5py.File(partial, "w", libver="latest") as packed:
         packed.attrs[KEY_ATTRIBUTE] = key
@@ -51,8 +73,6 @@ def pack(features_dir: Path, output_file: Path, key: str = "features") -> int:
                     if other != key:
                         value = saved[other]
                         dataset.attrs[other] = str(value) if value.dtype.kind == "U" else value
-    os.replace(partial, output_file)
-    return len(files)
 
 
 def unpack(packed_file: Path, output_dir: Path) -> int:
@@ -67,7 +87,12 @@ def unpack(packed_file: Path, output_dir: Path) -> int:
     with packed:
         key = str(packed.attrs.get(KEY_ATTRIBUTE, "features"))
         packed.visititems(lambda name, item: names.append(name) if hasattr(item, "shape") else None)
-        existing = [name for name in names if (Path(output_dir) / f"{name}.npz").exists()]
+        # Names come from the file: each is checked before anything is written.
+        targets = {
+            name: path_inside(Path(output_dir), name, "HDF5 dataset name", suffix=".npz")
+            for name in names
+        }
+        existing = [name for name in names if targets[name].exists()]
         if existing:
             raise VfeError(
                 f"{len(existing)} file(s) exist already under {str(output_dir)!r} (first: "
@@ -78,7 +103,7 @@ def unpack(packed_file: Path, output_dir: Path) -> int:
             arrays = {key: dataset[()]}
             for other, value in dataset.attrs.items():
                 arrays[other] = np.array(value)
-            save_npz_atomically(Path(output_dir) / f"{name}.npz", arrays)
+            save_npz_atomically(targets[name], arrays)
     return len(names)
 
 
@@ -98,6 +123,9 @@ def main(args: list[str]) -> None:
             default="features",
             help="the array each dataset holds (text: last_hidden_state)",
         )
+        parser.add_argument(
+            "--overwrite", action="store_true", help="replace OUTPUT_FILE if it exists"
+        )
     else:
         parser.description = "A packed HDF5 file back into one .npz per video."
         parser.add_argument("packed_file", type=Path)
@@ -105,7 +133,7 @@ def main(args: list[str]) -> None:
     options = parser.parse_args(rest)
     try:
         if command == "pack":
-            count = pack(options.features_dir, options.output_file, options.key)
+            count = pack(options.features_dir, options.output_file, options.key, options.overwrite)
             print(f"vfe: packed {count} files into {options.output_file}", file=sys.stderr)
         else:
             count = unpack(options.packed_file, options.output_dir)

@@ -28,7 +28,7 @@ from vfe.output.assembly import FinishedVideo, PartialVideo, finish_video
 from vfe.output.npz import save_npz_atomically
 from vfe.planning.owners import run_is_live
 
-PARTS_DIR_NAME = ".vfe-parts"
+PARTS_DIR_NAME = ".vfe-parts"  # one of `vfe.destinations.RESERVED_NAMES`
 MERGING_FILE_NAME = "merging"
 
 

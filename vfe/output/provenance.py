@@ -5,6 +5,7 @@ unaffected): the backbone, its weights and their sha256, its preprocessing, the 
 decoder, the precision, the library versions, and the video's size and modification time.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from vfe.data.paths import VideoEntry, video_fingerprint
+from vfe.destinations import write_atomically
 
 PROVENANCE_KEY = "provenance"
 FORMAT_VERSION = 1
@@ -75,13 +77,10 @@ def sha256_of_file(path: Path) -> str:
         while chunk := file.read(_HASH_CHUNK_BYTES):
             digest.update(chunk)
     found = digest.hexdigest()
-    try:  # written whole or not at all: ranks and nodes may share the cache
-        remembered.parent.mkdir(parents=True, exist_ok=True)
-        partial = remembered.with_suffix(f".{os.getpid()}.partial")
-        partial.write_text(found)
-        partial.replace(remembered)
-    except OSError:  # a read-only cache only costs the hashing next time
-        pass
+    # Written whole or not at all (ranks and nodes may share the cache); a read-only cache only
+    # costs the hashing next time.
+    with contextlib.suppress(OSError):
+        write_atomically(remembered, lambda file: file.write(found.encode()))
     return found
 
 

@@ -45,6 +45,9 @@ def plan_run(
             if overwrite is True or not path.exists():
                 needed.append(name)
                 continue
+            if _concealed_errors_refused(path, wanted[name]):
+                needed.append(name)  # redone: decoding it again shows whether it is damaged
+                continue
             problem = _why_not_reusable(path, entry, wanted[name])
             if problem is None:
                 num_skipped[name] += 1
@@ -58,6 +61,18 @@ def plan_run(
         count = f"{len(mismatched)} existing feature file(s) do not match this run; first: "
         return RunPlan([], [], {}, f"{count}{mismatched[0]}; {CHOICES}")
     return RunPlan(todo, todo_models, num_skipped, None)
+
+
+def _concealed_errors_refused(path: Path, wanted: dict[str, Any]) -> bool:
+    """A file written with errors the decoder concealed (`--data.allow_concealed_errors`) is
+    not kept by a strict run: it holds features of frames FFmpeg reported as damaged."""
+    if wanted.get("allow_concealed_errors", False):
+        return False
+    try:
+        existing = read_provenance(path) or {}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False  # `_why_not_reusable` says why
+    return bool(existing.get("video", {}).get("decode_errors"))
 
 
 def _why_not_reusable(path: Path, entry: VideoEntry, wanted: dict[str, Any]) -> str | None:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import subprocess
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.distributed as dist
@@ -26,6 +27,27 @@ from vfe.output.stopping import STOP_REQUEST
 
 POLL_SECONDS = 1.0
 HEARTBEAT_SECONDS = 5.0
+
+
+@dataclass
+class RunCounts:
+    """This process's progress; per backbone where backbones differ."""
+
+    written: dict[str, int] = field(default_factory=dict)
+    clips: dict[str, int] = field(default_factory=dict)
+    failed: int = 0  # videos, once each whatever the backbones affected
+    concealed: int = 0  # videos written with errors the decoder concealed (where allowed)
+    not_nvdec: int = 0  # decoding on cuda: videos FFmpeg decoded in software (NVDEC could not)
+    videos_done: int = 0  # written for all their backbones, or failed
+    decoded_bytes: int = 0  # how far decoding has got through this rank's files
+    clips_in_progress: dict[str, int] = field(default_factory=dict)  # clips with features so
+    # far, of videos not yet written
+
+    def clips_with_features(self) -> dict[str, int]:
+        """Per backbone, clips whose features are computed (written or not yet)."""
+        return {
+            name: done + self.clips_in_progress.get(name, 0) for name, done in self.clips.items()
+        }
 
 
 class RankLost(Exception):

@@ -3,25 +3,20 @@ handed to a writer thread, which reassembles them per video (`vfe.output.assembl
 finished videos (`vfe.output.npz`) and records failures (`vfe.output.failures`); at the end the
 ranks' totals are gathered (`vfe.output.run_totals`) and reported (`vfe.output.report`)."""
 
-import contextlib
 import dataclasses
-import queue
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from vfe.data.paths import model_output_dirs, output_path_for
-from vfe.data.records import SegmentEnd, VideoFailure, VideoStart
+from vfe.data.records import VideoFailure, VideoStart
 from vfe.data.work_plan import PlannedRun
 from vfe.output.assembly import ClipFeatureAssembler, FinishedVideo, PartialVideo
-from vfe.output.audit import audit_run
+from vfe.output.audit import audit_run, end_ownership
 from vfe.output.failures import FAILURES_FILE_NAME, append_failure
 from vfe.output.npz import remove_stale_temporaries, save_npz_atomically
 from vfe.output.parts import (
@@ -29,61 +24,18 @@ from vfe.output.parts import (
     merge_parts,
     part_folder,
     remove_parts,
-    remove_run_parts,
     remove_stale_parts,
     write_part,
 )
 from vfe.output.provenance import PROVENANCE_KEY, encode, run_provenance, video_provenance
 from vfe.output.report import report_run
-from vfe.output.run_totals import RankReports
+from vfe.output.run_totals import RankReports, RunCounts
 from vfe.output.stopping import STOP_REQUEST
+from vfe.output.writer_thread import BatchResult, WriterThread, batch_result
 from vfe.planning.claims import Claims, release_claims_of
-from vfe.planning.owners import Heartbeat, forget_gone_runs, run_is_live, unregister
+from vfe.planning.owners import Heartbeat, forget_gone_runs, run_is_live
 
 Outcome = FinishedVideo | PartialVideo | VideoFailure  # one backbone's result for one video
-
-
-@dataclass
-class RunCounts:
-    """This process's progress; per backbone where backbones differ."""
-
-    written: dict[str, int] = field(default_factory=dict)
-    clips: dict[str, int] = field(default_factory=dict)
-    failed: int = 0  # videos, once each whatever the backbones affected
-    concealed: int = 0  # videos written with errors the decoder concealed (where allowed)
-    not_nvdec: int = 0  # decoding on cuda: videos FFmpeg decoded in software (NVDEC could not)
-    videos_done: int = 0  # written for all their backbones, or failed
-    decoded_bytes: int = 0  # how far decoding has got through this rank's files
-    clips_in_progress: dict[str, int] = field(default_factory=dict)  # clips with features so
-    # far, of videos not yet written
-
-    def clips_with_features(self) -> dict[str, int]:
-        """Per backbone, clips whose features are computed (written or not yet)."""
-        return {
-            name: done + self.clips_in_progress.get(name, 0) for name, done in self.clips.items()
-        }
-
-
-@dataclass
-class _BatchResult:
-    """What the writer thread needs of one batch."""
-
-    features: dict[str, torch.Tensor]  # per backbone (B, D) float32 on the host; the copy may
-    # still be in flight
-    copied: Any  # a CUDA event recorded after the copies, or None for a CPU model
-    video_index: dict[str, np.ndarray]
-    clip_index: dict[str, np.ndarray]
-    videos: list[VideoStart]
-    ends: list[SegmentEnd]
-    failures: list[VideoFailure]
-    decoded_bytes: int
-
-
-# Batches the writer thread may fall behind before the model waits for it (bounds memory).
-MAX_QUEUED_BATCHES = 16
-# How long a failing run waits for the writer thread to end (a hung file system must not hang
-# the run's exit).
-THREAD_JOIN_SECONDS = 60.0
 
 
 class FeatureWriter(BasePredictionWriter):
@@ -112,11 +64,9 @@ class FeatureWriter(BasePredictionWriter):
         self._failed_videos: set[int] = set()
         self._start_seconds = 0.0
         self._run_id = ""
-        self._queue: queue.Queue[_BatchResult | None] = queue.Queue(MAX_QUEUED_BATCHES)
-        self._thread: threading.Thread | None = None
+        self._thread: WriterThread | None = None
         self._reports: RankReports | None = None
         self._plan: PlannedRun | None = None  # the run's plan, from the datamodule
-        self._thread_error: BaseException | None = None
         self._rank = 0
         self._ranks_of: dict[int, int] = {}  # video -> ranks decoding it (this rank's videos)
         self._heartbeat: Heartbeat | None = None
@@ -152,14 +102,9 @@ class FeatureWriter(BasePredictionWriter):
             name: run_provenance(member, data_settings, trainer.precision)
             for name, member in pl_module.members().items()
         }
-        # A queue and thread per run: a second predict in the same process never shares them.
+        # A thread per run: a second predict in the same process never shares it.
         self._stop_thread()
-        self._thread_error = None
-        self._queue = queue.Queue(MAX_QUEUED_BATCHES)
-        self._thread = threading.Thread(
-            target=self._write_batches, args=(self._queue,), name="vfe-writer", daemon=True
-        )
-        self._thread.start()
+        self._thread = WriterThread(self._write)
         if self._rank == 0:  # its owner record was written when the run was planned
             self._heartbeat = Heartbeat(list(self.output_dirs.values()), self._run_id).start()
         self._reports = RankReports(trainer, self._run_id, self.rank_timeout_seconds)
@@ -178,31 +123,7 @@ class FeatureWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        self._raise_writer_error()
-        features, copied = {}, None
-        for name, tensor in prediction.items():
-            tensor = tensor.detach()
-            if tensor.device.type == "cuda":
-                host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-                host.copy_(tensor, non_blocking=True)
-                tensor = host
-                copied = torch.cuda.Event()
-            features[name] = tensor.cpu()
-        if copied is not None:
-            copied.record()  # after all the copies
-        models = batch["models"]
-        self._queue.put(
-            _BatchResult(
-                features,
-                copied,
-                {n: np.asarray(models[n]["video_index"], dtype=np.int64) for n in features},
-                {n: np.asarray(models[n]["clip_index"], dtype=np.int64) for n in features},
-                batch["videos"],
-                batch["ends"],
-                batch["failures"],
-                batch.get("decoded_bytes", 0),
-            )
-        )
+        self._thread.put(batch_result(prediction, batch))
         self._reports.beat(self.counts.videos_done)
         if STOP_REQUEST.signum is not None:
             # Every finished video is on disk (atomically) once the writer thread is done;
@@ -212,41 +133,18 @@ class FeatureWriter(BasePredictionWriter):
                 f"{self.counts.videos_done} video(s) done by this process before it"
             )
 
-    def _write_batches(self, batches: "queue.Queue[_BatchResult | None]") -> None:
-        """The writer thread: every queued batch in order until None; after an error it keeps
-        taking batches (so the model never blocks on a full queue) and the main thread raises."""
-        while (result := batches.get()) is not None:
-            if self._thread_error is None:
-                try:
-                    self._write(result)
-                except BaseException as error:  # re-raised in the main thread
-                    self._thread_error = error
-
-    def _raise_writer_error(self) -> None:
-        if self._thread_error is not None:
-            raise self._thread_error
-
     def _finish_writing(self) -> None:
         if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        self._raise_writer_error()
+            thread, self._thread = self._thread, None
+            thread.finish()
 
     def _stop_thread(self) -> None:
-        """End the writer thread after a failure: it drains the queue (dropping what it has not
-        written) and is joined, so no thread of this run outlives it."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        deadline = time.monotonic() + THREAD_JOIN_SECONDS
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=THREAD_JOIN_SECONDS)
-        thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            thread.stop()
 
-    def _write(self, result: _BatchResult) -> None:
-        if result.copied is not None:
-            result.copied.synchronize()
+    def _write(self, result: BatchResult) -> None:
+        """In the writer thread: one batch's features to their videos; finished ones settled."""
         for info in result.videos:
             self._models_left.setdefault(info.index, len(info.models))
             for name in info.models:
@@ -368,11 +266,7 @@ class FeatureWriter(BasePredictionWriter):
             return
         self._heartbeat.stop()
         self._heartbeat = None
-        dirs = list(self.output_dirs.values())
-        for output_dir in dirs:
-            release_claims_of(output_dir, lambda run: run == self._run_id)
-            remove_run_parts(output_dir, self._run_id)
-        unregister(dirs, self._run_id)
+        end_ownership(list(self.output_dirs.values()), self._run_id)
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Before any callback's on_predict_end, so the progress bar's last line is final.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vfe.planning.owners import run_is_live
 
-CLAIMS_DIR_NAME = ".vfe-claims"
+CLAIMS_DIR_NAME = ".vfe-claims"  # one of `vfe.destinations.RESERVED_NAMES`
 
 
 def claim_file(output_dir: Path, relative_path: str) -> Path:

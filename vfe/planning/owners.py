@@ -21,7 +21,7 @@ from pathlib import Path
 
 from vfe.destinations import host_label, write_atomically
 
-RUNS_DIR_NAME = ".vfe-runs"
+RUNS_DIR_NAME = ".vfe-runs"  # one of `vfe.destinations.RESERVED_NAMES`
 HEARTBEAT_SECONDS = 60.0
 STALE_SECONDS = 1800.0  # 30 minutes without a heartbeat: the run's host or process is lost
 

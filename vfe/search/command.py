@@ -3,12 +3,14 @@ features folder ranked by cosine with the query's text embedding, made by the te
 the model and weights the folder records (as `vfe text` does)."""
 
 import argparse
+import glob
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from vfe.data.paths import VIDEO_EXTENSIONS
 from vfe.errors import ExitCode, VfeError
 from vfe.search.index import ClipIndex, load_index, top_clips, video_scores
 from vfe.search.report import Hit, timeline_svg, write_report
@@ -18,12 +20,24 @@ from vfe.text.command import build_text_tower
 def source_of(video: dict, input_dir: Path | None) -> str | None:
     """The video a features file was made from: as recorded, or, where that file is gone (a
     moved or copied dataset) or not recorded (older files), found under `input_dir` by its
-    relative path."""
+    relative path: a video file (by suffix) of the same name; where several match, the first,
+    and a warning names them."""
     recorded = video.get("source")
     if input_dir is None or (recorded and Path(recorded).exists()):
         return recorded
     stem = Path(video["features_file"]).with_suffix("")
-    found = sorted((input_dir / stem.parent).glob(f"{stem.name}.*"))
+    found = sorted(
+        path
+        for path in (input_dir / stem.parent).glob(f"{glob.escape(stem.name)}.*")
+        if path.stem == stem.name and path.suffix.lower() in VIDEO_EXTENSIONS
+    )
+    if len(found) > 1:
+        names = ", ".join(path.name for path in found)
+        print(
+            f"vfe search: warning: {len(found)} videos match {video['features_file']} under "
+            f"--input_dir ({names}); showing {found[0].name}",
+            file=sys.stderr,
+        )
     return str(found[0]) if found else None
 
 

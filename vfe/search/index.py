@@ -7,10 +7,13 @@ read memory-mapped), `clips.npy` (per row: video number, start and end seconds) 
 removed or rewritten makes the index be rebuilt).
 """
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from vfe.errors import VfeError
 from vfe.output.provenance import PROVENANCE_KEY
 from vfe.text.command import MODEL_KEYS
 
-INDEX_DIR_NAME = ".vfe-search"
+INDEX_DIR_NAME = ".vfe-search"  # one of `vfe.destinations.RESERVED_NAMES`
 INDEX_VERSION = 1
 CLIP_DTYPE = np.dtype(
     [("video", np.int32), ("start_seconds", np.float64), ("end_seconds", np.float64)]
@@ -70,13 +73,26 @@ def load_index(features_dir: Path) -> ClipIndex:
     files = require_feature_files(features_dir)
     digest = folder_digest(files, features_dir)
     index_dir = index_dir_for(features_dir)
-    meta_file = index_dir / "index.json"
-    if meta_file.exists():
-        meta = json.loads(meta_file.read_text())
-        if meta.get("digest") == digest and meta.get("version") == INDEX_VERSION:
-            return _open(index_dir, meta)
-    _build(features_dir, files, digest, index_dir)
-    return _open(index_dir, json.loads(meta_file.read_text()))
+    for _ in range(3):  # another search may swap the index in between
+        meta = _current_meta(index_dir, digest)
+        if meta is None:
+            _build(features_dir, files, digest, index_dir)
+            meta = _current_meta(index_dir, digest)
+        if meta is not None:
+            with contextlib.suppress(FileNotFoundError):
+                return _open(index_dir, meta)
+    raise VfeError(f"the search index {index_dir} keeps changing; is another search rebuilding it?")
+
+
+def _current_meta(index_dir: Path, digest: str) -> dict[str, Any] | None:
+    """The index's description if it is there and made from the folder as it is now."""
+    try:
+        meta = json.loads((index_dir / "index.json").read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+    if meta.get("digest") == digest and meta.get("version") == INDEX_VERSION:
+        return meta
+    return None
 
 
 def _open(index_dir: Path, meta: dict[str, Any]) -> ClipIndex:
@@ -87,10 +103,10 @@ def _open(index_dir: Path, meta: dict[str, Any]) -> ClipIndex:
 
 
 def _build(features_dir: Path, files: list[Path], digest: str, index_dir: Path) -> None:
-    """Written under a temporary folder, then renamed into place."""
-    building = index_dir.with_name(f"{INDEX_DIR_NAME}.{os.getpid()}.partial")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir()
+    """Written in a folder of its own (made exclusively), then swapped into place: two searches
+    rebuilding at once each build their own, and the one that finds a current index in place
+    keeps it and drops its own."""
+    building = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", dir=index_dir.parent))
     clips: list[np.ndarray] = []
     videos: list[dict[str, Any]] = []
     model: dict[str, Any] | None = None
@@ -134,8 +150,27 @@ def _build(features_dir: Path, files: list[Path], digest: str, index_dir: Path) 
         "videos": videos,
     }
     (building / "index.json").write_text(json.dumps(meta))
-    shutil.rmtree(index_dir, ignore_errors=True)
-    os.replace(building, index_dir)
+    _swap_in(building, index_dir, digest)
+
+
+def _swap_in(building: Path, index_dir: Path, digest: str) -> None:
+    """Rename `building` to `index_dir`, moving an outdated index out of the way first."""
+    try:
+        for _ in range(3):
+            try:
+                os.rename(building, index_dir)  # fails while index_dir holds an index
+                return
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            if _current_meta(index_dir, digest) is not None:
+                return  # another search built the same index meanwhile: use that one
+            old = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.old.", dir=index_dir.parent))
+            with contextlib.suppress(FileNotFoundError):  # another search moved it already
+                os.rename(index_dir, old / "index")
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
 
 
 def top_clips(index: ClipIndex, query: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,9 +9,7 @@ with start and end), `pooler_output` `(D,)` float32 (`encode_text`, not L2-norma
 """
 
 import argparse
-import io
 import json
-import os
 import sys
 import zipfile
 from collections import Counter
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from vfe.data.paths import feature_files
+from vfe.destinations import path_inside, write_atomically
 from vfe.errors import ExitCode, VfeError
 from vfe.output.provenance import PROVENANCE_KEY, read_provenance
 
@@ -118,24 +117,25 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
 def write_query_file(
     path: Path, states: np.ndarray, pooled: np.ndarray, provenance: dict[str, Any]
 ) -> None:
-    """Written whole under a temporary name, then renamed: never half a file."""
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        last_hidden_state=states,
-        pooler_output=pooled,
-        **{PROVENANCE_KEY: np.array(json.dumps(provenance))},
-    )
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(buffer.getvalue())
-    os.replace(temporary, path)
+    """Written whole under a temporary created exclusively, then renamed: never half a file."""
+    arrays = {
+        "last_hidden_state": states,
+        "pooler_output": pooled,
+        PROVENANCE_KEY: np.array(json.dumps(provenance)),
+    }
+    write_atomically(path, lambda file: np.savez(file, **arrays))
 
 
 def run(args: argparse.Namespace) -> int:
     queries = read_queries(Path(args.queries))
+    output_dir = Path(args.output_dir)
+    # qids come from the data: every file name is checked before anything is written.
+    targets = {
+        qid: path_inside(output_dir, qid, "qid", folders=False, prefix=args.prefix, suffix=".npz")
+        for qid, _ in queries
+    }
     model = folder_model(Path(args.like))
     tower = build_text_tower(model)
-    output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(queries), args.batch_size):
         batch = queries[start : start + args.batch_size]
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         for (qid, query), states, embedding in zip(batch, token_states, pooled, strict=True):
             provenance = {**model, "query": query, "qid": qid}
             write_query_file(
-                output_dir / f"{args.prefix}{qid}.npz",
+                targets[qid],
                 states.numpy(),
                 embedding.numpy(),
                 provenance,
