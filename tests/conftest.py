@@ -1,6 +1,8 @@
 """Shared fixtures: synthetic videos and random-weight checkpoints saved to files, the
 real-world corpus, and the reference decode every decoder is compared with."""
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -205,18 +207,61 @@ def decoder_available(decoder: str) -> bool:
     return True
 
 
+def needs_a_process(args: tuple[str, ...]) -> bool:
+    """Several ranks (DDP launches processes) need a real process; the rest runs in this one."""
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag == "--trainer.devices" and value not in ("1", "auto"):
+            return True
+    return False
+
+
 def run_vfe(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
+    *args: str, cwd: Path, env: dict[str, str] | None = None, process: bool = False
 ) -> subprocess.CompletedProcess:
-    """`python -m vfe predict ARGS` in a subprocess, as a user runs it (`env`: added)."""
-    return subprocess.run(
-        [sys.executable, "-m", "vfe", "predict", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """`vfe predict ARGS` as a user runs it (`env`: added): in this process, with its exit
+    status, stdout and stderr (a new interpreter adds ~5 s of imports per run); in a subprocess
+    where the run needs a process of its own (`process`, or several ranks)."""
+    if process or needs_a_process(args):
+        return subprocess.run(
+            [sys.executable, "-m", "vfe", "predict", *args],
+            cwd=cwd,
+            env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    return run_in_process(["predict", *args], cwd, env)
+
+
+def run_in_process(
+    argv: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`vfe ARGV` called in this process from `cwd`, with `env` added to the environment (and
+    its PYTHONPATH to sys.path, for test models); modules the run imported from there are
+    forgotten after it, so the next test's `test_models` is its own."""
+    from vfe.cli import main
+
+    saved_environ, saved_path, saved_cwd = dict(os.environ), list(sys.path), os.getcwd()
+    modules_before = set(sys.modules)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    os.environ.update(env or {})
+    sys.path[:0] = [p for p in (env or {}).get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(argv)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_environ)
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - modules_before:
+            if name.split(".")[0] == "test_models":
+                del sys.modules[name]
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from vfe.decoding.colour import yuv_to_rgb
 from vfe.decoding.pyav import _packed_from_dlpack, _packed_of, _rgb_of
 from vfe.decoding.video import check_decoder, open_video
 from vfe.errors import VfeError
+from vfe.output.audit import Audit
 from vfe.output.report import report_run
 
 
@@ -306,7 +307,7 @@ def test_conversion_on_the_gpu_equals_the_cpus(tmp_path: Path):
 def test_the_summary_counts_the_videos_nvdec_left_to_software(tmp_path: Path, capsys):
     totals = {"failed": 0, "concealed": 0, "not_nvdec": 2}
     totals |= {"clip/written": 5, "clip/clips": 20, "clip/unfinished": 0}
-    report_run(totals, {"clip": tmp_path}, {}, "run", 1.0)
+    report_run(totals, {"clip": tmp_path}, {}, "run", 1.0, Audit())
     err = capsys.readouterr().err
     assert "written 5, skipped 0, failed 0" in err
     assert "2 video(s) decoded by FFmpeg in software: NVDEC cannot decode their streams" in err
