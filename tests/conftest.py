@@ -3,6 +3,7 @@ real-world corpus, and the reference decode every decoder is compared with."""
 
 import contextlib
 import io
+import itertools
 import json
 import math
 import os
@@ -209,7 +210,7 @@ def decoder_available(decoder: str) -> bool:
 
 def needs_a_process(args: tuple[str, ...]) -> bool:
     """Several ranks (DDP launches processes) need a real process; the rest runs in this one."""
-    for flag, value in zip(args, args[1:], strict=False):
+    for flag, value in itertools.pairwise(args):
         if flag == "--trainer.devices" and value not in ("1", "auto"):
             return True
     return False

@@ -211,11 +211,12 @@ def test_runs_are_quiet_unless_verbose(video_dir, tiny_clip_file, tmp_path: Path
         "--input_dir", str(video_dir), "--output_dir", "out", "--trainer.enable_progress_bar",
         "false",
     ]  # fmt: skip
-    quiet = run_vfe(*args, cwd=tmp_path)
+    # A process of its own: what Lightning and the libraries print reaches its stderr.
+    quiet = run_vfe(*args, cwd=tmp_path, process=True)
     assert quiet.returncode == 0, quiet.stderr
     lines = [line for line in (quiet.stdout + quiet.stderr).splitlines() if line.strip()]
     assert all(line.startswith(("vfe:", "  ")) for line in lines), lines
-    verbose = run_vfe(*args, "--overwrite", "--verbose", cwd=tmp_path)
+    verbose = run_vfe(*args, "--overwrite", "--verbose", cwd=tmp_path, process=True)
     assert "GPU available" in verbose.stdout + verbose.stderr
 
 

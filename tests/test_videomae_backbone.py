@@ -122,6 +122,7 @@ def test_a_repo_id_runs_offline_from_a_filled_hugging_face_cache(video_dir: Path
         "--model", "videomae", "--model.arch", "some-org/videomae-tiny", "--input_dir",
         str(video_dir), "--output_dir", "out", "--clip_len", "1", cwd=tmp_path,
         env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"},
+        process=True,  # huggingface_hub reads these variables when it is first imported
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     provenance = read_provenance(tmp_path / "out" / "moving.npz")
