@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_bench_command_writes_json_and_chart(tmp_path: Path):
     result = subprocess.run(
         [

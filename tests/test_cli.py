@@ -148,6 +148,7 @@ def test_cuda_without_gpu_is_an_error_not_a_silent_fallback(tmp_path: Path, caps
     assert "--device cuda was asked for, but PyTorch sees no CUDA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_is_the_same_command(tmp_path: Path):
     script = Path(sys.executable).parent / "vfe"
     result = subprocess.run(
@@ -205,6 +206,7 @@ def test_options_before_the_model_name_and_a_plain_overwrite_flag(
     assert "written 2" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_runs_are_quiet_unless_verbose(video_dir, tiny_clip_file, tmp_path: Path):
     args = [
         "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),

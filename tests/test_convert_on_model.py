@@ -218,6 +218,7 @@ def test_a_video_nvdec_does_not_decode_is_named_and_recorded(tmp_path: Path, mon
     the segment's record (the file's provenance) holds nvdec_frames 0. Simulated here by
     opening without the hardware context, which is what FFmpeg's fallback amounts to."""
     monkeypatch.setattr(pyav, "_nvdec", lambda device: None)
+    monkeypatch.setattr(pyav, "make_torch_context_current", lambda device: None)
     write_video(tmp_path / "in" / "v.mp4", num_frames=10, fps=10)
     dataset = VideoClipDataset(
         find_videos(tmp_path / "in"), {"frames": SPECS["frames"]}, 2.0, {"frames": 4},
@@ -225,7 +226,126 @@ def test_a_video_nvdec_does_not_decode_is_named_and_recorded(tmp_path: Path, mon
     )  # fmt: skip
     ends = [end for batch in dataset for end in batch["ends"]]
     assert [end.nvdec_frames for end in ends] == [0]
-    assert "NVDEC cannot decode v.mp4; FFmpeg's software decoder did" in capsys.readouterr().err
+    assert "v.mp4: NVDEC cannot decode its stream; FFmpeg's software decoder did" in (
+        capsys.readouterr().err
+    )
+
+
+def test_nvdec_runs_in_torch_s_context_not_a_primary_context_of_its_own():
+    """PyAV asks FFmpeg for the primary context (primary_ctx=1) when frames stay on the GPU;
+    FFmpeg refuses one torch already made active with other flags. vfe asks for the context
+    current on the opening thread instead (PyAV 18.1's FFmpeg: current_ctx)."""
+    accel = pyav._nvdec("cuda:1")
+    assert accel.options == {"primary_ctx": "0", "current_ctx": "1"}
+    assert accel.device_id == 1 and accel.is_hw_owned and accel.allow_software_fallback
+
+
+def test_a_hardware_device_that_cannot_start_is_one_run_error(tmp_path: Path, monkeypatch):
+    """Was: the OSError of creating the device was caught as a file error, and every video was
+    recorded as failed while the run went on. A device that does not exist stands in for one
+    whose context cannot be had; the file opens without it, so the run stops with one line. A
+    broken file is still that file's failure."""
+    from av.codec.hwaccel import HWAccel
+
+    monkeypatch.setattr(pyav, "make_torch_context_current", lambda device: None)
+    monkeypatch.setattr(
+        pyav, "_nvdec", lambda device: HWAccel("cuda", device="97", is_hw_owned=True)
+    )
+    write_video(tmp_path / "in" / "a.mp4", num_frames=10, fps=10)
+    write_video(tmp_path / "in" / "b.mp4", num_frames=10, fps=10)
+    with pytest.raises(VfeError, match=r"^NVDEC could not be started on cuda \("):
+        pyav.PyAVVideo(tmp_path / "in" / "a.mp4", "cuda")
+    dataset = VideoClipDataset(
+        find_videos(tmp_path / "in"), {"frames": SPECS["frames"]}, 2.0, {"frames": 4},
+        decode_device="cuda", convert_on="model",
+    )  # fmt: skip
+    with pytest.raises(VfeError, match="NVDEC could not be started"):
+        list(dataset)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    with pytest.raises(av.FFmpegError):
+        pyav.PyAVVideo(tmp_path / "broken.mp4", "cuda")
+
+
+class _NVDECPlane:
+    """A stand-in for a plane of an NVDEC frame with PyAV 17-18.1's DLPack signature: it
+    says it is on a CUDA device and refuses any stream."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, 0)  # kDLCUDA, device 0
+
+    def __dlpack__(self, *, stream: int | None = None):
+        if stream is not None:
+            raise NotImplementedError(
+                "CUDA stream synchronization is not supported. Pass stream=None and "
+                "synchronize before calling __dlpack__."
+            )
+        return self.tensor.__dlpack__()
+
+
+def test_hardware_planes_are_taken_as_capsules(monkeypatch):
+    """torch passes its current stream to a CUDA producer given as an object; PyAV refuses
+    every stream for hardware frames, so every NVDEC frame raised. The capsule is taken with
+    no stream instead."""
+
+    class Stream:
+        cuda_stream = 7
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    plane = _NVDECPlane(torch.arange(12, dtype=torch.uint8).reshape(3, 4))
+    with pytest.raises(NotImplementedError, match="stream synchronization is not supported"):
+        torch.from_dlpack(plane)  # what vfe did
+    assert torch.equal(pyav.plane_tensor(plane), plane.tensor)
+
+
+def test_only_nv12_hardware_pictures_are_packed(colour_videos):
+    """NVDEC's 4:4:4 output (yuv444p) cannot be exported by PyAV: such pictures are not
+    packed (the RGB path takes them); NV12 ones are."""
+    with av.open(str(colour_videos["yuv444p"])) as container:
+        frame = next(container.decode(video=0))
+    assert frame.format.name == "yuv444p" and _packed_from_dlpack(frame) is None
+    assert _packed_from_dlpack(frame.reformat(format="nv12")) is not None
+
+
+def test_streams_the_gpu_conversion_does_not_take_are_decoded_on_the_cpu(colour_videos):
+    """Decided when the file is opened: 4:4:4 (or 10-bit, BT.2020, odd sizes) never goes
+    through NVDEC only to be downloaded again."""
+    for name, packs in (("bt709", True), ("bt601", True), ("yuv444p", False)):
+        with av.open(str(colour_videos[name])) as container:
+            assert pyav._packs_on_the_gpu(container.streams.video[0]) is packs, name
+
+
+def test_gpu_pictures_are_read_once_per_batch_not_per_clip(tmp_path: Path, monkeypatch):
+    """A device-wide wait per clip (middle-frame and clip emitters) would make decoding wait
+    for the model again and again. Pictures on a device other than the CPU (here PyTorch's
+    "meta" device stands in for the GPU) are copied once per batch, after one wait."""
+    from vfe.data import batching
+    from vfe.decoding.video import PackedPicture
+
+    waits, copies = [], []
+    monkeypatch.setattr(batching, "ready_to_read", lambda device: waits.append(len(copies)))
+    real_packed_of = pyav._packed_of
+
+    def on_a_device(frame):
+        picture = real_packed_of(frame)
+        return PackedPicture(
+            picture.layout, torch.device("meta"), lambda target: copies.append(target.shape)
+        )
+
+    monkeypatch.setattr(pyav, "_packed_of", on_a_device)
+    write_video(tmp_path / "in" / "v.mp4", num_frames=60, fps=10)  # 6 s: 3 two-second clips
+    specs = {"middle": SPECS["middle"], "stacked": SPECS["stacked"]}
+    dataset = VideoClipDataset(
+        find_videos(tmp_path / "in"), specs, 2.0, {"middle": 2, "stacked": 2},
+        convert_on="model",
+    )  # fmt: skip
+    batches = list(dataset)
+    clips = sum(len(b["models"][n]["clip_index"]) for b in batches for n in b["models"])
+    assert clips == 6 and len(copies) == 3 + 3 * 4  # a middle frame and 4 frames per clip
+    assert 1 <= len(waits) <= len(batches) < clips  # per batch, never per clip
+    assert waits[0] == 0  # each wait comes before the copies it guards
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -134,6 +134,7 @@ def test_the_api_checks_its_device_before_anything_runs(tmp_path: Path, device, 
         vfe.extract(tmp_path, device=device)
 
 
+@pytest.mark.slow
 def test_a_bad_list_stops_every_rank_at_once(tmp_path: Path, video_dir: Path, tiny_clip_file):
     """Rank 0 reads the list; its error reaches the other rank as the same one line."""
     listing = tmp_path / "videos.txt"

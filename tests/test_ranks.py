@@ -76,6 +76,7 @@ def models_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_sigterm_after_a_rank_finished_stops_cleanly_and_resumes(
     models_dir: Path, tiny_clip_file: Path
 ):
@@ -133,6 +134,7 @@ def launch_two_ranks_by_hand(args: list[str], tmp_path: Path) -> list[subprocess
     return processes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "message"),
     [
@@ -168,6 +170,7 @@ def test_a_lost_rank_under_an_external_launcher_ends_the_run(
     assert rerun.returncode == 0 and "written 1, skipped 1" in rerun.stderr, rerun.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_after_the_batch_with_130(tiny_clip_file: Path, tmp_path: Path):
     for index in range(4):
         write_video(tmp_path / "in" / f"v{index}.mp4", num_frames=250, seed=index)
@@ -181,6 +184,7 @@ def test_ctrl_c_stops_after_the_batch_with_130(tiny_clip_file: Path, tmp_path: P
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_a_slurm_job_stopped_by_its_signal_resumes_when_requeued(
     tiny_clip_file: Path, tmp_path: Path
 ):
@@ -250,6 +254,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_ranks_ending_far_apart_never_wait_in_a_collective(tiny_clip_file: Path, tmp_path: Path):
     """One video on 2 ranks: rank 1 has no work and ends at once, rank 0 works 7 s longer than
     the 4-s timeout every collective has after start-up; one at the end would kill the run."""

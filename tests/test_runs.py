@@ -94,6 +94,7 @@ def test_unreadable_file_is_a_failure(tmp_path: Path, tiny_clip_file: Path):
     assert "locked.mp4" in (tmp_path / "out" / "failures.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_redoing_finished_videos(
     slowfast_pyth_file: Path, tmp_path: Path
 ):
@@ -122,6 +123,7 @@ def test_killed_run_resumes_without_redoing_finished_videos(
     assert not [p for p in output.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("models", "convert_on"),
     [("clip", "workers"), ("clip,slowfast", "workers"), ("clip", "model")],
@@ -203,6 +205,7 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_video_length(tiny_clip_file: Path, tmp_path: Path):
     peaks = {}
     for minutes in (1, 10):
@@ -296,6 +299,7 @@ def test_failures_of_other_runs_are_kept(tmp_path: Path, tiny_clip_file: Path):
     assert "bad.mp4" in result.stderr and "x.mp4" not in result.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_stops_after_the_batch_and_the_same_command_resumes(
     tiny_clip_file: Path, tmp_path: Path
 ):

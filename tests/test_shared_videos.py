@@ -15,6 +15,7 @@ from vfe.output.assembly import PartialVideo
 from vfe.output.parts import PARTS_DIR_NAME, claim_parts, merge_parts, part_folder, write_part
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("models", ["clip", "clip,slowfast"], ids=["one backbone", "two"])
 def test_one_long_video_on_two_ranks_equals_one_process(
     models, tiny_clip_file: Path, slowfast_pyth_file: Path, tmp_path: Path

@@ -94,6 +94,7 @@ def test_features_match_pytorchvideo_canonical_pipeline(
 SLOWFAST_FILES = ["edit_list_cut.mp4", "broadcast.ts", "xvid_bframes.avi", "vfr_gap.mkv"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("convert_on", ["workers", "model"])
 def test_features_match_pytorchvideo_on_real_world_files(
     real_world_videos, slowfast_pyth_file: Path, tmp_path: Path, convert_on: str

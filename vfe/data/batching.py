@@ -15,6 +15,7 @@ from vfe.data.records import (
     VideoStart,
 )
 from vfe.decoding.colour import FrameLayout
+from vfe.decoding.video import PackedPicture, ready_to_read
 
 
 class _SampleBuffer:
@@ -73,6 +74,24 @@ class BatchBuilder:
         self._decoded: deque[tuple[dict[str, int], int]] = deque()
         self.decode_seconds = 0.0
         self.preprocess_seconds = 0.0
+        # Pictures on a GPU still to be copied into their samples, per device.
+        self._deferred: dict[torch.device, list[tuple[PackedPicture, torch.Tensor]]] = {}
+
+    def defer_reads(
+        self, device: torch.device, writes: list[tuple[PackedPicture, torch.Tensor]]
+    ) -> None:
+        """Pictures a GPU decoder may still be writing, each to be copied into its place in
+        a sample: done by `read_deferred`, which waits for the device once for all of them."""
+        self._deferred.setdefault(device, []).extend(writes)
+
+    def read_deferred(self) -> None:
+        """Wait for each device's decoder once, then copy every deferred picture (before a
+        batch leaves, or before packed samples are converted)."""
+        deferred, self._deferred = self._deferred, {}
+        for device, writes in deferred.items():
+            ready_to_read(device)
+            for picture, target in writes:
+                picture.write(target)
 
     def add_decoded_bytes(self, num_bytes: int) -> None:
         """Decoding advanced `num_bytes` through the file, after the samples added so far."""
@@ -114,6 +133,7 @@ class BatchBuilder:
     def pop(self, final: bool = False) -> Batch:
         """The next batch: every whole batch waiting (with `final`, also short ones), plus all
         pending records."""
+        self.read_deferred()
         models = {
             name: buffer.take()
             for name, buffer in self._buffers.items()

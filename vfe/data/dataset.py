@@ -43,7 +43,6 @@ from vfe.decoding.video import (
     Frame,
     file_errors,
     open_video,
-    ready_to_read,
 )
 from vfe.messages import say_on_this_rank
 from vfe.planning.claims import Claims
@@ -300,8 +299,9 @@ class VideoClipDataset(IterableDataset):
                 ),
             )
         if self.decode_device != "cpu" and num_frames and video.hardware_frames == 0:
+            why = getattr(video, "software_reason", None) or "NVDEC cannot decode its stream"
             say_on_this_rank(
-                f"NVDEC cannot decode {entry.relative_path}; FFmpeg's software decoder did "
+                f"{entry.relative_path}: {why}; FFmpeg's software decoder did "
                 "(its provenance records nvdec_frames: 0)"
             )
         num_samples = dict.fromkeys(models, 0)
@@ -353,9 +353,12 @@ class VideoClipDataset(IterableDataset):
         layout, device = kinds.pop()
         shape = (len(pictures), 1, *packed_shape(layout.height, layout.width))
         packed = torch.empty(shape, dtype=torch.uint8, device=device)
-        ready_to_read(device)
-        for row, picture in enumerate(pictures):
-            picture.write(packed[row, 0])
+        writes = [(picture, packed[row, 0]) for row, picture in enumerate(pictures)]
+        if device.type == "cpu":
+            for picture, target in writes:
+                picture.write(target)
+        else:  # on the GPU: read once the decoder is done, once per batch (not per clip)
+            builder.defer_reads(device, writes)
         builder.decode_seconds += time.perf_counter() - started
         return Samples(packed, layout)
 
@@ -393,6 +396,7 @@ class _SampleConverter:
         return Samples(self.dataset.to_samples(self.builder, self.spec, frames), None)
 
     def unpacked(self, samples: Samples) -> Samples:
+        self.builder.read_deferred()  # the pictures must be there before they are converted
         started = time.perf_counter()
         pixels = packed_to_samples(samples.pixels, samples.layout, self.spec)
         self.builder.preprocess_seconds += time.perf_counter() - started

@@ -9,7 +9,9 @@ On `cuda`, PyAV's FFmpeg decodes with NVDEC (its hwaccel, loading the driver's l
 time): the same demuxer, timestamps and reordering as on the CPU, the pictures staying on the
 GPU (NV12, read through DLPack). A stream NVDEC cannot decode (AV1 on Hopper, 10-bit or 4:4:4
 H.264, MPEG-4 Part 2 on some GPUs) is decoded by FFmpeg's software decoder instead, and the video
-records which did (`hardware_frames`).
+records which did (`hardware_frames`). So is a stream whose pictures the GPU conversion does not
+take (10-bit, 4:4:4, BT.2020, odd sizes): decided when the file is opened, so such pictures are
+decoded and converted by FFmpeg on the CPU, never decoded on the GPU and downloaded again.
 """
 
 import heapq
@@ -69,20 +71,34 @@ def _packed_of(frame: av.VideoFrame) -> PackedPicture | None:
     return PackedPicture(layout, _CPU, lambda packed: pack_planes(planes, layout, packed))
 
 
+def plane_tensor(plane: "av.video.plane.VideoPlane") -> torch.Tensor:
+    """A plane of a hardware frame viewed as a tensor on its GPU, through DLPack.
+
+    The capsule is taken from `__dlpack__()` with no stream: given the plane itself,
+    `torch.from_dlpack` passes its current stream for a CUDA producer, which PyAV (17-18.1)
+    refuses for hardware frames (NotImplementedError on every NVDEC frame). Ordering is ours:
+    NVDEC writes on FFmpeg's own stream, so the reader waits for the device
+    (`vfe.decoding.video.ready_to_read`) before reading the view.
+    """
+    return torch.from_dlpack(plane.__dlpack__())
+
+
 def _packed_from_dlpack(frame: av.VideoFrame) -> PackedPicture | None:
-    """An NV12 picture (an NVDEC frame on the GPU, or any NV12 frame) to be packed on its own
-    device without leaving it, or None where `vfe.decoding.colour` does not convert it (10-bit
-    P010, odd sizes, other matrices). The planes are only viewed here; `write` reads them, after
-    the caller's `ready_to_read`."""
+    """An NVDEC picture on the GPU (or any NV12 frame) to be packed on its device without
+    leaving it, or None where it is
+    not NV12 (PyAV exports only NV12 and P010/P016; NVDEC's 4:4:4 output is not) or
+    `vfe.decoding.colour` does not convert it (10-bit, odd sizes, other matrices). The planes
+    are only viewed here; `write` reads them, after the reader's `ready_to_read`."""
+    software = frame.sw_format or frame.format  # a hardware frame's pixels; a CPU frame's own
+    if software.name != "nv12":
+        return None
     layout = layout_of(
         frame.height, frame.width, "nv12", frame.colorspace, frame.color_range, frame.rotation
     )
     if layout is None or frame.width % 2:
         return None
-    luma = torch.from_dlpack(frame.planes[0])  # (H, W), rows `line_size` apart
-    if luma.dtype != torch.uint8:  # P010/P016: 10-bit
-        return None
-    chroma = torch.from_dlpack(frame.planes[1])  # (H/2, W/2, 2)
+    luma = plane_tensor(frame.planes[0])  # (H, W), rows `line_size` apart
+    chroma = plane_tensor(frame.planes[1])  # (H/2, W/2, 2)
     height = frame.height
 
     def write(packed: torch.Tensor) -> None:
@@ -92,13 +108,72 @@ def _packed_from_dlpack(frame: av.VideoFrame) -> PackedPicture | None:
     return PackedPicture(layout, luma.device, write)
 
 
+# FFmpeg's CUDA device options: use the context current on the opening thread (torch's), not
+# the primary context with FFmpeg's own flags. PyAV asks for `primary_ctx=1` when frames stay on
+# the GPU, and FFmpeg refuses a primary context that torch already made active with other flags
+# ("Primary context already active with incompatible flags"): by the first open the model is on
+# the GPU. `current_ctx` came with PyAV 18.1's FFmpeg.
+NVDEC_OPTIONS = {"primary_ctx": "0", "current_ctx": "1"}
+
+
 def _nvdec(device: str) -> "av.codec.hwaccel.HWAccel":
-    """PyAV's CUDA hwaccel on `cuda[:N]`: frames stay on the GPU (`is_hw_owned`), FFmpeg
-    sharing torch's primary context; streams NVDEC cannot decode go to the software decoder."""
+    """PyAV's CUDA hwaccel on `cuda[:N]`: frames stay on the GPU (`is_hw_owned`), FFmpeg in
+    torch's context; streams NVDEC cannot decode go to the software decoder."""
     from av.codec.hwaccel import HWAccel
 
     index = device.partition(":")[2] or "0"
-    return HWAccel("cuda", device=index, allow_software_fallback=True, is_hw_owned=True)
+    return HWAccel(
+        "cuda",
+        device=index,
+        allow_software_fallback=True,
+        is_hw_owned=True,
+        options=dict(NVDEC_OPTIONS),
+    )
+
+
+def make_torch_context_current(device: str) -> None:
+    """Bind torch's CUDA context to this thread for FFmpeg's `current_ctx`: a decode-stream
+    thread has none until it makes a CUDA call (`set_device` alone binds nothing)."""
+    torch.cuda.set_device(torch.device(device))
+    torch.cuda.current_stream(device).query()
+
+
+def _packs_on_the_gpu(stream: "av.video.stream.VideoStream") -> bool:
+    """Whether the stream's pictures, decoded by NVDEC, are ones the GPU conversion takes
+    (8-bit 4:2:0, BT.601/709, even sizes), from what the container declares."""
+    context = stream.codec_context
+    if context.pix_fmt not in ("yuv420p", "yuvj420p", "nv12") or context.width % 2:
+        return False
+    layout = layout_of(
+        context.height, context.width, "nv12", context.colorspace, context.color_range, 0
+    )
+    return layout is not None
+
+
+def _open_on(path: Path, device: str) -> tuple["av.container.InputContainer", bool]:
+    """The file opened for decoding on `device`, and whether NVDEC decodes it. On `cuda`, a
+    stream whose pictures the GPU conversion does not take is opened for the CPU instead. A
+    hardware device that cannot be created is one run-level error, not a failure of each file:
+    the file is opened again on the CPU to tell the two apart."""
+    if not device.startswith("cuda"):
+        return av.open(str(path)), False
+    make_torch_context_current(device)
+    try:
+        container = av.open(str(path), hwaccel=_nvdec(device))
+    except av.FFmpegError as error:
+        try:
+            av.open(str(path)).close()
+        except av.FFmpegError:
+            raise error from None  # the file itself: a failure of this video
+        raise VfeError(
+            f"NVDEC could not be started on {device} ({error}); the file opens without it. Check "
+            "the driver (nvidia-smi, libnvcuvid.so.1) or use --data.decode_device cpu"
+        ) from error
+    streams = container.streams.video
+    if streams and not _packs_on_the_gpu(streams[0]):
+        container.close()
+        return av.open(str(path)), False
+    return container, True
 
 
 class PyAVVideo:
@@ -168,9 +243,15 @@ class PyAVVideo:
 
     def __init__(self, path: Path, device: str = "cpu", num_threads: int = 1) -> None:
         self.check(device)
-        hwaccel = _nvdec(device) if device.startswith("cuda") else None
         self.hardware_frames = 0  # frames NVDEC decoded, so far
-        self._container = av.open(str(path), hwaccel=hwaccel)
+        self._container, on_nvdec = _open_on(path, device)
+        # Why FFmpeg's software decoder decodes a file opened for cuda (None: NVDEC was asked).
+        self.software_reason = (
+            "its pictures are not 8-bit 4:2:0 BT.601/709 of even size, which the GPU "
+            "conversion takes, so FFmpeg decodes and converts them on the CPU"
+            if device.startswith("cuda") and not on_nvdec
+            else None
+        )
         if not self._container.streams.video:
             self._container.close()
             raise DecodeError("the file has no video stream")

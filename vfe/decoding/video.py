@@ -40,7 +40,8 @@ class PackedPicture:
 def ready_to_read(device: torch.device) -> None:
     """Wait for the GPU's decoder: NVDEC writes pictures on FFmpeg's own CUDA stream, which
     PyAV does not expose (its DLPack export asks the reader to synchronise). Once per batch of
-    pictures, not per picture."""
+    pictures (`vfe.data.batching.BatchBuilder.read_deferred`), not per picture or clip: a
+    device-wide wait also waits for the model's work queued meanwhile."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
