@@ -31,5 +31,29 @@ def test_bench_command_writes_json_and_chart(tmp_path: Path):
     assert set(row["stage_seconds"]) >= {
         "decode", "preprocess", "host_to_device", "model", "write", "waiting_for_data",
     }  # fmt: skip
+    assert row["videos_planned"] == row["videos_written"] == 2 and row["problems"] == []
+    assert row["videos_failed"] == row["videos_not_on_nvdec"] == 0
+    assert row["steady_video_seconds_per_second"] > 0  # after the first batch
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "efficiency" in result.stdout
+
+
+ROW = {"videos_planned": 4, "videos_written": 4, "videos_failed": 0, "videos_not_on_nvdec": 0}
+
+
+@pytest.mark.parametrize(
+    ("changes", "problems"),
+    [
+        ({}, []),
+        ({"videos_written": 3, "videos_failed": 1}, ["3 of 4 videos written", "1 video(s) failed"]),
+        ({"videos_not_on_nvdec": 2}, []),  # decoding on the CPU: NVDEC was not asked
+        (
+            {"videos_not_on_nvdec": 2, "decode_device": "cuda"},
+            ["2 video(s) decoded in software, not NVDEC"],
+        ),
+    ],
+)
+def test_a_row_says_what_keeps_it_from_being_what_it_claims(changes, problems):
+    from vfe.bench.command import row_problems
+
+    assert row_problems({**ROW, "decode_device": "cpu", **changes}) == problems

@@ -1,6 +1,7 @@
 """`--data.convert_on model`: workers hand over the decoded YUV pictures; colour conversion and
 resizing run on the model's device (here the CPU; on a GPU machine, the GPU test)."""
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -348,13 +349,34 @@ def test_gpu_pictures_are_read_once_per_batch_not_per_clip(tmp_path: Path, monke
     assert waits[0] == 0  # each wait comes before the copies it guards
 
 
+@pytest.fixture(scope="module")
+def nvdec_videos(tmp_path_factory: pytest.TempPathFactory, request) -> dict[str, Path]:
+    """H.264 written by PyAV (the GPU machine has no `ffmpeg` command line) at 720p and 1080p
+    (coded as 1088 rows: NVDEC's output is cropped), above NVDEC's 144x144 minimum; and the
+    real-world corpus where the command line exists."""
+    folder = tmp_path_factory.mktemp("nvdec")
+    videos = {
+        "720p.mp4": write_video(folder / "720p.mp4", 30, 25, 720, 1280, seed=3),
+        "1080p.mp4": write_video(folder / "1080p.mp4", 20, 25, 1080, 1920, seed=4),
+    }
+    if subprocess.run(["which", "ffmpeg"], capture_output=True).returncode == 0:
+        videos |= request.getfixturevalue("real_world_videos")
+    return videos
+
+
+def _torch_context_first() -> None:
+    """As in a run: the model is on the GPU (torch's CUDA context exists) before any open."""
+    torch.zeros(1, device="cuda")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_nvdec_gives_the_cpu_decodes_frames_times_and_pictures(real_world_videos, tmp_path):
+def test_nvdec_gives_the_cpu_decodes_frames_times_and_pictures(nvdec_videos):
     """Same demuxer, timestamps and reordering. H.264 and HEVC decoders are bit-exact, so
     NVDEC's pictures of those equal the CPU's byte for byte (and Hopper's NVDEC decodes every
-    8-bit one); other codecs (MPEG-2's IDCT is not bit-exact) within a level on average."""
-    videos = {**real_world_videos, "hd.mp4": write_video(tmp_path / "hd.mp4", 30, 25, 720, 1280)}
-    for name, path in videos.items():
+    8-bit one); other codecs (MPEG-2's IDCT is not bit-exact) within a level on average. The
+    PyAV-written files must be decoded by NVDEC itself: a silent software decode fails."""
+    _torch_context_first()
+    for name, path in nvdec_videos.items():
         with av.open(str(path)) as container:
             context = container.streams.video[0].codec_context
             exact = context.name in ("h264", "hevc") and context.pix_fmt == "yuv420p"
@@ -374,18 +396,21 @@ def test_nvdec_gives_the_cpu_decodes_frames_times_and_pictures(real_world_videos
                 assert (gpu_pixels.int() - cpu_pixels.int()).abs().float().mean() <= 1, name
         if exact:
             assert on_gpu.hardware_frames == len(gpu_frames), name
+        if name in ("720p.mp4", "1080p.mp4"):
+            assert on_gpu.hardware_frames == len(gpu_frames) > 0, name
+            assert gpu_frames[0].packed().device.type == "cuda", name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_nvdec_run_equals_the_runs_decoding_on_the_cpu(
-    real_world_videos: dict[str, Path], tiny_clip_file: Path, tmp_path: Path
+    nvdec_videos: dict[str, Path], tiny_clip_file: Path, tmp_path: Path
 ):
     """Through the CLI on the GPU: decoding with NVDEC gives the features and timestamps of
-    decoding on the CPU (both converting on the GPU), and each file records how it was decoded.
-    Needs no `ffmpeg` command line (the GPU machine has none)."""
+    decoding on the CPU (both converting on the GPU), and each file records how it was decoded:
+    the PyAV-written H.264 files every frame by NVDEC. Needs no `ffmpeg` command line."""
     folder = tmp_path / "in"
     folder.mkdir()
-    for name, path in real_world_videos.items():
+    for name, path in nvdec_videos.items():
         (folder / name).symlink_to(path)
     write_video(folder / "hd.mp4", num_frames=40, fps=25, height=720, width=1280)
     common = [
@@ -393,11 +418,12 @@ def test_nvdec_run_equals_the_runs_decoding_on_the_cpu(
         "--input_dir", str(folder), "--device", "cuda", "--data.convert_on", "model",
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
-    on_cpu = run_vfe(*common, "--output_dir", "cpu", cwd=tmp_path)
+    # Processes of their own: DataLoader workers forked from a process that has used CUDA.
+    on_cpu = run_vfe(*common, "--output_dir", "cpu", cwd=tmp_path, process=True)
     assert on_cpu.returncode == 0, on_cpu.stderr
     on_gpu = run_vfe(
         *common, "--output_dir", "gpu", "--data.decode_device", "cuda",
-        "--data.num_workers", "0", cwd=tmp_path,
+        "--data.num_workers", "0", cwd=tmp_path, process=True,
     )  # fmt: skip
     assert on_gpu.returncode == 0, on_gpu.stderr
     for path in sorted(folder.iterdir()):
@@ -407,7 +433,9 @@ def test_nvdec_run_equals_the_runs_decoding_on_the_cpu(
         assert cosine(gpu["features"], cpu["features"]).min() >= 0.9999, name
         assert '"nvdec_frames": ' in str(gpu["provenance"]), name
         assert "nvdec_frames" not in str(cpu["provenance"]), name
-    assert '"nvdec_frames": 0' not in str(np.load(tmp_path / "gpu" / "hd.npz")["provenance"])
+    for name, frames in (("hd", 40), ("720p", 30), ("1080p", 20)):
+        provenance = json.loads(str(np.load(tmp_path / "gpu" / f"{name}.npz")["provenance"]))
+        assert provenance["video"]["nvdec_frames"] == frames, name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

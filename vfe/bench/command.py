@@ -32,14 +32,14 @@ from vfe.decoding.video import DECODERS, DEFAULT_DECODER
 from vfe.errors import VfeError
 
 VIDEO_SETS = {"720p": (720, 1280), "240p": (240, 320)}
-VIDEOS_PER_SET = 2
+VIDEOS_PER_SET = 2  # default of --videos_per_set
 FPS = 30
 # Dense bf16 tensor-core peaks (TFLOP/s) for MFU; fp32 runs are compared with the same peak.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 
-def make_videos(videos_dir: Path, seconds: float) -> dict[str, Path]:
-    """Generate (once) `VIDEOS_PER_SET` H.264 videos per resolution; returns set -> folder."""
+def make_videos(videos_dir: Path, seconds: float, per_set: int = VIDEOS_PER_SET) -> dict[str, Path]:
+    """Generate (once) `per_set` H.264 videos per resolution; returns set -> folder."""
     try:
         from vfe.bench.synthetic import write_video
     except ImportError as error:
@@ -48,8 +48,8 @@ def make_videos(videos_dir: Path, seconds: float) -> dict[str, Path]:
 
     folders = {}
     for name, (height, width) in VIDEO_SETS.items():
-        folder = videos_dir / f"{name}-{seconds:g}s"
-        for index in range(VIDEOS_PER_SET):
+        folder = videos_dir / f"{name}-{seconds:g}s" / f"{per_set}-videos"
+        for index in range(per_set):
             path = folder / f"video{index}.mp4"
             if not path.exists():
                 partial = path.with_suffix(".partial.mp4")
@@ -116,7 +116,7 @@ class GpuUtilisation:
 
 
 def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
-    folders = make_videos(Path(args.videos_dir).expanduser(), args.seconds)
+    folders = make_videos(Path(args.videos_dir).expanduser(), args.seconds, args.videos_per_set)
     rows = []
     for set_name in args.sets:
         folder = folders[set_name]
@@ -136,6 +136,7 @@ def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "decode_device": args.decode_device,
                     "cudnn_benchmark": args.cudnn_benchmark,
                     "decode_streams": args.decode_streams,
+                    "min_segment_seconds": args.min_segment_seconds,
                     "samples": work["samples"],
                 }
                 row = _benchmark_row(options, work, set_name, args)
@@ -188,7 +189,17 @@ def _benchmark_row(
         "decode_ceiling_video_seconds_per_second": round(decode_ceiling, 3),
         "model_ceiling_video_seconds_per_second": round(model_ceiling, 3),
         "efficiency": round(speed / min(decode_ceiling, model_ceiling), 3),
+        "videos_planned": pipeline["videos_planned"],
+        "videos_written": pipeline["videos_written"],
+        "videos_failed": pipeline["videos_failed"],
+        "videos_not_on_nvdec": pipeline["videos_not_on_nvdec"],
     }
+    if pipeline["steady_seconds"] > 0:  # after the first batch: start-up (model, workers) left out
+        share = pipeline["steady_samples"] / work["samples"]
+        row["steady_video_seconds_per_second"] = round(
+            seconds * share / pipeline["steady_seconds"], 3
+        )
+    row["problems"] = row_problems(row)
     if "gpu_peak_mb" in pipeline:
         row["gpu_peak_mb"] = pipeline["gpu_peak_mb"]
         row["gpu_utilisation_percent"] = utilisation.mean_percent
@@ -203,6 +214,19 @@ def _benchmark_row(
     return row
 
 
+def row_problems(row: dict[str, Any]) -> list[str]:
+    """What makes a row's figures not what they claim: videos not written, failures, or, on
+    an NVDEC row, videos FFmpeg decoded in software."""
+    problems = []
+    if row["videos_written"] < row["videos_planned"]:
+        problems.append(f"{row['videos_written']} of {row['videos_planned']} videos written")
+    if row["videos_failed"]:
+        problems.append(f"{row['videos_failed']} video(s) failed")
+    if row["decode_device"] == "cuda" and row["videos_not_on_nvdec"]:
+        problems.append(f"{row['videos_not_on_nvdec']} video(s) decoded in software, not NVDEC")
+    return problems
+
+
 def _print_row(row: dict[str, Any]) -> None:
     print(
         f"{row['set']:>5} {row['model']:>8} {row['precision']:>10}: "
@@ -211,9 +235,12 @@ def _print_row(row: dict[str, Any]) -> None:
         f"(decode ceiling {row['decode_ceiling_video_seconds_per_second']:.2f}, model ceiling "
         f"{row['model_ceiling_video_seconds_per_second']:.2f}), "
         f"speed-up over baseline {row.get('speedup_over_baseline', '-')}, "
-        f"peak RSS {row['peak_rss_mb']:.0f} MB, stages {row['stage_seconds']}",
+        f"peak RSS {row['peak_rss_mb']:.0f} MB, stages {row['stage_seconds']}, after warm-up "
+        f"{row.get('steady_video_seconds_per_second', '-')} video-s/s",
         flush=True,
     )
+    for problem in row["problems"]:
+        print(f"vfe bench: PROBLEM in this row: {problem}", flush=True)
 
 
 def write_chart(rows: list[dict[str, Any]], path: Path) -> None:
@@ -266,6 +293,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--sets", nargs="+", default=list(VIDEO_SETS), choices=list(VIDEO_SETS))
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each video")
+    parser.add_argument(
+        "--videos_per_set",
+        type=int,
+        default=VIDEOS_PER_SET,
+        help="videos per resolution (enough for every worker and decode stream)",
+    )
+    parser.add_argument(
+        "--min_segment_seconds",
+        type=float,
+        default=30.0,
+        help="as --data.min_segment_seconds: shorter lets long videos split over more workers",
+    )
+    parser.add_argument(
+        "--make_videos_only",
+        action="store_true",
+        help="generate the --sets videos and stop (an untimed step before timed rows)",
+    )
     parser.add_argument("--videos_dir", default="~/.cache/vfe/bench-videos")
     parser.add_argument("--precision", nargs="+", default=["32-true"],
                         choices=["32-true", "bf16-mixed", "16-mixed"])  # fmt: skip
@@ -336,6 +380,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_json", default="bench.json")
     parser.add_argument("--output_png", default="bench.png")
     args = parser.parse_args(argv)
+    if args.make_videos_only:
+        folders = make_videos(Path(args.videos_dir).expanduser(), args.seconds, args.videos_per_set)
+        for set_name in args.sets:
+            print(f"vfe bench: videos in {folders[set_name]}")
+        return
     if args.scaling or args.memory or args.multi:
         from vfe.bench.scaling import run_memory, run_multi, run_scaling
 
@@ -362,6 +411,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     write_chart(rows, Path(args.output_png))
     print(f"vfe bench: results in {args.output_json} and {args.output_png}")
+    if any(row["problems"] for row in rows):
+        sys.exit(1)  # the figures stand, but a row did not do what it claims
 
 
 if __name__ == "__main__":

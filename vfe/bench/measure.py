@@ -88,10 +88,17 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
         model = stand_ins[0] if len(stand_ins) == 1 else MultiBackbone.of(stand_ins)
     timers: dict[str, float] = {}
 
+    steady: dict[str, float] = {"samples": 0}  # after the first batch: start-up left out
+
     class WorkerTimes(Callback):
         def on_predict_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
             timers["decode"] = timers.get("decode", 0.0) + batch["decode_seconds"]
             timers["preprocess"] = timers.get("preprocess", 0.0) + batch["preprocess_seconds"]
+            samples = sum(len(m["clip_index"]) for m in batch["models"].values())
+            if "first_batch_end" not in steady:
+                steady["first_batch_end"] = time.perf_counter()
+            else:
+                steady["samples"] += samples
 
     with tempfile.TemporaryDirectory() as output_dir:
         writer = FeatureWriter(output_dir=Path(output_dir))
@@ -127,12 +134,25 @@ def measure_pipeline(options: dict[str, Any]) -> dict[str, Any]:
         )
         started = time.perf_counter()
         trainer.predict(model, datamodule=datamodule, return_predictions=False)
-        wall = time.perf_counter() - started
+        ended = time.perf_counter()
+        wall = ended - started
+        plan = datamodule.plan
     stages = {key: round(value, 3) for key, value in timers.items()}
     stages["waiting_for_data"] = round(
         max(0.0, wall - sum(timers.get(k, 0.0) for k in ("host_to_device", "model", "write"))), 3
     )
-    return {"wall_seconds": wall, "stage_seconds": stages, "device": str(model.device)}
+    return {
+        "wall_seconds": wall,
+        "stage_seconds": stages,
+        "device": str(model.device),
+        # What the run did, so that a row never hides a failure or a software decode.
+        "videos_planned": len(plan.videos),
+        "videos_written": min(writer.counts.written.values(), default=0),
+        "videos_failed": writer.total_failed,
+        "videos_not_on_nvdec": writer.counts.not_nvdec,
+        "steady_samples": steady["samples"],
+        "steady_seconds": ended - steady.get("first_batch_end", ended),
+    }
 
 
 def _bench_dataset(
@@ -142,16 +162,37 @@ def _bench_dataset(
     decode_device: str = "cpu",
     decode_streams: int = 1,
 ) -> Any:
-    """The pipeline's own dataset over the set's videos, on one process."""
+    """The pipeline's own dataset over the set's videos, on one process, its work planned as
+    the pipeline plans it (long videos in segments over the workers or decode streams)."""
+    from vfe.data.clip_grid import clip_length_fraction
     from vfe.data.dataset import VideoClipDataset
     from vfe.data.paths import find_videos
+    from vfe.data.work_plan import plan_ranks
+    from vfe.decoding.video import split_duration_seconds, supports_segments
 
+    videos = find_videos(Path(options["videos"]))
+    decoder = options["decoder"]
+    shares = max(1, options.get("num_workers", 0), decode_streams)
+
+    def duration_of(index: int) -> float | None:
+        return split_duration_seconds(videos[index].path, decoder)
+
+    (work,) = plan_ranks(
+        list(range(len(videos))),
+        [video.size_bytes for video in videos],
+        1,
+        shares,
+        clip_length_fraction(CLIP_LEN_SECONDS),
+        duration_of if supports_segments(decoder) else None,
+        options.get("min_segment_seconds", 30.0),
+    )
     return VideoClipDataset(
-        find_videos(Path(options["videos"])),
+        videos,
         {"model": spec},
         CLIP_LEN_SECONDS,
         {"model": options["batch_size"] or spec.default_batch_size},
-        decoder=options["decoder"],
+        work=work,
+        decoder=decoder,
         convert_on=convert_on,
         decode_device=decode_device,
         decode_streams=decode_streams,
@@ -187,7 +228,7 @@ def measure_model(options: dict[str, Any]) -> dict[str, Any]:
     """The backbone on the batches the pipeline would feed it, decoded beforehand, in memory."""
     device = _device(options["device"])
     model = build_backbone(options["model"]).to(device)
-    dataset = _bench_dataset(options, model.input_spec)
+    dataset = _bench_dataset({**options, "num_workers": 0}, model.input_spec)  # decoded here
     batches = [_pixels(batch).to(device) for batch in dataset if batch["models"]]
     with torch.inference_mode(), _autocast(device, options["precision"]):
         model.features(batches[0])  # warm-up
