@@ -128,6 +128,27 @@ def video_provenance(
     return {"video": video}
 
 
+def file_provenance(
+    run_record: dict[str, Any], video: Any, source_path: str, run_id: str
+) -> dict[str, Any]:
+    """What one .npz records: the run's settings (`run_provenance`), the video
+    (`video_provenance`) of a `vfe.output.assembly.FinishedVideo`, and, not compared on resume,
+    the run that wrote it and how the video was decoded (segments, ranks, NVDEC frames)."""
+    info = video.info
+    record = {
+        **run_record,
+        **video_provenance(
+            info.size_bytes, info.mtime_ns, info.fingerprint, video.decode_errors, source_path
+        ),
+        "run": run_id,
+    }
+    if info.num_segments > 1:
+        record["video"] |= {"segments": info.num_segments, "ranks": info.num_ranks}
+    if video.nvdec_frames is not None:  # decoded on cuda: by NVDEC, or FFmpeg's software
+        record["video"]["nvdec_frames"] = video.nvdec_frames
+    return record
+
+
 def encode(provenance: dict[str, Any]) -> np.ndarray:
     """The value stored under `PROVENANCE_KEY`: a 0-d unicode array (no pickle needed)."""
     return np.array(json.dumps(provenance, sort_keys=True))

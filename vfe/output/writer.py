@@ -27,7 +27,7 @@ from vfe.output.parts import (
     remove_stale_parts,
     write_part,
 )
-from vfe.output.provenance import PROVENANCE_KEY, encode, run_provenance, video_provenance
+from vfe.output.provenance import PROVENANCE_KEY, encode, file_provenance, run_provenance
 from vfe.output.report import report_run
 from vfe.output.run_totals import RankReports, RunCounts
 from vfe.output.stopping import STOP_REQUEST
@@ -170,21 +170,9 @@ class FeatureWriter(BasePredictionWriter):
 
     def _save(self, name: str, video: FinishedVideo) -> None:
         info = video.info
-        record = {
-            **self._provenance[name],
-            **video_provenance(
-                info.size_bytes,
-                info.mtime_ns,
-                info.fingerprint,
-                video.decode_errors,
-                str(self._plan.videos[info.index].path),
-            ),
-        }
-        record["run"] = self._run_id  # which run wrote it (not compared on resume)
-        if info.num_segments > 1:  # how it was decoded (not compared on resume)
-            record["video"] |= {"segments": info.num_segments, "ranks": info.num_ranks}
-        if video.nvdec_frames is not None:  # decoded on cuda: by NVDEC, or FFmpeg's software
-            record["video"]["nvdec_frames"] = video.nvdec_frames
+        record = file_provenance(
+            self._provenance[name], video, str(self._plan.videos[info.index].path), self._run_id
+        )
         save_npz_atomically(
             output_path_for(self.output_dirs[name], video.relative_path),
             {**video.arrays, PROVENANCE_KEY: encode(record)},
