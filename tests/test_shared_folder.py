@@ -328,6 +328,14 @@ def test_temporaries_of_a_live_process_are_kept_however_old(tmp_path: Path):
         (tmp_path / name).write_bytes(b"half a file")
         if label != "far, new":
             os.utime(tmp_path / name, (old, old))
+    # What a run killed while claiming leaves in the claims folder goes the same way.
+    claims = tmp_path / ".vfe-claims" / "a"
+    claims.mkdir(parents=True)
+    (claims / f".v.claim.{host}-{sleeper.pid}.x1y2z3.vfe-tmp").write_text("run")
     remove_stale_temporaries(tmp_path)
     kept = sorted(label for label, name in names.items() if (tmp_path / name).exists())
     assert kept == ["far, new", "live"]
+    from vfe.planning.claims import release_claims_of
+
+    release_claims_of(tmp_path, lambda holder: False)
+    assert not (tmp_path / ".vfe-claims").exists()

@@ -174,3 +174,5 @@ def test_an_error_in_the_writer_thread_stops_the_run(video_dir: Path, tiny_clip_
     with pytest.raises((FileExistsError, NotADirectoryError)):
         extract(model, video_dir, tmp_path / "out")
     assert (tmp_path / "out" / "moving.npz").exists()  # the other video was written
+    # A run that ends on an error leaves no owner record, claim or part behind.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["moving.npz", "nested"]

@@ -65,6 +65,17 @@ def temporary_name_prefix(final: Path) -> str:
     return f".{final.name}.{host_label()}-{os.getpid()}."
 
 
+def temporary_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) from a temporary's name `.<final>.<host>-<pid>.<random>.vfe-tmp`."""
+    if not name.endswith(TEMPORARY_SUFFIX):
+        return None
+    fields = name[: -len(TEMPORARY_SUFFIX)].rsplit(".", 2)
+    if len(fields) != 3:
+        return None
+    host, _, pid = fields[1].rpartition("-")
+    return (host, int(pid)) if host and pid.isdigit() else None
+
+
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write `path` so that it is either absent or complete: `write(file)` into a temporary
     created exclusively beside it (`mkstemp`: `O_CREAT | O_EXCL`, no link followed), fsync,

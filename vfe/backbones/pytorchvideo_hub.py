@@ -8,6 +8,7 @@ in which only the classification layer may be absent.
 import pickle
 import sys
 import urllib.error
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,12 +59,23 @@ def load_state_dict_into(model: nn.Module, state: object, source: str, label: st
         )
 
 
-def load_hub_model(builder: str, weights: str | None, label: str) -> nn.Module:
+# A builder's own reader of other checkpoint formats: (file, torch.load's result or None for a
+# `.pkl` file it reads itself, the model) -> a state dict for the model.
+OtherFormats = Callable[[Path, object, nn.Module], object]
+
+
+def load_hub_model(
+    builder: str, weights: str | None, label: str, other_formats: OtherFormats | None = None
+) -> nn.Module:
     """`hub.<builder>` with official, random or file weights, on the CPU, in eval mode, with its
-    classification layer still in place."""
+    classification layer still in place. `other_formats` reads the builder's other checkpoint
+    formats (SlowFast: PySlowFast's Caffe2 `.pkl` and PySlowFast-named checkpoints)."""
     weights_file = resolve_weights_file(weights, label)
     model = getattr(hub, builder)(pretrained=False)
-    if weights_file is not None:
+    if weights_file is not None and other_formats is not None and weights_file.suffix == ".pkl":
+        state = other_formats(weights_file, None, model)
+        load_state_dict_into(model, state, f"--model.weights {str(weights_file)!r}", label)
+    elif weights_file is not None:
         try:
             state = torch.load(weights_file, map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
@@ -71,6 +83,8 @@ def load_hub_model(builder: str, weights: str | None, label: str) -> nn.Module:
                 f"--model.weights {str(weights_file)!r} could not be read as a PyTorch "
                 f"checkpoint: {error}"
             ) from error
+        if other_formats is not None:
+            state = other_formats(weights_file, state, model)
         load_state_dict_into(model, state, f"--model.weights {str(weights_file)!r}", label)
     elif weights != RANDOM:
         hub_file = official_file(builder)

@@ -7,6 +7,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import Backbone
+from vfe.backbones.pyslowfast_weights import pyslowfast_state
 from vfe.backbones.pytorchvideo_hub import (
     load_hub_model,
     official_file,
@@ -24,9 +25,11 @@ OFFICIAL_NAME = "PyTorchVideo SLOWFAST_8x8_R50 (Kinetics-400)"
 
 
 def load_slowfast(weights: str | None) -> nn.Module:
-    """`slowfast_r50` with official, random or file weights, on the CPU, eval mode, headless:
-    the pooled, concatenated slow (2048) and fast (256) features."""
-    return remove_classifier(load_hub_model(BUILDER, weights, "SlowFast R50"))
+    """`slowfast_r50` with official, random or file weights (PyTorchVideo's, or PySlowFast's:
+    its Caffe2 `.pkl` or a PySlowFast-named checkpoint), on the CPU, eval mode, headless: the
+    pooled, concatenated slow (2048) and fast (256) features."""
+    model = load_hub_model(BUILDER, weights, "SlowFast R50", other_formats=pyslowfast_state)
+    return remove_classifier(model)
 
 
 class SlowFastBackbone(Backbone):
@@ -37,8 +40,9 @@ class SlowFastBackbone(Backbone):
     center crop 256, `/255`, mean 0.45, std 0.225.
 
     Args:
-        weights: a local checkpoint file (.pyth with `model_state`, or a plain state dict),
-            'random', or unset for PyTorchVideo's Kinetics-400 weights.
+        weights: a local checkpoint file (PyTorchVideo's .pyth with `model_state`, a plain
+            state dict, PySlowFast's Caffe2 `SLOWFAST_8x8_R50.pkl` or a PySlowFast-named
+            checkpoint), 'random', or unset for PyTorchVideo's Kinetics-400 weights.
     """
 
     name: ClassVar[str] = "slowfast"

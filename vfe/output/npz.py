@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vfe.destinations import TEMPORARY_SUFFIX, write_atomically
+from vfe.destinations import TEMPORARY_SUFFIX, temporary_owner, write_atomically
 from vfe.planning.owners import process_is_gone
 
 # A temporary is written and renamed within seconds; one this old whose process is not known
@@ -21,24 +21,16 @@ def save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def remove_stale_temporaries(output_dir: Path) -> None:
-    """Delete temporaries a killed run left (never valid outputs). A temporary goes when its
+    """Delete temporaries a killed run left anywhere in the folder (never valid outputs; claims'
+    temporaries included). A temporary goes when its
     process on this host is gone, or, made elsewhere, when it is old: a run writing into the
     same folder right now (even one paused for hours) owns its own."""
     if not output_dir.is_dir():
         return
     oldest_kept = time.time() - STALE_TEMPORARY_SECONDS
     for stale in output_dir.rglob(f".*{TEMPORARY_SUFFIX}"):
-        owner = _owner_of(stale.name)
+        owner = temporary_owner(stale.name)
         with contextlib.suppress(FileNotFoundError):  # its run renamed it meanwhile
             gone = process_is_gone(*owner) if owner else None
             if gone or (gone is None and stale.stat().st_mtime < oldest_kept):
                 stale.unlink()
-
-
-def _owner_of(name: str) -> tuple[str, int] | None:
-    """(host, pid) from `.<final>.<host>-<pid>.<random>.vfe-tmp`, if the name has them."""
-    fields = name[: -len(TEMPORARY_SUFFIX)].rsplit(".", 2)
-    if len(fields) != 3:
-        return None
-    host, _, pid = fields[1].rpartition("-")
-    return (host, int(pid)) if host and pid.isdigit() else None

@@ -71,6 +71,7 @@ class FeatureWriter(BasePredictionWriter):
         self._ranks_of: dict[int, int] = {}  # video -> ranks decoding it (this rank's videos)
         self._heartbeat: Heartbeat | None = None
         self._claims: Claims | None = None  # the run's claims on videos in shared folders
+        self._ended_run = ""  # the run whose ownership rank 0 has ended
         self.total_failed = 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -245,16 +246,18 @@ class FeatureWriter(BasePredictionWriter):
         self._stop_thread()
         if self._reports is not None:  # so that rank 0 does not wait for this rank's totals
             self._reports.fail(f"{type(exception).__name__}: {exception}")
-        self._end_ownership()
+        self._end_ownership(trainer)
 
-    def _end_ownership(self) -> None:
-        """Rank 0, at the run's end however it ends: its claims released (other jobs may
-        take those videos), its parts removed, its owner record gone."""
-        if self._heartbeat is None:
-            return
-        self._heartbeat.stop()
-        self._heartbeat = None
-        end_ownership(list(self.output_dirs.values()), self._run_id)
+    def _end_ownership(self, trainer: Trainer) -> None:
+        """Rank 0, at the run's end however it ends (also before the first batch): its claims
+        released (other jobs may take those videos), its parts removed, its owner record gone."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        plan = getattr(trainer.datamodule, "plan", None)
+        if trainer.global_rank == 0 and plan is not None and plan.run_id != self._ended_run:
+            self._ended_run = plan.run_id
+            end_ownership(list(self.output_dirs.values()), plan.run_id)
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Before any callback's on_predict_end, so the progress bar's last line is final.
@@ -291,7 +294,7 @@ class FeatureWriter(BasePredictionWriter):
             self._record_failure,
             lambda: STOP_REQUEST.raise_if_requested("waiting for another job's videos"),
         )
-        self._end_ownership()
+        self._end_ownership(trainer)
         self.total_failed = report_run(
             totals,
             self.output_dirs,

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vfe.destinations import TEMPORARY_SUFFIX, temporary_name_prefix
 from vfe.planning.owners import run_is_live
 
 CLAIMS_DIR_NAME = ".vfe-claims"  # one of `vfe.destinations.RESERVED_NAMES`
@@ -70,8 +71,11 @@ class Claims:
         target = claim_file(output_dir, relative_path)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Complete before it is linked under the claim's name (no fsync: a claim that a crash
-        # loses belongs to a gone run anyway).
-        descriptor, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        # loses belongs to a gone run anyway); named as vfe's temporaries are, so that one a
+        # killed run leaves is removed with theirs.
+        descriptor, name = tempfile.mkstemp(
+            prefix=temporary_name_prefix(target), suffix=TEMPORARY_SUFFIX, dir=target.parent
+        )
         with os.fdopen(descriptor, "w") as file:
             file.write(self.run_id)
         ours = Path(name)
@@ -88,7 +92,7 @@ class Claims:
                 if holder == self.run_id or run_is_live(output_dir, holder):
                     return holder
                 # The holder is gone: move its claim away (one racer succeeds), then retry.
-                stale = ours.with_name(ours.name + ".stale")
+                stale = ours.with_name(f"{temporary_name_prefix(target)}stale{TEMPORARY_SUFFIX}")
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(target, stale)
                     os.unlink(stale)
