@@ -61,6 +61,7 @@ def test_slowfast_run_writes_2304_d_clips(slowfast_pyth_file: Path, tmp_path: Pa
         "--input_dir", "in", "--clip_len", "1", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "vfe: 1 video under in, 0 already done" in result.stderr  # not "1 videos"
     saved = np.load(tmp_path / "features" / "slowfast" / "v.npz")  # the default output folder
     assert saved["features"].shape == (2, 2304) and saved["features"].dtype == np.float32
     np.testing.assert_allclose(saved["timestamps"], [[0.0, 1.0], [1.0, 1.2]], atol=1e-6)
@@ -320,3 +321,15 @@ def test_unusable_output_folder_is_one_line_before_any_work(problem, video_dir, 
 )
 def test_verbose_flag_is_read_as_the_parser_reads_it(argv, verbose):
     assert wants_verbose(["predict", *argv]) is verbose
+
+
+def test_the_help_page_lists_each_backbone_with_a_whole_sentence():
+    """Was: `pytorchvideoA PyTorchVideo ...` (no separator) and summaries cut mid-sentence."""
+    from vfe.backbones.registry import MODELS
+    from vfe.predict_cli import predict_help_intro
+
+    lines = predict_help_intro().splitlines()
+    for name in MODELS:
+        (line,) = [line for line in lines if line.startswith(f"  {name} ")]
+        summary = line[len(name) + 2 :].strip()
+        assert summary.endswith((".", ")")) and summary[0].isupper(), line

@@ -130,7 +130,7 @@ def random_slowfast() -> dict[str, torch.Tensor]:
                 values -= values.mean(dim=(1, 2, 3, 4), keepdim=True)
         elif key.endswith("running_var"):
             values = 0.1 * values.abs() + 0.9
-        elif key.endswith("norm.weight") or "norm_" in key and key.endswith("weight"):
+        elif key.endswith("norm.weight") or ("norm_" in key and key.endswith("weight")):
             values = 1 + 0.1 * values
         else:
             values = 0.1 * values

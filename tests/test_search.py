@@ -4,18 +4,16 @@ report shows the frame on screen at each hit's middle; `vfe pack` / `unpack` rou
 import base64
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import clip
 import numpy as np
 import pytest
 import torch
-from conftest import extract, reference_decode
+from conftest import extract, reference_decode, run_in_process
 from PIL import Image
 
 from vfe.backbones.openai_clip import CLIPBackbone
@@ -27,14 +25,8 @@ QUERY = "a bright square moving"
 
 
 def vfe_command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vfe", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """`vfe ARGS` as a user runs it, in this process (`conftest.run_in_process`)."""
+    return run_in_process(list(args), cwd)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +79,7 @@ def test_report_shows_the_frame_at_each_hits_middle(features_dir, video_dir, tmp
     args = ("search", QUERY, str(features_dir), "--top_k", "9", "--report", str(page))
     result = vfe_command(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert f"vfe search: report written to {page}" in result.stderr
     text = page.read_text()
     figures = re.findall(
         r'<figure class="hit" data-rank="\d+" data-time="([\d.]+)".*?src="data:image/jpeg;base64,'
@@ -198,3 +191,26 @@ def test_unpack_never_replaces_files_and_names_bad_input(features_dir, tmp_path)
     bad = vfe_command("unpack", str(tmp_path / "not.h5"), str(tmp_path / "x"), cwd=tmp_path)
     assert bad.returncode == 2 and "cannot be read as HDF5" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_searching_random_weight_features_says_so_in_search_s_words(tmp_path: Path):
+    """Was: `--like: ...`, an option of `vfe text`, not of search."""
+    folder = tmp_path / "random"
+    folder.mkdir()
+    provenance = {
+        "model": "vfe.backbones.openai_clip.CLIPBackbone",
+        "arch": "ViT-B/32",
+        "weights_sha256": "random",
+        "options": {"arch": "ViT-B/32", "weights": "random"},
+    }
+    np.savez(
+        folder / "a.npz",
+        features=np.ones((2, 4), np.float32),
+        timestamps=np.array([[0.0, 2.0], [2.0, 3.0]]),
+        provenance=np.array(json.dumps(provenance)),
+    )
+    result = vfe_command("search", "a dog", str(folder), cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"vfe search: error: features folder {str(folder)!r}: those features")
+    assert "made with random weights" in line and "--like" not in line

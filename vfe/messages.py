@@ -14,3 +14,8 @@ def say(message: str) -> None:
 def say_on_this_rank(message: str) -> None:
     """`vfe: message` on stderr, from whichever rank it concerns."""
     print(f"vfe: {message}", file=sys.stderr, flush=True)
+
+
+def count(number: int, noun: str) -> str:
+    """`1 video`, `2 videos`."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

@@ -105,7 +105,7 @@ def predict_help_intro() -> str:
         "backbones (--model NAME; several from one decode: --model clip,slowfast):",
     ]
     for name, class_path in MODELS.items():
-        lines.append(f"  {name:<12}{backbone_summary(class_path)}")
+        lines.append(f"  {name:<13} {backbone_summary(class_path)}")
     lines += [
         "  (--model.help NAME lists a backbone's options: --model.arch, --model.weights, ...;",
         "   with several backbones: --model.NAME.OPTION)",
@@ -149,10 +149,12 @@ def print_predict_help(args: list[str] | None) -> None:
 
 
 def backbone_summary(class_path: str) -> str:
-    """The first line of a backbone class's docstring."""
+    """The first sentence of a backbone class's docstring (which may run over several lines)."""
     module_name, class_name = class_path.rsplit(".", 1)
     backbone = getattr(import_module(module_name), class_name)
-    return (backbone.__doc__ or "").strip().splitlines()[0]
+    paragraph = " ".join((backbone.__doc__ or "").strip().split("\n\n")[0].split())
+    sentence, period, _ = paragraph.partition(". ")
+    return sentence + "." if period else paragraph
 
 
 class VfeCLI(LightningCLI):

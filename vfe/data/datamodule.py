@@ -34,7 +34,7 @@ from vfe.decoding.video import (
     supports_segments,
 )
 from vfe.errors import VfeError
-from vfe.messages import say
+from vfe.messages import count, say
 from vfe.output.provenance import run_provenance
 from vfe.output.resume import RunPlan, plan_run
 from vfe.output.stopping import STOP_SIGNALS
@@ -337,7 +337,7 @@ class VideoDataModule(LightningDataModule):
             skipped = listing.num_skipped[name]
             label = f"{name}: " if len(output_dirs) > 1 else ""
             say(
-                f"{label}{to_do + skipped} videos {self.source()}, {skipped} already "
+                f"{label}{count(to_do + skipped, 'video')} {self.source()}, {skipped} already "
                 f"done (skipped), {to_do} to extract -> {output_dir}"
             )
         return PlannedRun(

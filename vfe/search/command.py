@@ -46,7 +46,7 @@ def search(
 ) -> tuple[list[Hit], ClipIndex, np.ndarray]:
     """The `top_k` hits, best first, with the index and the query embedding."""
     index = load_index(features_dir)
-    tower = build_text_tower(index.model)
+    tower = build_text_tower(index.model, f"features folder {str(features_dir)!r}")
     _, pooled = tower.encode([query])
     embedding = pooled[0].float().numpy()
     rows, scores = top_clips(index, embedding, top_k)
@@ -99,6 +99,7 @@ def main(argv: list[str]) -> None:
             missing = write_report(args.report, args.query, hits, timelines)
             for line in missing:
                 print(f"vfe search: warning: no thumbnail: {line}", file=sys.stderr)
+            print(f"vfe search: report written to {args.report}", file=sys.stderr)
     except VfeError as error:
         print(f"vfe search: error: {error}", file=sys.stderr)
         sys.exit(ExitCode.USAGE)

@@ -60,13 +60,14 @@ def folder_model(features_dir: Path) -> dict[str, Any]:
     return {name: record[name] for name in (*MODEL_KEYS, "options")}
 
 
-def build_text_tower(model: dict[str, Any]) -> Any:
+def build_text_tower(model: dict[str, Any], folder: str = "--like") -> Any:
     """The backbone the folder was made with, rebuilt from its options, and its text tower;
-    refused unless the weights loaded now are those the folder records."""
+    refused unless the weights loaded now are those the folder records. `folder` names the
+    features folder in messages as the command took it."""
     if model["weights_sha256"] == "random" or model["options"].get("weights") == "random":
         raise VfeError(
-            "--like: those features were made with random weights; there is no text encoder "
-            "that matches them"
+            f"{folder}: those features were made with random weights; there is no text encoder "
+            "that matches them (extract with real weights to search or query them)"
         )
     module_name, class_name = model["model"].rsplit(".", 1)
     backbone = getattr(import_module(module_name), class_name)(**model["options"])
