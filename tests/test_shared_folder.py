@@ -339,3 +339,44 @@ def test_temporaries_of_a_live_process_are_kept_however_old(tmp_path: Path):
 
     release_claims_of(tmp_path, lambda holder: False)
     assert not (tmp_path / ".vfe-claims").exists()
+
+
+@pytest.mark.parametrize("other_job", ["writes it", "dies"])
+def test_the_audit_waits_for_a_video_another_live_job_holds(other_job, tmp_path: Path, monkeypatch):
+    """A video another job claimed is waited for while that job lives: written by it, it is
+    the run's too; left behind by a job that died, it is unfinished."""
+    import threading
+
+    from vfe.data.paths import VideoEntry
+    from vfe.data.work_plan import PlannedRun
+    from vfe.output import audit as audit_module
+
+    monkeypatch.setattr(audit_module, "POLL_SECONDS", 0.05)
+    plan = PlannedRun([VideoEntry(Path("/in/v.mp4"), "v.mp4", 10)], [("m",)], {"m": 0}, "me",
+                      [1], [[]])  # fmt: skip
+    owners.register([tmp_path], owners.this_run("other"))
+    other = Claims({"m": tmp_path}, "other", time.time_ns())
+    assert other.claim("v.mp4", ("m",)) == ("m",)
+
+    def finish() -> None:
+        time.sleep(0.3)
+        if other_job == "writes it":
+            (tmp_path / "v.npz").write_bytes(b"written")
+            other.release("v.mp4", ("m",))
+        else:
+            owners.unregister([tmp_path], "other")
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    recorded = []
+    started = time.monotonic()
+    result = audit_module.audit_run(
+        plan, {"m": tmp_path}, {"m": 0}, lambda name, failure: recorded.append(failure)
+    )
+    thread.join()
+    assert time.monotonic() - started >= 0.25  # it waited
+    if other_job == "writes it":
+        assert recorded == [] and result.written_elsewhere == {"m": 1}
+    else:
+        (failure,) = recorded
+        assert failure.relative_path == "v.mp4" and failure.stage == "unfinished"

@@ -9,7 +9,7 @@ run cannot end with exit 0 while a video it planned is missing.
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,10 +49,12 @@ def audit_run(
             if record.get("run") == plan.run_id and name in record.get("models", [name])
         }
 
-    def missing() -> dict[int, list[str]]:
+    def missing(indices: Iterable[int]) -> dict[int, list[str]]:
+        """Of the videos `indices`, those with backbones neither written nor failed."""
         found: dict[int, list[str]] = {}
-        for index, (entry, models) in enumerate(zip(plan.videos, plan.video_models, strict=True)):
-            for name in models:
+        for index in indices:
+            entry = plan.videos[index]
+            for name in plan.video_models[index]:
                 if entry.relative_path in failed[name]:
                     continue
                 if not output_path_for(output_dirs[name], entry.relative_path).exists():
@@ -66,7 +68,7 @@ def audit_run(
                 return holder
         return None
 
-    absent = missing()
+    absent = missing(range(len(plan.videos)))
     waiting = {
         index: holder for index in absent if (holder := held_elsewhere(index, absent[index]))
     }
@@ -79,13 +81,15 @@ def audit_run(
     while waiting:
         stop_waiting()
         time.sleep(POLL_SECONDS)
-        absent = missing()
+        still = missing(waiting)  # only the videos waited for are looked at again
+        for index in waiting:
+            if index in still:
+                absent[index] = still[index]
+            else:
+                del absent[index]
         waiting = {
-            index: holder
-            for index in waiting
-            if index in absent and (holder := held_elsewhere(index, absent[index]))
+            index: holder for index in still if (holder := held_elsewhere(index, still[index]))
         }
-    absent = missing()
     unmerged = {
         path
         for output_dir in output_dirs.values()
