@@ -333,3 +333,38 @@ def test_the_help_page_lists_each_backbone_with_a_whole_sentence():
         (line,) = [line for line in lines if line.startswith(f"  {name} ")]
         summary = line[len(name) + 2 :].strip()
         assert summary.endswith((".", ")")) and summary[0].isupper(), line
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--model", "clip", "--model.wieghts", "x"],
+            "vfe: error: unknown option --model.wieghts for CLIPBackbone; did you mean "
+            "--model.weights? (vfe predict --help lists every option)",
+        ),
+        (
+            ["--model", "clip", "--batchsize", "3"],
+            "vfe: error: unknown option --batchsize; did you mean --batch_size? (vfe predict "
+            "--help lists every option)",
+        ),
+        (
+            ["--model", "clip,slowfast", "--model.weights", "x"],
+            "vfe: error: --model.weights: with several backbones each takes its own options, "
+            "--model.NAME.weights (e.g. --model.clip.weights)",
+        ),
+        ([], "vfe: error: no backbone given: add --model NAME (vfe predict --help lists them)"),
+        (
+            ["--model", "clip", "--clip_len", "abc"],
+            "vfe: error: --clip_len: Expected a <class 'float'>. Got value: abc",
+        ),
+    ],
+    ids=["backbone option", "vfe option", "per backbone", "no model", "bad value"],
+)
+def test_option_errors_are_one_line_naming_the_closest_option(args, line, capsys, video_dir):
+    """Was: 64-72 lines of usage and Union subtypes."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", *args, "--input_dir", str(video_dir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [line], err

@@ -24,6 +24,7 @@ from vfe.backbones.base import Extractor
 from vfe.backbones.registry import MODELS
 from vfe.data.datamodule import VideoDataModule
 from vfe.errors import ExitCode, VfeError
+from vfe.option_errors import OneLineErrors
 from vfe.output.run_totals import RankLost
 from vfe.output.stopping import STOP_REQUEST, STOP_SIGNALS, StoppedBySignal
 from vfe.output.writer import FeatureWriter
@@ -301,6 +302,7 @@ def _predict(args: list[str] | None) -> int:
             "predict": {"description": "Per-clip features of every video, one .npz per video."},
         },
         auto_configure_optimizers=False,
+        parser_class=OneLineErrors,
         args=None if args is None else rewrite_model_names(args),
     )
     writers = [cb for cb in cli.trainer.callbacks if isinstance(cb, FeatureWriter)]
