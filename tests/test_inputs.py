@@ -146,6 +146,7 @@ def test_a_bad_list_stops_every_rank_at_once(tmp_path: Path, video_dir: Path, ti
         "--input_list", str(listing), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
         "--trainer.strategy", "ddp", "--data.num_workers", "0", cwd=tmp_path,
     )  # fmt: skip
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 2, result.stderr  # was 134 in ~1 of 3 runs (gloo at exit)
     assert "would write the same .npz" in result.stderr
     assert "Traceback" not in result.stderr  # rank 1 crashed in the broadcast before
+    assert "terminate called" not in result.stderr  # rank 1 aborted at exit in ~1 of 8

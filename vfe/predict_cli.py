@@ -281,8 +281,21 @@ def main(args: list[str] | None = None) -> None:
         # after a failure would make the interpreter's exit wait for it for ever.
         for child in multiprocessing.active_children():
             child.kill()
+    if exit_code == ExitCode.USAGE:
+        # A usage error raised on every rank (a bad list) left the process group to the
+        # interpreter's exit, where gloo's threads could abort the process (exit 134, "terminate
+        # called without an active exception") instead of exiting 2: end it here.
+        end_process_group()
     if exit_code != ExitCode.OK:
         sys.exit(exit_code)
+
+
+def end_process_group() -> None:
+    """Destroy the default process group if this process is in one (a local step)."""
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized():
+        with contextlib.suppress(RuntimeError, ValueError):
+            distributed.destroy_process_group()
 
 
 def _predict(args: list[str] | None) -> int:
