@@ -272,9 +272,16 @@ def test_a_decode_stream_whose_close_raises_hands_over_the_error():
     assert 1 in received and 2 in received
 
 
-def test_the_api_gives_videos_of_one_name_their_own_ids(tiny_clip_file, tmp_path: Path):
+def test_the_api_gives_videos_of_one_name_their_own_ids(
+    tiny_clip_file, tmp_path: Path, monkeypatch
+):
+    """Also inside a SLURM array task: the API extracts every video it is given."""
     from vfe.api import extract
     from vfe.bench.synthetic import write_video
+
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
 
     first = write_video(tmp_path / "a" / "x.mp4", 30, seed=1)
     second = write_video(tmp_path / "b" / "x.mp4", 55, seed=2)

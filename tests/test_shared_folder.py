@@ -216,7 +216,7 @@ def test_claims_leave_a_video_to_the_live_job_that_holds_it(tmp_path: Path):
 
 @pytest.mark.parametrize(
     ("text", "problem"),
-    [("3/3", "I must be 0 to N-1"), ("1/0", "N at least 1"), ("half", "is not I/N")],
+    [("3/3", "I must be 0 to N-1"), ("1/0", "N at least 1"), ("half", "is not I/N .* or 'all'")],
 )
 def test_bad_parts_are_one_line_errors(text, problem):
     with pytest.raises(VfeError, match=problem):
@@ -228,6 +228,7 @@ def test_a_slurm_array_task_is_a_part():
     assert job_part(None, env) == JobPart(2, 4, "SLURM array")
     assert job_part("0/2", env) == JobPart(0, 2, "--part")  # --part wins
     assert job_part(None, {}) is None
+    assert job_part("all", env) is None  # every video, e.g. an array over settings
     with pytest.raises(VfeError, match="pass --part I/N"):
         job_part(None, {**env, "SLURM_ARRAY_TASK_ID": "9"})
 

@@ -78,6 +78,7 @@ def extract(
             convert_on=convert_on,
             num_workers=num_workers,
             overwrite=overwrite,
+            part="all",  # the videos asked for, also inside a SLURM array task
         )
         writer = FeatureWriter(output_dir=out)
         trainer = Trainer(

@@ -79,7 +79,8 @@ VFE_FLAGS = (
     Flag(
         "--part",
         "I/N: this job extracts part I (from 0) of N of the videos, the same cut for every job "
-        "(SLURM array tasks: set from SLURM_ARRAY_TASK_ID/_MIN/_COUNT when unset)",
+        "(SLURM array tasks: set from SLURM_ARRAY_TASK_ID/_MIN/_COUNT when unset; 'all': every "
+        "video)",
         {"type": str | None, "default": None},
     ),
     Flag(

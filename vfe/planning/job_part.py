@@ -27,13 +27,16 @@ class JobPart:
         return f"{self.index}/{self.count}"
 
 
+ALL = "all"  # every video, whatever SLURM's variables say
 _PART = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 
 
 def parse_part(text: str) -> JobPart:
     match = _PART.fullmatch(text)
     if match is None:
-        raise VfeError(f"--part {text!r} is not I/N (e.g. --part 0/4: the first of 4 jobs)")
+        raise VfeError(
+            f"--part {text!r} is not I/N (e.g. --part 0/4: the first of 4 jobs) or 'all'"
+        )
     index, count = int(match[1]), int(match[2])
     if count < 1 or index >= count:
         raise VfeError(f"--part {text!r}: I must be 0 to N-1 and N at least 1 (e.g. 0/4 to 3/4)")
@@ -41,7 +44,10 @@ def parse_part(text: str) -> JobPart:
 
 
 def job_part(part: str | None, environ: Mapping[str, str] = os.environ) -> JobPart | None:
-    """The job's part: `--part`, else a SLURM array task's, else None (all videos)."""
+    """The job's part: `--part I/N`, else a SLURM array task's, else None (all videos);
+    `--part all` asks for every video even in a SLURM array task."""
+    if part == ALL:
+        return None
     if part is not None:
         return parse_part(part)
     names = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT")
