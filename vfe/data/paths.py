@@ -76,7 +76,6 @@ def feature_files(folder: Path) -> list[Path]:
         path
         for path in folder.rglob("*.npz")
         if path.relative_to(folder).parts[0] not in RESERVED_NAMES
-        and not path.name.startswith(".")  # a temporary being written
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from vfe.data.paths import VideoEntry, output_path_for
 from vfe.output.provenance import first_difference, read_provenance
 
+REDO = "redo"  # `_why_not_reusable`: redone without asking
 CHOICES = (
     "rerun with --overwrite changed to redo only such files (keeping the others), --overwrite "
     "to redo every video, or write to another --output_dir"
@@ -45,14 +46,12 @@ def plan_run(
             if overwrite is True or not path.exists():
                 needed.append(name)
                 continue
-            if _concealed_errors_refused(path, wanted[name]):
-                needed.append(name)  # redone: decoding it again shows whether it is damaged
-                continue
             problem = _why_not_reusable(path, entry, wanted[name])
             if problem is None:
                 num_skipped[name] += 1
                 continue
-            mismatched.append(problem)
+            if problem is not REDO:
+                mismatched.append(problem)
             needed.append(name)
         if needed:
             todo.append(entry)
@@ -63,19 +62,9 @@ def plan_run(
     return RunPlan(todo, todo_models, num_skipped, None)
 
 
-def _concealed_errors_refused(path: Path, wanted: dict[str, Any]) -> bool:
-    """A file written with errors the decoder concealed (`--data.allow_concealed_errors`) is
-    not kept by a strict run: it holds features of frames FFmpeg reported as damaged."""
-    if wanted.get("allow_concealed_errors", False):
-        return False
-    try:
-        existing = read_provenance(path) or {}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        return False  # `_why_not_reusable` says why
-    return bool(existing.get("video", {}).get("decode_errors"))
-
-
 def _why_not_reusable(path: Path, entry: VideoEntry, wanted: dict[str, Any]) -> str | None:
+    """None if the file is kept; `REDO` if it is redone without asking; else why it does not
+    match (the file is read once)."""
     try:
         existing = read_provenance(path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
@@ -85,4 +74,8 @@ def _why_not_reusable(path: Path, entry: VideoEntry, wanted: dict[str, Any]) -> 
     difference = first_difference(existing, wanted, entry)
     if difference is not None:
         return f"{path} was made otherwise: {difference}"
+    if existing.get("video", {}).get("decode_errors") and not wanted.get("allow_concealed_errors"):
+        # Written with errors the decoder concealed (--data.allow_concealed_errors): a strict
+        # run decodes it again rather than keep features of frames FFmpeg reported as damaged.
+        return REDO
     return None

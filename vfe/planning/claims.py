@@ -56,8 +56,7 @@ class Claims:
                 return ()
             taken.append(name)
         left = tuple(name for name in models if not self._written_meanwhile(name, relative_path))
-        if not left:
-            self.release(relative_path, models)
+        self.release(relative_path, [name for name in models if name not in left])
         return left
 
     def _written_meanwhile(self, name: str, relative_path: str) -> bool:
@@ -105,11 +104,6 @@ class Claims:
         for name in models:
             if holder_of(self.output_dirs[name], relative_path) == self.run_id:
                 claim_file(self.output_dirs[name], relative_path).unlink(missing_ok=True)
-
-    def release_all(self) -> None:
-        """At the end of the run: every claim it still holds, and empty claim folders."""
-        for output_dir in set(self.output_dirs.values()):
-            release_claims_of(output_dir, lambda holder: holder == self.run_id)
 
 
 def release_claims_of(output_dir: Path, is_released) -> None:
