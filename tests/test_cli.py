@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -253,7 +254,13 @@ def test_version(tmp_path: Path):
 
 
 def test_predict_help_leads_with_vfe_options_and_backbones(tmp_path: Path):
-    result = run_vfe("--help", cwd=tmp_path)
+    short = run_vfe("--help", cwd=tmp_path)
+    assert short.returncode == 0 and short.stdout.startswith("usage: vfe predict --model NAME")
+    assert len(short.stdout.splitlines()) < 50 and "--trainer.accelerator" not in short.stdout
+    assert "vfe predict --help all" in short.stdout
+    # every flag's help starts after a space, however long the flag
+    assert re.search(r"\n  --output_dtype +float32", short.stdout)
+    result = run_vfe("--help", "all", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("usage: vfe predict --model NAME")
     text = result.stdout
     lightning = text.index("--trainer.accelerator")
@@ -368,3 +375,64 @@ def test_option_errors_are_one_line_naming_the_closest_option(args, line, capsys
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [line], err
+
+
+@pytest.mark.parametrize(
+    ("count", "seconds", "shown"),
+    [(0, 5.0, "0.0"), (12, 1.0, "12.0"), (1, 10.0, "0.1"), (1, 29.0, "0.034")],
+)
+def test_a_clip_rate_is_never_rounded_to_zero(count: int, seconds: float, shown: str):
+    from vfe.messages import rate_text
+
+    assert rate_text(count, seconds) == shown
+
+
+def test_a_stop_message_starts_on_a_line_of_its_own():
+    """Ctrl-C leaves the progress bar open at the end of its line; it is closed first."""
+    import io
+
+    from tqdm import tqdm
+
+    from vfe.predict_cli import end_progress_lines
+
+    terminal = io.StringIO()
+    bar = tqdm(total=10, file=terminal)
+    bar.update(3)
+    end_progress_lines()
+    assert terminal.getvalue().endswith("\n")
+
+
+def test_the_summary_says_what_the_wall_time_counts(video_dir: Path, tmp_path: Path):
+    args = ["--model", "slowfast", "--model.weights", "random", "--input_dir", str(video_dir)]
+    result = run_vfe(*args, "--data.num_workers", "0", "--device", "cpu", cwd=tmp_path)
+    again = run_vfe(*args, "--data.num_workers", "0", "--device", "cpu", cwd=tmp_path)
+    for run in (result, again):
+        (summary,) = [line for line in run.stderr.splitlines() if "written" in line]
+        assert re.search(r"extraction \d+\.\d s, wall time \d+\.\d s with start-up", summary)
+
+
+@pytest.mark.parametrize("command", ["pack", "unpack", "info"])
+def test_help_of_the_light_commands_needs_no_torch(command: str):
+    code = (
+        "import sys\nfrom vfe.cli import main\ntry:\n"
+        f"    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip().endswith("False"), result.stdout + result.stderr
+
+
+def test_text_and_search_help_say_every_argument_in_whole_sentences():
+    from vfe.search.command import DESCRIPTION as search
+    from vfe.text.command import DESCRIPTION as text
+
+    assert text.endswith("a features folder was made with.")
+    assert search.endswith("(as `vfe text` does).")
+    for command, argument, help_text in (
+        ("text", "--output_dir OUTPUT_DIR", "folder for the qid{qid}.npz files"),
+        ("search", "query", "what to look for, in words"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "vfe", command, "--help"], capture_output=True, text=True
+        )
+        assert re.search(rf"\n  {re.escape(argument)}\s+{re.escape(help_text)}", result.stdout)

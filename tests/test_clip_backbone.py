@@ -1,6 +1,7 @@
 import hashlib
 import urllib.error
 import urllib.request
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -57,10 +58,16 @@ def test_vit_b32_file_gives_512_d_features_matching_clip(tmp_path: Path):
     assert cosine(ours, reference).min() >= 0.999
 
 
-def test_random_weights_build_the_named_architecture():
-    with pytest.warns(UserWarning, match="RANDOM weights"):
+def test_random_weights_build_the_named_architecture(capsys):
+    from vfe import messages
+
+    messages._warned.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # vfe's own line, not a Python warning
         model = CLIPBackbone(arch="RN50", weights="random")
         model.configure_model()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("vfe: warning: CLIP RN50: using RANDOM weights"), line
     assert model.feature_dim == 1024
     assert openai_clip.visual_signature(model.visual) == CLIP_ARCHS["RN50"][:5]
 
@@ -174,7 +181,7 @@ def test_clip_run_over_real_world_files_matches_clips_pipeline_on_ffmpeg_frames(
     if convert_on == "model":  # not resumed by a run converting in the workers
         again = run_vfe(*options, cwd=tmp_path)
         assert again.returncode != 0
-        assert "convert_on: 'model' in the file, 'workers' now" in again.stderr
+        assert "convert_on: 'model' (file) -> 'workers' (now)" in again.stderr
 
 
 def test_official_weights_are_fetched_by_prepare_data_once(tmp_path: Path, monkeypatch):

@@ -324,3 +324,31 @@ def test_progress_counts_each_backbones_clips_and_nothing_to_do_shows_no_bar(
     assert nothing.returncode == 0, nothing.stderr
     assert "Extracting" not in nothing.stderr + nothing.stdout
     assert "0 to extract" in nothing.stderr
+
+
+def test_a_members_error_names_its_own_flag(video_dir: Path, tmp_path: Path, monkeypatch):
+    """Offline, with several backbones, the way out is --model.clip.weights (--model.weights
+    is refused there); a member's bad choice is one line naming its flag."""
+    import urllib.error
+    import urllib.request
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    common = ["--input_dir", str(video_dir), "--data.num_workers", "0", "--device", "cpu"]
+    result = run_vfe(
+        "--model", "clip,slowfast", "--model.slowfast.weights", "random", *common, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("vfe: error:")]
+    assert "pass --model.clip.weights /path/to/checkpoint" in line, result.stderr
+    result = run_vfe(
+        "--model", "clip,slowfast", "--model.slowfast.recipe", "heros", *common, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "vfe: error: --model.slowfast.recipe: expected one of vfe, hero, got heros" in (
+        result.stderr
+    )

@@ -93,9 +93,10 @@ def test_info_describes_a_file_and_a_folder(clip_args, tmp_path: Path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (["--clip_len", "0.5"], "clip_length: 2.0 in the file, 0.5 now"),
-        (["--trainer.precision", "bf16-mixed"], "precision: '32-true' in the file"),
-        (["--data.decoder", "decord"], "decoder: 'pyav' in the file, 'decord' now"),
+        (["--clip_len", "0.5"], "clip_length: 2.0 (file) -> 0.5 (now)"),
+        (["--trainer.precision", "bf16-mixed"], "precision: '32-true' (file)"),
+        (["--data.decoder", "decord"], "decoder: 'pyav' (file) -> 'decord' (now)"),
+        (["--output_dtype", "float16"], "output_dtype: 'float32' (file) -> 'float16' (now)"),
     ],
 )
 def test_rerun_with_other_settings_stops_before_extracting(
@@ -186,10 +187,17 @@ def test_files_made_before_stride_tail_and_convert_on_were_recorded_count_as_the
     }  # fmt: skip
     assert first_difference(older, wanted, video) is None
     rounded = first_difference(older, {**wanted, "tail": "round"}, video)
-    assert rounded == "tail: 'keep' in the file, 'round' now"
+    assert rounded == "tail: 'keep' (file) -> 'round' (now)"
     assert first_difference(older, {**wanted, "clip_stride": 1.0}, video).startswith("clip_stride")
     on_model = first_difference(older, {**wanted, "convert_on": "model"}, video)
-    assert on_model == "convert_on: 'workers' in the file, 'model' now"
+    assert on_model == "convert_on: 'workers' (file) -> 'model' (now)"
+    # a nested setting: only the keys that differ
+    spec = {"frames_per_clip": 8, "crop_size": 224, "mean": [0.5]}
+    older = {**older, "preprocessing": spec}
+    changed = {**wanted, "preprocessing": {**spec, "frames_per_clip": 4}}
+    assert first_difference(older, changed, video) == (
+        "preprocessing.frames_per_clip: 8 (file) -> 4 (now)"
+    )
 
 
 def test_a_files_sha256_is_remembered_while_its_size_and_time_stay(tmp_path: Path, monkeypatch):

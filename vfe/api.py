@@ -1,13 +1,15 @@
 """`vfe.extract(...)`: features for notebooks, through the same datamodule, models and writer as
 `vfe predict` (the arrays returned are those of the .npz files it writes)."""
 
+import contextlib
 import hashlib
 import json
+import logging
 import re
 import signal
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ def extract(
     overwrite: bool = False,
     allow_failures: bool = False,
     progress: bool = False,
+    output_dtype: str = "float32",
 ) -> dict[str, VideoArrays] | dict[str, dict[str, VideoArrays]]:
     """Per-clip features of `videos` (a folder, searched recursively, or a list of files).
 
@@ -51,7 +54,9 @@ def extract(
     `vfe predict` writes: `features (num_clips, D) float32`, `timestamps (num_clips, 2)`, `fps`,
     `clip_length`, and `provenance` as a dict. With several models (`model=["clip",
     "slowfast"]`), one such dict per model name. `model_options`: per model name, its options
-    (`{"clip": {"arch": "ViT-B/16", "frames_per_clip": "middle"}}`).
+    (`{"clip": {"arch": "ViT-B/16", "recipe": "hero"}}`); with one model, also its options
+    alone (`{"arch": "ViT-B/16"}`). `output_dtype`: "float16" saves (and returns) features as
+    float16, as `--output_dtype`.
 
     `output_dir`: keep the .npz files there (a video whose file exists with the same settings
     is read, not recomputed; files of a list are named by file name); None: a temporary
@@ -61,7 +66,7 @@ def extract(
     """
     check_device(device, "device=")
     names = [model] if isinstance(model, str) else list(model)
-    options = dict(model_options or {})
+    options = _options_by_model(names, model_options)
     if batch_size is not None:
         if len(names) > 1:
             raise VfeError("batch_size is for one model; give each its own in model_options")
@@ -79,22 +84,24 @@ def extract(
             num_workers=num_workers,
             overwrite=overwrite,
             part="all",  # the videos asked for, also inside a SLURM array task
+            output_dtype=output_dtype,
         )
         writer = FeatureWriter(output_dir=out)
-        trainer = Trainer(
-            accelerator=device,
-            devices=1,
-            precision=precision,
-            logger=False,
-            callbacks=[writer],
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-        )
         backbone = MultiBackbone(names, options)
         previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
         STOP_REQUEST.reset()
         try:
-            trainer.predict(backbone, datamodule=datamodule, return_predictions=False)
+            with _quiet_lightning():
+                trainer = Trainer(
+                    accelerator=device,
+                    devices=1,
+                    precision=precision,
+                    logger=False,
+                    callbacks=[writer],
+                    enable_progress_bar=progress,
+                    enable_model_summary=False,
+                )
+                trainer.predict(backbone, datamodule=datamodule, return_predictions=False)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -105,6 +112,37 @@ def extract(
             for name, folder in writer.output_dirs.items()
         }
     return results[names[0]] if len(names) == 1 else results
+
+
+def _options_by_model(
+    names: list[str], model_options: dict[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """`model_options` per model name; one model's options may come without its name."""
+    options = dict(model_options or {})
+    if len(names) == 1 and options and not any(isinstance(v, dict) for v in options.values()):
+        return {names[0]: options}
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise VfeError(
+            f"model_options names {unknown[0]!r}, which is not among model={names!r}; give "
+            "{model name: {option: value}} (one model: its options alone)"
+        )
+    return options
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's device lines and tips stay out of a library call's output (every call, not
+    only the first), the caller's logging levels restored after."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _source(videos: str | Path | Sequence[str | Path], scratch: Path) -> tuple[dict, dict]:

@@ -3,6 +3,7 @@
 `vfe --help`, `--version` and `info` do without them)."""
 
 import sys
+import warnings
 from importlib import metadata
 
 from vfe.errors import ExitCode
@@ -41,6 +42,14 @@ def version() -> str:
         return __version__
 
 
+def hide_library_warnings() -> None:
+    """Upstream deprecations users cannot act on (`torch.jit` in clip's loader, clip's
+    `pkg_resources`); `--verbose` shows them."""
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\..*` is deprecated")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+
+
 def main(args: list[str] | None = None) -> None:
     """Run the command `args[0]` (None: `sys.argv[1:]`)."""
     argv = sys.argv[1:] if args is None else args
@@ -51,6 +60,8 @@ def main(args: list[str] | None = None) -> None:
     if command in ("-V", "--version"):
         print(f"vfe {version()}")
         return
+    if "--verbose" not in argv:
+        hide_library_warnings()
     if command == "info":
         from vfe.output.info import main as info_main
 

@@ -48,12 +48,24 @@ def one_line(message: str, parser: Any) -> str:
             )
         bad, names = prefix + option[1], [prefix + name for name in init_parameters(class_path[1])]
         return f"unknown option {bad} for {owner}{did_you_mean(bad, names)}"
+    nested = re.search(r"given class_path '[^']+':\s*Parser key \"([^\"]+)\":\s*(.+)", message)
+    if nested and key:  # a backbone's option with a bad value: `--model.recipe heros`
+        return f"--{key[1]}.{nested[1]}: {readable(nested[2].strip())} ({HELP})"
     if (required := re.search(r"required: (\S+)", message)) and required[1].endswith("model"):
         return "no backbone given: add --model NAME (vfe predict --help lists them)"
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if key and len(lines) > 1:  # `Parser key "clip_len": Expected a float. Got value: abc`
         return f"--{key[1]}: {lines[1]}"
     return f"{lines[0] if lines else message} ({HELP})"
+
+
+def readable(problem: str) -> str:
+    """`Expected a typing.Literal['vfe', 'hero']. Got value: x` -> `expected one of vfe, hero,
+    got x`."""
+    choices = re.fullmatch(r"Expected a typing\.Literal\[(.+)\]\. Got value: (.+)", problem)
+    if choices:
+        return f"expected one of {choices[1].replace(chr(39), '')}, got {choices[2]}"
+    return problem
 
 
 def did_you_mean(bad: str, names: list[str]) -> str:

@@ -3,6 +3,7 @@ for `predict`: torch and Lightning take seconds to import)."""
 
 import contextlib
 import io
+import itertools
 import logging
 import multiprocessing
 import re
@@ -24,6 +25,7 @@ from vfe.backbones.base import Extractor
 from vfe.backbones.registry import MODELS
 from vfe.data.datamodule import VideoDataModule
 from vfe.errors import ExitCode, VfeError
+from vfe.messages import mark_command_start
 from vfe.option_errors import OneLineErrors
 from vfe.output.run_totals import RankLost
 from vfe.output.stopping import STOP_REQUEST, STOP_SIGNALS, StoppedBySignal
@@ -62,6 +64,11 @@ VFE_FLAGS = (
         "--layout",
         "tree: outputs mirror the input folders; flat: <output_dir>/<file name or id>.npz",
         {"type": str, "default": "tree"},
+    ),
+    Flag(
+        "--output_dtype",
+        "float32 (default) or float16: the dtype features are saved in (HERO's files: float16)",
+        {"type": str, "default": "float32"},
     ),
     Flag("--clip_len", "clip length in seconds (default 2)", {"type": float, "default": 2.0}),
     Flag(
@@ -114,8 +121,9 @@ def predict_help_intro() -> str:
         "",
         "vfe's options:",
     ]
+    width = max(len(flag.name) for flag in VFE_FLAGS) + 2
     for flag in VFE_FLAGS:
-        lines.append(f"  {flag.name:<14}{flag.help}")
+        lines.append(f"  {flag.name:<{width}}{flag.help}")
     lines += [
         "  --data.*      decoding: --data.num_workers, --data.decoder, --data.decode_threads, ...",
         "  --writer.*    --writer.rank_timeout_seconds: how long rank 0 waits for a silent rank",
@@ -127,27 +135,36 @@ def predict_help_intro() -> str:
         "Exit status: 0 done, 1 some video failed, 2 usage error, 3 a rank was lost, 4 crash, "
         "128+N stopped by signal N.",
         "",
-        "Every option, Lightning's included:",
-        "",
+        "Every option, Lightning's Trainer options included: vfe predict --help all",
     ]
     return "\n".join(lines)
 
 
 def print_predict_help(args: list[str] | None) -> None:
-    """vfe's page, then the parser's full help with Lightning's description of `predict`
-    (cut at "Useful to:") replaced by a header of vfe's."""
+    """vfe's page; with `--help all`, then the parser's full help with Lightning's description
+    of `predict` (cut at "Useful to:") replaced by a header of vfe's."""
+    argv = sys.argv[1:] if args is None else list(args)
+    print(predict_help_intro())
+    if not any(a == "all" and b in ("-h", "--help") for b, a in itertools.pairwise(argv)):
+        return
+    without_all = [arg for arg in argv if arg != "all"]
+    saved_argv = sys.argv
+    if args is None:  # the parser reads sys.argv (given both, Lightning warns)
+        sys.argv = [sys.argv[0], *without_all]
     page = io.StringIO()
-    with contextlib.redirect_stdout(page), contextlib.suppress(SystemExit):
-        quiet_libraries()
-        _predict(args)
+    try:
+        with contextlib.redirect_stdout(page), contextlib.suppress(SystemExit):
+            quiet_libraries()
+            _predict(None if args is None else without_all)
+    finally:
+        sys.argv = saved_argv
     text = re.sub(
         r"Run inference on your data\..*?Useful to:",
         "Lightning's predict options:",
         page.getvalue(),
         flags=re.S,
     )
-    print(predict_help_intro())
-    print(text, end="")
+    print("\n" + text, end="")
 
 
 def backbone_summary(class_path: str) -> str:
@@ -179,6 +196,7 @@ class VfeCLI(LightningCLI):
             ("batch_size", "data.batch_size"),
             ("overwrite", "data.overwrite"),
             ("part", "data.part"),
+            ("output_dtype", "data.output_dtype"),
         ):
             parser.link_arguments(source, target)
         parser.add_lightning_class_args(FeatureWriter, "writer")
@@ -258,6 +276,7 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
     if not wants_verbose(argv):
         quiet_libraries()
+    mark_command_start()
     previous_handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     STOP_REQUEST.reset()
     STOP_REQUEST.install()  # Ctrl-C stops after the batch in hand from here on
@@ -267,6 +286,7 @@ def main(args: list[str] | None = None) -> None:
         print(f"vfe: error: {error}", file=sys.stderr)
         exit_code = ExitCode.USAGE
     except StoppedBySignal as stop:
+        end_progress_lines()
         print(f"vfe: {stop}", file=sys.stderr)
         exit_code = stop.exit_code
     except RankLost as lost:
@@ -289,6 +309,15 @@ def main(args: list[str] | None = None) -> None:
         end_process_group()
     if exit_code != ExitCode.OK:
         sys.exit(exit_code)
+
+
+def end_progress_lines() -> None:
+    """Close the progress bars still drawn, so the next message starts on a line of its own
+    (a stop leaves Lightning's bar open at the end of its line)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def end_process_group() -> None:

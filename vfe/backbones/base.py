@@ -56,6 +56,9 @@ class Backbone(Extractor):
     """
 
     name: ClassVar[str]
+    # Options added after files were made, with their defaults: recorded only when set to
+    # something else, so files made before them still match their runs' settings.
+    later_options: ClassVar[dict[str, Any]] = {}
 
     @property
     @abstractmethod
@@ -84,7 +87,12 @@ class Backbone(Extractor):
         `vfe text` can rebuild it)."""
         names = inspect.signature(type(self).__init__).parameters
         # vfe's backbones keep each argument under its own name; others record what they keep.
-        options = {name: getattr(self, name) for name in names if hasattr(self, name)}
+        options = {
+            name: getattr(self, name)
+            for name in names
+            if hasattr(self, name)
+            and not (name in self.later_options and getattr(self, name) == self.later_options[name])
+        }
         # A weights file given relative to the run's folder is found from anywhere later.
         return {
             name: str(Path(value).expanduser().resolve())

@@ -5,10 +5,12 @@ backbone that wants it; each member gets batches of its own size and writes its 
 member is special: a new backbone works here as soon as it is registered.
 """
 
+import contextlib
 import dataclasses
 import inspect
+from collections.abc import Iterator
 from importlib import import_module
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from torch import nn
 
@@ -31,7 +33,25 @@ def build_backbone(name: str, options: dict[str, Any]) -> Backbone:
             f"--model.{name}.{unknown[0]} is not an option of {name}; its options are "
             f"{', '.join([*allowed, BATCH_SIZE_OPTION])}"
         )
+    # The parser checks a single backbone's options against their types; here vfe does, for
+    # the choices (Literal) a value must be one of.
+    hints = get_type_hints(backbone_class.__init__)
+    for key, value in options.items():
+        choices = get_args(hints.get(key)) if get_origin(hints.get(key)) is Literal else ()
+        if choices and value not in choices:
+            raise VfeError(
+                f"--model.{name}.{key}: expected one of {', '.join(map(str, choices))}, got {value}"
+            )
     return backbone_class(**options)
+
+
+@contextlib.contextmanager
+def member_flags(name: str) -> Iterator[None]:
+    """A member's errors name its own flags: `--model.weights` -> `--model.NAME.weights`."""
+    try:
+        yield
+    except VfeError as error:
+        raise VfeError(str(error).replace("--model.", f"--model.{name}.")) from error
 
 
 class MultiBackbone(Extractor):
@@ -101,12 +121,14 @@ class MultiBackbone(Extractor):
         }
 
     def prepare_data(self) -> None:
-        for member in self.members().values():
-            member.prepare_data()
+        for name, member in self.members().items():
+            with member_flags(name):
+                member.prepare_data()
 
     def configure_model(self) -> None:
-        for member in self.members().values():
-            member.configure_model()
+        for name, member in self.members().items():
+            with member_flags(name):
+                member.configure_model()
 
     def on_predict_start(self) -> None:
         for member in self.members().values():

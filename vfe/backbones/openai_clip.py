@@ -11,6 +11,7 @@ from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import Backbone
 from vfe.backbones.extras import FramesPerClip, frames_of_clip
+from vfe.backbones.hero import Recipe, check_frames_per_clip, hero_clip_spec
 from vfe.backbones.weights import (
     RANDOM,
     check_official_file,
@@ -155,18 +156,25 @@ class CLIPBackbone(Backbone):
         frames_per_clip: encode N frames spread uniformly over each clip (PyTorchVideo's
             rule) instead of every frame, the clip feature being their mean; or 'middle': the
             one frame on screen at the clip's middle, the one FFmpeg's `fps=1/clip_len`
-            picks (the released Moment-DETR/QVHighlights CLIP features).
+            picks.
+        recipe: 'vfe' (the contract's, above) or 'hero': HERO_Video_Feature_Extractor's, which
+            made the released QVHighlights CLIP features (`vfe.backbones.hero`): one frame per
+            clip from FFmpeg's fps=1/clip_len, scale and crop (bicubic, FFmpeg's), a row per
+            frame the filter gives.
     """
 
     name: ClassVar[str] = "clip"
+    later_options: ClassVar[dict[str, Any]] = {"recipe": "vfe"}
 
     def __init__(
         self,
         arch: str = "ViT-B/32",
         weights: str | None = None,
         frames_per_clip: FramesPerClip = None,
+        recipe: Recipe = "vfe",
     ) -> None:
         super().__init__()
+        self.recipe = recipe
         self.arch = arch
         self.weights = weights
         self.frames_per_clip = frames_per_clip
@@ -184,6 +192,7 @@ class CLIPBackbone(Backbone):
         if self.visual is not None:
             return
         frames_of_clip(self.frames_per_clip)  # checked before the weights load
+        check_frames_per_clip(self.recipe, self.frames_per_clip)
         # The text tower is never used; keeping only the image encoder halves the memory.
         self.visual = load_clip(self.arch, self.weights).visual
         # clip.load verifies the official file against the sha256 in its URL.
@@ -212,6 +221,8 @@ class CLIPBackbone(Backbone):
             std=CLIP_STD,
             default_batch_size=32,
         )
+        if self.recipe == "hero":
+            self._input_spec = hero_clip_spec(resolution, CLIP_MEAN, CLIP_STD)
 
     @property
     def input_spec(self) -> InputSpec:

@@ -1,12 +1,13 @@
 """SlowFast R50 (PyTorchVideo, Kinetics-400 8x8) without its classification layer: 2304-d clips."""
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import Backbone
+from vfe.backbones.hero import Recipe, hero_slowfast_spec
 from vfe.backbones.pyslowfast_weights import pyslowfast_state
 from vfe.backbones.pytorchvideo_hub import (
     load_hub_model,
@@ -43,13 +44,18 @@ class SlowFastBackbone(Backbone):
         weights: a local checkpoint file (PyTorchVideo's .pyth with `model_state`, a plain
             state dict, PySlowFast's Caffe2 `SLOWFAST_8x8_R50.pkl` or a PySlowFast-named
             checkpoint), 'random', or unset for PyTorchVideo's Kinetics-400 weights.
+        recipe: 'vfe' (the contract's, above) or 'hero': HERO_Video_Feature_Extractor's, which
+            made the released QVHighlights features (`vfe.backbones.hero`): FFmpeg's fps=30,
+            scale and crop to 224, HERO's rows and frame indices.
     """
 
     name: ClassVar[str] = "slowfast"
+    later_options: ClassVar[dict[str, Any]] = {"recipe": "vfe"}
 
-    def __init__(self, weights: str | None = None) -> None:
+    def __init__(self, weights: str | None = None, recipe: Recipe = "vfe") -> None:
         super().__init__()
         self.weights = weights
+        self.recipe = recipe
         self.model: nn.Module | None = None
         self._weights_record: dict[str, str] = {}
         self.register_buffer(
@@ -68,6 +74,8 @@ class SlowFastBackbone(Backbone):
             default_batch_size=8,
             stack_frames=True,
         )
+        if recipe == "hero":
+            self._input_spec = hero_slowfast_spec(self._input_spec.mean, self._input_spec.std)
 
     def prepare_data(self) -> None:
         if self.weights is None:

@@ -4,9 +4,9 @@ import urllib.error
 from pathlib import Path
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
 from vfe.errors import VfeError
+from vfe.messages import warn
 from vfe.output.provenance import sha256_of_file
 
 RANDOM = "random"
@@ -17,7 +17,7 @@ def resolve_weights_file(weights: str | None, model_label: str) -> Path | None:
     if weights is None:
         return None
     if weights == RANDOM:
-        rank_zero_warn(
+        warn(
             f"{model_label}: using RANDOM weights; features are meaningless "
             "(for tests and benchmarks only)"
         )

@@ -24,6 +24,7 @@ from vfe.data.paths import (
     model_output_dirs,
     read_video_list,
 )
+from vfe.data.recipe_samples import check_recipe_settings
 from vfe.data.work_plan import PlannedRun, WorkItem, plan_ranks
 from vfe.decoding.video import (
     DEFAULT_DECODER,
@@ -42,6 +43,7 @@ from vfe.planning.claims import Claims
 from vfe.planning.job_part import JobPart, job_part, select_part
 from vfe.planning.owners import new_run_id, register, this_run
 
+OUTPUT_DTYPES = ("float32", "float16")  # what `features` may be saved as
 # Where frames become each backbone's RGB input (`VideoDataModule`'s convert_on).
 CONVERT_ON = ("workers", "model")
 
@@ -155,6 +157,8 @@ class VideoDataModule(LightningDataModule):
             are converted in the workers; pixels within 2 levels of swscale's).
         part: "I/N": this job does part I (from 0) of N of the listed videos, cut the same way
             by every job (`vfe.planning.job_part`); default: a SLURM array task's, else all.
+        output_dtype: "float32" or "float16" (as HERO's released files): the dtype `features`
+            are saved in (computed in float32 or the precision asked, then cast).
     """
 
     def __init__(
@@ -177,9 +181,16 @@ class VideoDataModule(LightningDataModule):
         convert_on: str = "workers",
         decode_streams: int = 1,
         part: str | None = None,
+        output_dtype: str = "float32",
     ) -> None:
         super().__init__()
         self.part: JobPart | None = job_part(part)
+        if output_dtype not in OUTPUT_DTYPES:
+            raise VfeError(
+                f"--output_dtype {output_dtype!r} is not allowed; choose one of "
+                f"{', '.join(OUTPUT_DTYPES)}"
+            )
+        self.output_dtype = output_dtype
         if not (math.isfinite(clip_len) and clip_len > 0):
             raise VfeError(f"--clip_len must be a positive number of seconds, got {clip_len}")
         if clip_stride is not None:
@@ -286,6 +297,8 @@ class VideoDataModule(LightningDataModule):
             "clip_stride": self.clip_stride,
             "tail": self.tail,
             "convert_on": self.convert_on,
+            # Recorded only when not float32, so files made before the option still match.
+            **({"output_dtype": self.output_dtype} if self.output_dtype != "float32" else {}),
         }
 
     def source(self) -> str:
@@ -370,8 +383,11 @@ class VideoDataModule(LightningDataModule):
         decided on rank 0, which reads the durations of the videos a cut falls inside."""
         sizes = [video.size_bytes for video in videos]
         duration_of = None
-        # A stride's clips overlap segment boundaries: its videos are decoded whole.
-        if supports_segments(self.decoder) and self.clip_stride is None:
+        # A stride's clips overlap segment boundaries, and an FFmpeg recipe cuts its own rows:
+        # their videos are decoded whole.
+        specs = self.trainer.lightning_module.input_specs.values()
+        recipes = any(spec.ffmpeg_recipe is not None for spec in specs)
+        if supports_segments(self.decoder) and self.clip_stride is None and not recipes:
             bad_file = file_errors(self.decoder)
 
             def duration_of(video_index: int) -> float | None:
@@ -399,8 +415,15 @@ class VideoDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         keep_large_buffers_out_of_the_heap()  # the main process's batches (workers: _init_worker)
-        self.plan = plan = self.plan_run()
         specs: dict[str, InputSpec] = self.trainer.lightning_module.input_specs
+        check_recipe_settings(
+            specs,
+            clip_length_fraction(self.clip_len),
+            self.decoder,
+            self.decode_device,
+            self.clip_stride,
+        )
+        self.plan = plan = self.plan_run()
         root_device = self.trainer.strategy.root_device
         if self.convert_on == "model" and root_device.type == "cpu":
             say(

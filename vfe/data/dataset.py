@@ -24,7 +24,16 @@ from vfe.data.batching import BatchBuilder
 from vfe.data.clip_grid import ClipAssigner, clip_length_fraction, stride_phases
 from vfe.data.input_spec import FrameSampling, InputSpec
 from vfe.data.paths import VideoEntry, video_fingerprint
-from vfe.data.records import Batch, Samples, SegmentEnd, VideoFailure, VideoStart, VideoTail
+from vfe.data.recipe_samples import FilteredSamples
+from vfe.data.records import (
+    Batch,
+    RowsOfRecipe,
+    Samples,
+    SegmentEnd,
+    VideoFailure,
+    VideoStart,
+    VideoTail,
+)
 from vfe.data.samples import (
     ClipSamples,
     Destination,
@@ -41,6 +50,8 @@ from vfe.decoding.video import (
     DEFAULT_DECODER,
     DecodeError,
     Frame,
+    StreamFacts,
+    Video,
     file_errors,
     open_video,
 )
@@ -239,7 +250,7 @@ class VideoClipDataset(IterableDataset):
             _Grid(
                 origin_seconds=phase * self.clip_stride,
                 assigner=ClipAssigner(self.clip_len, item.first_clip, late_start=phase > 0),
-                emitters=[self._emitter(builder, name, item, phase) for name in models],
+                emitters=[self._emitter(builder, name, item, phase, video) for name in models],
             )
             for phase in range(self.phases)
         ]
@@ -305,10 +316,13 @@ class VideoClipDataset(IterableDataset):
                 "(its provenance records nvdec_frames: 0)"
             )
         num_samples = dict.fromkeys(models, 0)
+        recipe_rows = {}
         for grid in grids:
             for emitter in grid.emitters:
                 emitter.finish()
                 num_samples[emitter.model] += emitter.num_samples
+                if isinstance(emitter, FilteredSamples):
+                    recipe_rows[emitter.model] = RowsOfRecipe(emitter.rows, emitter.row_seconds)
         builder.add_decoded_bytes(item.size_bytes - bytes_reported)
         tail = None
         if reached_end and last is not None:
@@ -326,15 +340,30 @@ class VideoClipDataset(IterableDataset):
                 last=tail,
                 clip_stride=self.clip_stride_seconds,
                 tail=self.tail,
+                recipe_rows=recipe_rows,
             )
         )
         while builder.full():
             yield builder.pop()
 
-    def _emitter(self, builder: BatchBuilder, model: str, item: WorkItem, phase: int) -> Emitter:
+    def _emitter(
+        self, builder: BatchBuilder, model: str, item: WorkItem, phase: int, video: Video
+    ) -> Emitter:
         spec = self.specs[model]
         convert = _SampleConverter(self, builder, spec)
         destination = Destination(builder, model, item.video_index, self.phases, phase)
+        recipe = spec.ffmpeg_recipe
+        if recipe is not None:
+            facts: StreamFacts = video.facts  # a recipe runs only with pyav (the datamodule)
+            if recipe.clip_span_frames is not None and facts.average_rate_hz is None:
+                raise _FileError(
+                    "open",
+                    DecodeError(
+                        f"the stream declares no average frame rate, which the {recipe.name} "
+                        "recipe samples each clip by"
+                    ),
+                )
+            return FilteredSamples(destination, spec, self.clip_len, facts)
         if spec.frames_per_clip is None:
             return ImageSamples(destination, convert, self.batch_sizes[model])
         if spec.frame_sampling is FrameSampling.MIDDLE:

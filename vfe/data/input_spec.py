@@ -3,8 +3,9 @@
 The data path reads only this; it never imports a backbone.
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import StrEnum
+from fractions import Fraction
 from typing import Any
 
 from torchvision.transforms import InterpolationMode
@@ -29,6 +30,51 @@ class FrameSampling(StrEnum):
 Size = int | tuple[int, int]
 
 
+class RecipeRows(StrEnum):
+    """How many rows a video gets under an FFmpeg recipe."""
+
+    # ceil(stream duration / clip_len), at most the clips the frames fill (HERO's SlowFast);
+    # every clip the frames fill where the stream gives no duration
+    DURATION = "duration"
+    FRAMES = "frames"  # one row per frame the fps filter outputs (HERO's CLIP)
+
+
+@dataclass(frozen=True)
+class FfmpegRecipe:
+    """Frames made by FFmpeg's filters rather than vfe's clip grid: a released-feature recipe
+    (HERO's extractors, `vfe.data.recipe_samples`), declared by the backbone as data.
+
+    Each video goes through `fps=frame_rate_hz`, a bicubic `scale` of the short side to
+    `short_side` (the long side `int(long * short_side / short)`, from the stream's coded size),
+    a centre `crop` of `crop_size` and RGB24 (`vfe.decoding.ffmpeg_filters`).
+
+    frame_rate_hz: the fps filter's rate; None: 1 / clip_len, one frame (and row) per clip,
+        or, for a video shorter than clip_len + 0.1 s, `2 / max(int(duration), 1)` (HERO's CLIP).
+    clip_span_frames: for clips of frames (a video backbone): clip_len * frame_rate_hz frames
+        per clip, the last clip padded as HERO pads (`vfe.data.recipe_samples`); the backbone's
+        `frames_per_clip` samples are `linspace(0, span - 1)` with
+        `span = clip_span_frames * floor(source fps) / frame_rate_hz`, clamped to the clip,
+        truncated (HERO's SlowFast: 64 = 32 frames x sampling rate 2). None: every frame is a
+        sample of its own row.
+    rows: see RecipeRows.
+    """
+
+    name: str
+    short_side: int
+    crop_size: int
+    rows: RecipeRows
+    frame_rate_hz: Fraction | None = None
+    clip_span_frames: int | None = None
+
+    def record(self) -> dict[str, Any]:
+        """As recorded in provenance."""
+        record = asdict(self)
+        rate = self.frame_rate_hz
+        record["frame_rate_hz"] = None if rate is None else str(rate)
+        record["rows"] = self.rows.value
+        return record
+
+
 def as_height_width(size: Size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -50,6 +96,8 @@ class InputSpec:
     interpolation, antialias: of the resize, on uint8 (torchvision's antialiased bicubic and
         bilinear equal PIL's).
     mean, std: per-channel normalisation of `pixels / 255`, applied on the model's device.
+    ffmpeg_recipe: frames made by FFmpeg's filters as a released recipe made them
+        (`FfmpegRecipe`); the resize, crop and frame choice above are then not used.
     stack_frames: False for image backbones: each frame is one sample `(C, H, W)` and the clip
         feature is the mean over them. True for video backbones: the N frames form one sample
         `(C, N, H, W)` (needs frames_per_clip).
@@ -67,6 +115,7 @@ class InputSpec:
     stack_frames: bool = False
     resize_mode: ResizeMode = ResizeMode.SHORTEST
     frame_sampling: FrameSampling = FrameSampling.UNIFORM
+    ffmpeg_recipe: FfmpegRecipe | None = None
 
     def __post_init__(self) -> None:
         if self.frame_sampling is FrameSampling.MIDDLE and self.frames_per_clip != 1:
@@ -110,9 +159,14 @@ class InputSpec:
         sampling = {}
         if self.frame_sampling is not FrameSampling.UNIFORM:
             sampling = {"frame_sampling": self.frame_sampling.value}
+        # Recorded only when used, so files made before recipes existed still match.
+        recipe = {}
+        if self.ffmpeg_recipe is not None:
+            recipe = {"ffmpeg_recipe": self.ffmpeg_recipe.record()}
         return {
             "frames_per_clip": self.frames_per_clip,
             **sampling,
+            **recipe,
             **resize,
             "crop_size": crop if crop is None or isinstance(crop, int) else list(crop),
             "interpolation": self.interpolation.value,

@@ -5,7 +5,7 @@ A batch is a plain dict (so the DataLoader pins its tensors and Lightning moves 
 records in it are dataclasses holding no tensors.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import NamedTuple, NotRequired, TypedDict
 
@@ -48,6 +48,14 @@ class VideoTail:
 
 
 @dataclass
+class RowsOfRecipe:
+    """A backbone's rows of a video under an FFmpeg recipe, which cuts its own rows."""
+
+    num_rows: int
+    row_seconds: Fraction  # the period of the rows (their window length)
+
+
+@dataclass
 class SegmentEnd:
     """A video (or segment) fully decoded: all its samples are in this batch or earlier ones."""
 
@@ -61,6 +69,8 @@ class SegmentEnd:
     clip_stride: float | None = None  # seconds between clip starts; None: clip_length
     tail: str = "keep"  # the tail rule (`vfe.data.clip_grid.TAIL_RULES`)
     nvdec_frames: int | None = None  # frames NVDEC decoded (decoding on cuda); None on the CPU
+    # per backbone with an FFmpeg recipe (whole videos only): its rows, instead of the grid's
+    recipe_rows: dict[str, RowsOfRecipe] = field(default_factory=dict)
 
 
 @dataclass

@@ -25,7 +25,14 @@ import numpy as np
 import torch
 
 from vfe.decoding.colour import layout_of, pack_planes
-from vfe.decoding.video import DecodeError, Frame, PackedPicture, Timeline, check_complete
+from vfe.decoding.video import (
+    DecodeError,
+    Frame,
+    PackedPicture,
+    StreamFacts,
+    Timeline,
+    check_complete,
+)
 from vfe.errors import VfeError
 
 # Frames leave the decoder in presentation order, but some containers (AVI with packed B-frames)
@@ -176,6 +183,16 @@ def _open_on(path: Path, device: str) -> tuple["av.container.InputContainer", bo
     return container, True
 
 
+def _stream_facts(stream: "av.video.stream.VideoStream") -> StreamFacts:
+    known = stream.duration is not None and stream.frames > 0
+    return StreamFacts(
+        width=stream.width,
+        height=stream.height,
+        average_rate_hz=Fraction(stream.average_rate) if stream.average_rate else None,
+        duration_seconds=stream.duration * stream.time_base if known else None,
+    )
+
+
 class PyAVVideo:
     """A video decoded sequentially by PyAV, on the CPU or (device `cuda[:N]`) with NVDEC.
 
@@ -259,6 +276,7 @@ class PyAVVideo:
         self._stream.thread_type = "AUTO"
         self._stream.thread_count = num_threads
         rate = self._stream.guessed_rate or self._stream.average_rate
+        self.facts = _stream_facts(self._stream)
         self._nominal = 1 / Fraction(rate) if rate else Fraction(0)
         self.seeks_exactly = self._container.format.name in SEEKABLE_FORMATS
         self.bytes_read = 0  # the furthest file position demuxed so far
@@ -330,6 +348,7 @@ class PyAVVideo:
                 lambda frame=frame: _rgb_of(frame),
                 num_bytes,
                 lambda frame=frame, packed=packed: packed(frame),
+                lambda frame=frame: frame,
             )
 
     def _decode(self, from_keyframe: bool = False) -> Iterator[tuple[int | None, av.VideoFrame]]:

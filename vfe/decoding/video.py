@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from importlib import import_module
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -67,6 +67,21 @@ class Frame:
     # -> the picture as decoded, for conversion on the model's device, or None where that does
     # not apply (a decoder that only gives RGB, a format `vfe.decoding.colour` does not convert)
     packed: Callable[[], PackedPicture | None] = _not_packable
+    # -> the decoder's own picture (PyAV's `av.VideoFrame`), for FFmpeg's filters
+    # (`vfe.decoding.ffmpeg_filters`), or None where the decoder gives only RGB
+    decoded: Callable[[], Any] = _not_packable
+
+
+@dataclass(frozen=True)
+class StreamFacts:
+    """What `ffprobe` reports of the video stream, as recipes that read it use it (HERO's)."""
+
+    width: int  # as coded (before any rotation)
+    height: int
+    average_rate_hz: Fraction | None  # `avg_frame_rate`; None where the file gives none
+    # The stream's `duration`; None where the file gives no stream duration or no frame count
+    # (HERO's probe reads both at once and keeps every clip without them: Matroska, WebM).
+    duration_seconds: Fraction | None
 
 
 class Video(Protocol):

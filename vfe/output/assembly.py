@@ -130,14 +130,21 @@ class ClipFeatureAssembler:
             return PartialVideo(
                 pending.info, pending.feature_sums, pending.sample_counts, pending.ends
             )
-        return finish_video(pending.info, pending.feature_sums, pending.sample_counts, pending.ends)
+        return finish_video(
+            pending.info, pending.feature_sums, pending.sample_counts, pending.ends, self.model
+        )
 
 
 def finish_video(
-    info: VideoStart, feature_sums: np.ndarray, sample_counts: np.ndarray, ends: list[SegmentEnd]
+    info: VideoStart,
+    feature_sums: np.ndarray,
+    sample_counts: np.ndarray,
+    ends: list[SegmentEnd],
+    model: str | None = None,
 ) -> FinishedVideo:
     """A video's arrays from the per-clip sums and counts of all its samples and the end
-    records of all its segments."""
+    records of all its segments (`model`: the backbone, whose FFmpeg recipe may cut its own
+    rows)."""
     # The segment that reached the end of the file knows the clip count and duration (if
     # the container overstated the duration, later segments found no frames).
     reached = [end for end in ends if end.last is not None]
@@ -145,16 +152,20 @@ def finish_video(
         raise RuntimeError(f"video {info.index}: no segment reached the end of the file")
     last = min(reached, key=lambda end: end.first_clip).last
     num_clips, duration = last.num_clips, last.duration_seconds
+    end = ends[0]
+    clip_length = clip_length_fraction(end.clip_length)
+    stride = None if end.clip_stride is None else clip_length_fraction(end.clip_stride)
+    recipe_rows = end.recipe_rows.get(model) if model is not None else None
+    if recipe_rows is not None:  # a whole video whose recipe cut its own rows
+        num_clips, clip_length, stride = recipe_rows.num_rows, recipe_rows.row_seconds, None
     num_frames = sum(end.num_frames for end in ends)
     counts = sample_counts[:num_clips]
     if len(sample_counts) > num_clips and sample_counts[num_clips:].any():
         raise RuntimeError(f"video {info.index}: samples beyond its {num_clips} clips")
     if len(counts) < num_clips or not counts.all():
         raise RuntimeError(f"video {info.index}: clips without samples: {counts.tolist()}")
-    end = ends[0]
-    clip_length = clip_length_fraction(end.clip_length)
-    stride = None if end.clip_stride is None else clip_length_fraction(end.clip_stride)
-    num_clips = clips_kept(num_clips, clip_length, duration, end.tail, stride)
+    if recipe_rows is None:
+        num_clips = clips_kept(num_clips, clip_length, duration, end.tail, stride)
     means = feature_sums[:num_clips] / counts[:num_clips, None]
     windows = clip_windows(num_clips, clip_length, duration, stride)
     arrays = {

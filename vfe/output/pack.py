@@ -18,7 +18,6 @@ from types import ModuleType
 
 import numpy as np
 
-from vfe.backbones.extras import import_extra
 from vfe.data.paths import require_feature_files
 from vfe.destinations import TEMPORARY_SUFFIX, path_inside, temporary_name_prefix
 from vfe.errors import ExitCode, VfeError
@@ -28,6 +27,9 @@ KEY_ATTRIBUTE = "vfe_key"  # the file-level attribute naming the key each datase
 
 
 def _h5py(command: str) -> ModuleType:
+    # Imported here: `vfe.backbones` brings torch (seconds), which `--help` does without.
+    from vfe.backbones.extras import import_extra
+
     return import_extra("h5py", "hdf5", "", command)
 
 

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from vfe.data.work_plan import work_shares
+from vfe.messages import rate_text
 from vfe.output.writer import FeatureWriter
 
 MEBIBYTE = 1 << 20
@@ -93,10 +94,10 @@ class VideoProgressBar(TQDMProgressBar):
         elapsed = max(now - self._start_seconds, 1e-9)
         if len(clips) == 1:
             (count,) = clips.values()
-            shown_clips, rate = str(count), f"{count / elapsed:.1f}"
+            shown_clips, rate = str(count), rate_text(count, elapsed)
         else:  # each backbone's own count: they finish a video's clips at different times
             shown_clips = " ".join(f"{name}:{count}" for name, count in clips.items())
-            rate = " ".join(f"{name}:{count / elapsed:.1f}" for name, count in clips.items())
+            rate = " ".join(f"{name}:{rate_text(count, elapsed)}" for name, count in clips.items())
         bar.set_postfix(
             {
                 "videos": f"{counts.videos_done}/{self._num_videos}",

@@ -36,9 +36,16 @@ DETERMINING_SETTINGS = (
     "grid_version",
     "decoder",
     "precision",
+    "output_dtype",
 )
-# What files made before a setting was recorded were made with.
-SETTINGS_BEFORE_RECORDED = {"clip_stride": None, "tail": "keep", "convert_on": "workers"}
+# What files made before a setting was recorded were made with (output_dtype is recorded only
+# when not float32).
+SETTINGS_BEFORE_RECORDED = {
+    "clip_stride": None,
+    "tail": "keep",
+    "convert_on": "workers",
+    "output_dtype": "float32",
+}
 LIBRARIES = (
     "vfe",
     "torch",
@@ -162,6 +169,18 @@ def read_provenance(npz_path: Path) -> dict[str, Any] | None:
         return json.loads(str(saved[PROVENANCE_KEY]))
 
 
+def setting_differences(name: str, old: Any, new: Any, limit: int = 3) -> list[str]:
+    """`name.key: old (file) -> new (now)` for each differing value, nested settings (a
+    preprocessing dict) down to the keys that differ, at most `limit` of them."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [f"{name}: {old!r} (file) -> {new!r} (now)"]
+    lines: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            lines += setting_differences(f"{name}.{key}", old.get(key), new.get(key), limit)
+    return lines[:limit]
+
+
 def first_difference(
     existing: dict[str, Any], wanted: dict[str, Any], video: VideoEntry
 ) -> str | None:
@@ -171,9 +190,10 @@ def first_difference(
     copied or touched dataset), its bytes are compared by fingerprint.
     """
     existing = {**SETTINGS_BEFORE_RECORDED, **existing}
+    wanted = {**SETTINGS_BEFORE_RECORDED, **wanted}
     for key in DETERMINING_SETTINGS:
         if existing.get(key) != wanted.get(key):
-            return f"{key}: {existing.get(key)!r} in the file, {wanted.get(key)!r} now"
+            return "; ".join(setting_differences(key, existing.get(key), wanted.get(key)))
     recorded = existing.get("video", {})
     if recorded.get("size_bytes") != video.size_bytes:
         return (

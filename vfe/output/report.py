@@ -5,7 +5,7 @@ to the software decoder."""
 import sys
 from pathlib import Path
 
-from vfe.messages import say
+from vfe.messages import say, seconds_since_command_start
 from vfe.output.audit import Audit
 from vfe.output.failures import FAILURES_FILE_NAME, read_failures
 
@@ -25,12 +25,16 @@ def report_run(
     names = list(output_dirs)
     unfinished = max(totals[f"{name}/unfinished"] for name in names)
     failed = totals["failed"] + len(audit.unfinished)
+    # The extraction's time; the command's own when it took longer (loading, planning).
+    since_start = seconds_since_command_start()
+    wall = f"wall time {seconds:.1f} s"
+    if since_start is not None and since_start - seconds >= 0.1:
+        wall = f"extraction {seconds:.1f} s, wall time {since_start:.1f} s with start-up"
     for name in names:
         label = f"{name}: " if len(names) > 1 else ""
         say(
             f"{label}written {totals[f'{name}/written']}, skipped {skipped.get(name, 0)}, "
-            f"failed {failed}, clips {totals[f'{name}/clips']}, wall time {seconds:.1f} s "
-            f"-> {output_dirs[name]}"
+            f"failed {failed}, clips {totals[f'{name}/clips']}, {wall} -> {output_dirs[name]}"
         )
     if failed:
         # Every rank appended its failures before reporting its totals; each failed video

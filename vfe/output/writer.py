@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -73,6 +74,7 @@ class FeatureWriter(BasePredictionWriter):
         self._claims: Claims | None = None  # the run's claims on videos in shared folders
         self._ended_run = ""  # the run whose ownership rank 0 has ended
         self.total_failed = 0
+        self._output_dtype = np.dtype(np.float32)  # `features` as saved (the datamodule's)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Rank 0 clears what runs that are gone left in the folders (never a live run's)."""
@@ -99,6 +101,7 @@ class FeatureWriter(BasePredictionWriter):
             item.video_index: item.num_ranks for items in self._plan.work for item in items
         }
         data_settings = datamodule.provenance()
+        self._output_dtype = np.dtype(getattr(datamodule, "output_dtype", "float32"))
         self._provenance = {
             name: run_provenance(member, data_settings, trainer.precision)
             for name, member in pl_module.members().items()
@@ -174,10 +177,9 @@ class FeatureWriter(BasePredictionWriter):
         record = file_provenance(
             self._provenance[name], video, str(self._plan.videos[info.index].path), self._run_id
         )
-        save_npz_atomically(
-            output_path_for(self.output_dirs[name], video.relative_path),
-            {**video.arrays, PROVENANCE_KEY: encode(record)},
-        )
+        arrays = {**video.arrays, PROVENANCE_KEY: encode(record)}
+        arrays["features"] = arrays["features"].astype(self._output_dtype)
+        save_npz_atomically(output_path_for(self.output_dirs[name], video.relative_path), arrays)
         self.counts.written[name] += 1
         if video.decode_errors and name == info.models[0]:
             self.counts.concealed += 1  # once per video, at its first backbone

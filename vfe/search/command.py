@@ -66,9 +66,15 @@ def search(
     return hits, index, embedding
 
 
+# The docstring's first paragraph, whole (its first line stops mid-sentence).
+DESCRIPTION = " ".join(__doc__.split("\n\n")[0].split())
+
+
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="vfe search", description=__doc__.splitlines()[0])
-    parser.add_argument("query")
+    parser = argparse.ArgumentParser(
+        prog="vfe search", description=" ".join(__doc__.split("\n\n")[0].split())
+    )
+    parser.add_argument("query", help='what to look for, in words ("a dog catches a frisbee")')
     parser.add_argument("features_dir", type=Path, help="one backbone's folder from vfe predict")
     parser.add_argument("--top_k", type=int, default=10, help="how many clips (default 10)")
     parser.add_argument("--json", action="store_true", help="print the hits as a JSON list")

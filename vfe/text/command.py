@@ -153,13 +153,21 @@ def run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# The docstring's first paragraph, whole (its first line stops mid-sentence).
+DESCRIPTION = " ".join(__doc__.split("\n\n")[0].split())
+
+
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="vfe text", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="vfe text", description=" ".join(__doc__.split("\n\n")[0].split())
+    )
     parser.add_argument("--like", required=True, help="a features folder made by vfe predict")
     parser.add_argument(
         "--queries", required=True, help="jsonl with qid and query, or one query per line"
     )
-    parser.add_argument("--output_dir", required=True)
+    parser.add_argument(
+        "--output_dir", required=True, help="folder for the qid{qid}.npz files (made if missing)"
+    )
     parser.add_argument("--batch_size", type=int, default=256, help="queries per forward pass")
     parser.add_argument(
         "--prefix",

@@ -1,0 +1,247 @@
+"""`--model.recipe hero` gives HERO_Video_Feature_Extractor's rows and features.
+
+The reference here is HERO's pipeline written again from the facts of its code (not from
+vfe's): frames from the `ffmpeg` command with HERO's filter chain, its padding by repeating the
+last frame to whole seconds and whole clips, `ceil(duration / clip_len)` clips from ffprobe's
+stream duration, its frame indices from the source's floored rate, `/255` and
+`(x - mean) / (std + 1e-8)`; then the same weights (PySlowFast's Caffe2 layout for SlowFast).
+"""
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import clip
+import numpy as np
+import pytest
+import torch
+from conftest import cosine, run_vfe
+from pyslowfast_files import caffe2_blobs, python2_pickle, random_slowfast_state
+
+from vfe.backbones.slowfast import load_slowfast
+
+# (name, frame rate, seconds): non-whole lengths; Matroska has no stream duration (every clip
+# HERO's padding makes is kept)
+VIDEOS = [
+    ("thirty.mp4", "30", 4.3),
+    ("twentyfive.mp4", "25", 5.7),
+    ("ntsc.mp4", "30000/1001", 3.9),
+    ("film.mkv", "24", 4.5),
+    ("short.mp4", "25", 1.5),  # under clip_len + 0.1 s: HERO's CLIP takes fps=2/max(int(d), 1)
+    ("rotated.mp4", "25", 3.1),  # a 90-degree display matrix: autorotated, scaled as coded
+]
+
+
+def probe(path: Path) -> dict:
+    """HERO's `_get_video_info`: ffprobe's first video stream; duration -1 without both the
+    stream's duration and frame count."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(path)],
+        capture_output=True,
+        check=True,
+    ).stdout
+    stream = next(s for s in json.loads(out)["streams"] if s["codec_type"] == "video")
+    numerator, denominator = stream["avg_frame_rate"].split("/")
+    try:
+        int(stream["nb_frames"])
+        duration = float(stream["duration"])
+    except KeyError:
+        duration = -1
+    return {
+        "width": int(stream["width"]),
+        "height": int(stream["height"]),
+        "fps": math.floor(float(numerator) / float(denominator)),
+        "duration": duration,
+    }
+
+
+def ffmpeg_frames(path: Path, fps: str, size: int) -> np.ndarray:
+    """`ffmpeg -vf fps,scale,crop -pix_fmt rgb24` as HERO's VideoLoader runs it -> (N, S, S, 3)."""
+    info = probe(path)
+    h, w = info["height"], info["width"]
+    height, width = (int(h * size / w), size) if h >= w else (size, int(w * size / h))
+    x, y = int((width - size) / 2.0), int((height - size) / 2.0)
+    chain = f"fps=fps={fps},scale={width}:{height},crop={size}:{size}:{x}:{y}"
+    out = subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-vf",
+            chain,
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "pipe:",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return np.frombuffer(out, np.uint8).reshape(-1, size, size, 3)
+
+
+def check_rows(features: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    """Each video's rows as HERO's; cosine >= 0.999 per row after removing the mean row over
+    every video (post-ReLU features of random weights share a large positive mean that makes
+    any two rows alike), and neighbouring rows that differ, so the check can fail."""
+    mean = np.concatenate(list(expected.values())).mean(0)
+    for name, rows in expected.items():
+        assert features[name].shape == rows.shape, name
+        centred = rows - mean
+        if len(centred) > 1:
+            assert cosine(centred[:-1], centred[1:]).max() < 0.99, name
+        similarity = cosine(features[name] - mean, centred)
+        print(f"{name}: rows {len(rows)}, cosine per row {np.round(similarity, 6).tolist()}")
+        assert similarity.min() >= 0.999, (name, similarity)
+
+
+def hero_slowfast_inputs(path: Path, clip_len: int = 2) -> torch.Tensor:
+    """HERO's SlowFast clips `(n, 3, 32, 224, 224)`, normalised."""
+    info = probe(path)
+    video = torch.from_numpy(ffmpeg_frames(path, "30", 224).copy())
+    video = torch.cat([video, video[-1:].repeat(-len(video) % 30, 1, 1, 1)])  # whole seconds
+    seconds = video.view(-1, 30, 224, 224, 3)
+    seconds = torch.cat([seconds, seconds[-1:].repeat(-len(seconds) % clip_len, 1, 1, 1, 1)])
+    clips = seconds.reshape(-1, 30 * clip_len, 224, 224, 3)
+    if info["duration"] > 0:
+        clips = clips[: math.ceil(info["duration"] / clip_len)]
+    span = 32 * 2 * info["fps"] / 30
+    index = torch.linspace(0, span - 1, 32).clamp(0, clips.shape[1] - 1).long()
+    clips = clips[:, index].float().permute(0, 4, 1, 2, 3) / 255
+    return (clips - 0.45) / (0.225 + 1e-8)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """testsrc2 (motion in every frame) at 320x240, H.264 in the two containers."""
+    folder = tmp_path_factory.mktemp("hero_videos")
+    for name, rate, seconds in VIDEOS:
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=size=320x240:rate={rate}:duration={seconds}",
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                str(folder / name),
+            ],
+            check=True,
+        )
+    upright = folder / "upright.mp4"
+    (folder / "rotated.mp4").rename(upright)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(upright), "-c", "copy"]  # noqa: RUF005
+        + ["-metadata:s:v:0", "rotate=90", str(folder / "rotated.mp4")],
+        check=True,
+    )
+    upright.unlink()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def caffe2_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "SLOWFAST_8x8_R50.pkl"
+    path.write_bytes(python2_pickle(caffe2_blobs(random_slowfast_state())))
+    return path
+
+
+@pytest.mark.slow
+def test_slowfast_hero_gives_heros_rows_and_features(
+    videos: Path, caffe2_file: Path, tmp_path: Path
+):
+    out = tmp_path / "features"
+    result = run_vfe(
+        "--model", "slowfast", "--model.recipe", "hero", "--model.weights", str(caffe2_file),
+        "--input_dir", str(videos), "--output_dir", str(out), "--clip_len", "2",
+        "--data.num_workers", "0", "--device", "cpu",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    model = load_slowfast(str(caffe2_file))
+    slow_index = torch.linspace(0, 31, 8).long()
+    features, expected = {}, {}
+    for name, _, seconds in VIDEOS:
+        fast = hero_slowfast_inputs(videos / name)
+        with torch.no_grad():
+            expected[name] = model([fast.index_select(2, slow_index), fast]).numpy()
+        with np.load((out / name).with_suffix(".npz")) as npz:
+            features[name] = npz["features"]
+        if not name.endswith(".mkv"):  # no stream duration: HERO's padded clips, all kept
+            assert len(expected[name]) == math.ceil(seconds / 2), name
+    check_rows(features, expected)
+
+
+@pytest.mark.slow
+def test_clip_hero_gives_heros_rows_and_features(
+    videos: Path, tiny_clip_file: Path, tmp_path: Path
+):
+    out = tmp_path / "features"
+    result = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--model.recipe", "hero", "--input_dir", str(videos), "--output_dir", str(out),
+        "--data.num_workers", "0", "--device", "cpu",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    model, _ = clip.load(str(tiny_clip_file), device="cpu", jit=False)
+    size = model.visual.input_resolution
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    features, expected = {}, {}
+    for name, _, _ in VIDEOS:
+        duration, fps = probe(videos / name)["duration"], "0.5"  # fps=1/clip_len
+        if 0 < duration < 2 + 0.1:
+            fps = str(2 / max(int(duration), 1))
+        frames = torch.from_numpy(ffmpeg_frames(videos / name, fps, size).copy())
+        pixels = (frames.float().permute(0, 3, 1, 2) / 255 - mean) / (std + 1e-8)
+        with torch.no_grad():
+            expected[name] = model.visual(pixels).numpy()
+        with np.load((out / name).with_suffix(".npz")) as npz:
+            features[name] = npz["features"]
+    check_rows(features, expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model.recipe", "heros"], "--model.recipe"),
+        (["--model.recipe", "hero", "--clip_len", "1.5"], "whole number of seconds"),
+        (["--model.recipe", "hero", "--clip_stride", "1"], "cuts its own rows; drop --clip_stride"),
+    ],
+)
+def test_settings_the_recipe_cannot_run_with_are_one_line_errors(
+    args: list[str], message: str, video_dir: Path, tmp_path: Path
+):
+    result = run_vfe(
+        "--model", "slowfast", "--model.weights", "random", *args, "--input_dir", str(video_dir),
+        "--output_dir", str(tmp_path / "out"), "--data.num_workers", "0", "--device", "cpu",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("vfe: error:")]
+    assert len(error) == 1 and message in error[0], result.stderr
+    assert not list((tmp_path / "out").rglob("*.npz"))
+
+
+def test_clip_frames_per_clip_and_a_recipe_are_refused(
+    tiny_clip_file: Path, video_dir: Path, tmp_path: Path
+):
+    result = run_vfe(
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file),
+        "--model.recipe", "hero", "--model.frames_per_clip", "middle",
+        "--input_dir", str(video_dir), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--model.recipe hero picks its own frames; drop --model.frames_per_clip" in (
+        result.stderr
+    )
