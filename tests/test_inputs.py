@@ -120,6 +120,22 @@ def test_api_returns_what_the_cli_writes(tmp_path: Path, video_dir: Path, tiny_c
     assert list(partial) == [str(videos[0])]
 
 
+def test_api_takes_one_models_options_alone_and_stays_quiet_every_call(
+    video_dir: Path, tiny_clip_file: Path, capfd
+):
+    video = video_dir / "moving.mp4"
+    options = {"arch": "custom", "weights": str(tiny_clip_file)}  # without the "clip" key
+    for call in range(2):  # the second call as quiet as the first
+        got = vfe.extract([video], "clip", options, output_dtype="float16")
+        assert got[str(video)]["features"].dtype == np.float16
+        assert got[str(video)]["provenance"]["output_dtype"] == "float16"
+        err = capfd.readouterr().err
+        for noise in ("GPU available", "Tip", "vfe-", "Warning", "written"):
+            assert noise not in err, (call, err)  # no library lines, no temporary folder
+    with pytest.raises(VfeError, match=r"model_options names 'slowfast', which is not among"):
+        vfe.extract([video], "clip", {"slowfast": {"weights": "random"}})
+
+
 @pytest.mark.parametrize(
     ("device", "message"),
     [

@@ -8,6 +8,7 @@ import logging
 import re
 import signal
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from vfe.backbones.multi import MultiBackbone
 from vfe.data.datamodule import VideoDataModule, list_videos
 from vfe.data.paths import output_path_for
 from vfe.errors import VfeError
+from vfe.messages import quiet_reports
 from vfe.output.failures import FAILURES_FILE_NAME, read_failures
 from vfe.output.provenance import PROVENANCE_KEY
 from vfe.output.stopping import STOP_REQUEST, STOP_SIGNALS
@@ -91,7 +93,7 @@ def extract(
         previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
         STOP_REQUEST.reset()
         try:
-            with _quiet_lightning():
+            with _quiet_lightning(), quiet_reports(output_dir is None):
                 trainer = Trainer(
                     accelerator=device,
                     devices=1,
@@ -139,7 +141,13 @@ def _quiet_lightning() -> Iterator[None]:
     for logger in loggers:
         logger.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            # Expected for an IterableDataset, and a deprecation inside Lightning.
+            warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+            # torch.jit.script at import time in fvcore and clip (upstream's to change)
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)

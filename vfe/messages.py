@@ -1,17 +1,41 @@
 """vfe's own one-line messages (Lightning's and the libraries' are hidden unless --verbose)."""
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 
+_quiet: list[bool] = [False]
+
 
 @rank_zero_only
 def say(message: str) -> None:
-    """`vfe: message` on stderr, from rank 0 only."""
-    print(f"vfe: {message}", file=sys.stderr, flush=True)
+    """`vfe: message` on stderr, from rank 0 only (not inside `quiet_reports`)."""
+    if not _quiet[0]:
+        print(f"vfe: {message}", file=sys.stderr, flush=True)
+
+
+@rank_zero_only
+def say_more(lines: list[str]) -> None:
+    """Lines that go with the last `say` (indented details), from rank 0."""
+    if not _quiet[0]:
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def quiet_reports(quiet: bool = True) -> Iterator[None]:
+    """`say` prints nothing meanwhile (warnings still do): for `vfe.extract` into a temporary
+    folder, whose paths mean nothing to the caller (failures are in its exception)."""
+    before = _quiet[0]
+    _quiet[0] = quiet
+    try:
+        yield
+    finally:
+        _quiet[0] = before
 
 
 _warned: set[str] = set()

@@ -25,8 +25,10 @@ from vfe.text.tower import TextTower
 
 # `clip` imports pkg_resources, which warns on every run; the pin setuptools<81 keeps it working.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-import clip  # noqa: E402
-from clip.model import CLIP  # noqa: E402
+with warnings.catch_warnings():  # clip's module-level torch.jit.script: upstream's to change
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+    import clip
+    from clip.model import CLIP
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -2,10 +2,9 @@
 failed videos with their reasons, what was written with concealed errors, and what NVDEC left
 to the software decoder."""
 
-import sys
 from pathlib import Path
 
-from vfe.messages import say, seconds_since_command_start
+from vfe.messages import say, say_more, seconds_since_command_start
 from vfe.output.audit import Audit
 from vfe.output.failures import FAILURES_FILE_NAME, read_failures
 
@@ -40,19 +39,23 @@ def report_run(
         # Every rank appended its failures before reporting its totals; each failed video
         # is listed once, with the backbones it was for.
         files = " and ".join(str(output_dirs[n] / FAILURES_FILE_NAME) for n in names)
-        print(f"vfe: {failed} video(s) failed; reasons in {files}", file=sys.stderr)
+        say(f"{failed} video(s) failed; reasons in {files}")
         records = {
             r["relative_path"]: r
             for name in names
             for r in read_failures(output_dirs[name] / FAILURES_FILE_NAME).records
             if r.get("run") == run_id
         }
+        lines = []
         for record in list(records.values())[:MAX_FAILURES_SHOWN]:
             models = f" ({', '.join(record['models'])})" if len(names) > 1 else ""
-            reason = f"{record['stage']}: {record['error']}"
-            print(f"  {record['relative_path']}{models}: {reason}", file=sys.stderr)
+            lines.append(
+                f"  {record['relative_path']}{models}: {record['stage']}: {record['error']}"
+            )
         if failed > MAX_FAILURES_SHOWN:
-            print(f"  ... and {failed - MAX_FAILURES_SHOWN} more", file=sys.stderr)
+            lines.append(f"  ... and {failed - MAX_FAILURES_SHOWN} more")
+        if lines:
+            say_more(lines)
     if unfinished:
         say(f"{unfinished} video(s) ended incomplete and were not written")
     for name in names:
