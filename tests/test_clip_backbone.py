@@ -59,9 +59,6 @@ def test_vit_b32_file_gives_512_d_features_matching_clip(tmp_path: Path):
 
 
 def test_random_weights_build_the_named_architecture(capsys):
-    from vfe import messages
-
-    messages._warned.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # vfe's own line, not a Python warning
         model = CLIPBackbone(arch="RN50", weights="random")

@@ -1,5 +1,5 @@
 """Every decoder against what a sequential FFmpeg decode presents, on files made the way real
-datasets are made. The table below is the README's "Which files are exact", pinned both ways."""
+datasets are made. The table below is docs/output.md's "Which files are exact", pinned both ways."""
 
 import itertools
 from fractions import Fraction

@@ -1,5 +1,6 @@
-"""The README's recipes for Moment-DETR-style models work as written: its annotation filter,
-`vfe text` on an annotation file, and UniVTG's text cache (`--prefix ''` then `vfe pack`)."""
+"""The recipes of docs/released-features.md for Moment-DETR-style models work as written: its
+annotation filter, `vfe text` on an annotation file, and UniVTG's text cache (`--prefix ''`
+then `vfe pack`)."""
 
 import json
 import os
@@ -26,7 +27,7 @@ ANNOTATION = {
 
 
 def readme_block_after(marker: str, language: str) -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "released-features.md").read_text()
     start = text.index(marker)
     return re.search(rf"```{language}\n(.*?)```", text[start:], re.S).group(1)
 

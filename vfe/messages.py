@@ -38,7 +38,6 @@ def quiet_reports(quiet: bool = True) -> Iterator[None]:
         _quiet[0] = before
 
 
-_warned: set[str] = set()
 _command_started: list[float] = []  # perf_counter() when the command began (vfe predict)
 
 
@@ -66,11 +65,9 @@ def rate_text(count: int, seconds: float) -> str:
 
 @rank_zero_only
 def warn(message: str) -> None:
-    """`vfe: warning: message` on stderr, from rank 0, once per process (a library warning's
-    source line and stack are not for users)."""
-    if message not in _warned:
-        _warned.add(message)
-        print(f"vfe: warning: {message}", file=sys.stderr, flush=True)
+    """`vfe: warning: message` on stderr, from rank 0 (a library warning's source line and
+    stack are not for users)."""
+    print(f"vfe: warning: {message}", file=sys.stderr, flush=True)
 
 
 def say_on_this_rank(message: str) -> None:

@@ -59,7 +59,7 @@ class PyTorchVideoBackbone(Backbone):
 
     Args:
         arch: x3d_xs, x3d_s, x3d_m, x3d_l, slow_r50, i3d_r50, r2plus1d_r50, csn_r101 or
-            mvit_base_16x4 (frames, size and feature dim in the README's backbone table).
+            mvit_base_16x4 (frames, size and feature dim in docs/usage.md's backbone table).
         weights: a local checkpoint file (.pyth with `model_state`, or a plain state dict),
             'random', or unset for PyTorchVideo's Kinetics-400 weights (torch hub cache).
     """

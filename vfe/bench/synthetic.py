@@ -109,7 +109,7 @@ def write_program_stream(path: Path, num_frames: int, fps: int = 25, seed: int =
     return path
 
 
-# Files made the way real datasets are made, each a case some decoder gets wrong (README:
+# Files made the way real datasets are made, each a case some decoder gets wrong (docs/output.md:
 # "Which files are exact"). name -> ffmpeg arguments after `-f lavfi -i testsrc2=...` (or, for
 # cuts, from an intermediate source), and the encoder it needs.
 _TESTSRC = "testsrc2=size=96x64:rate={rate}"

@@ -129,7 +129,7 @@ class VideoDataModule(LightningDataModule):
         overwrite: redo videos whose .npz already exists; "changed": only those whose .npz no
             longer matches the run (other settings, or a changed video).
         decoder: video decoding library: pyav (frame-exact on every file type vfe was checked
-            on), decord or torchcodec (CPU or CUDA; needs FFmpeg); README: "Which files are
+            on), decord or torchcodec (CPU or CUDA; needs FFmpeg); docs/output.md: "Which files are
             exact".
         decode_device: cpu, or cuda to decode with NVDEC on the model's GPU (decoding then
             runs in the main process, so num_workers must be 0). With pyav the pictures stay on

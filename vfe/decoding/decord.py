@@ -1,7 +1,7 @@
 """decord (the original design's decoder): fast on clean H.264 MP4, wrong on many real files.
 
 It reads edit-list MP4s, MPEG-TS, packed-B-frame AVI and VFR Matroska wrongly without an error
-(README: "Which files are exact"); kept for runs that depend on its earlier output.
+(docs/output.md: "Which files are exact"); kept for runs that depend on its earlier output.
 """
 
 from collections.abc import Iterator

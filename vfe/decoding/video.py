@@ -2,7 +2,7 @@
 
 A decoder opens a file (errors from the file itself propagate unchanged, so the dataset can
 record them) and streams every frame once, in presentation order, with its exact time from the
-first frame. The libraries differ in which files they get right: see the README's table.
+first frame. The libraries differ in which files they get right: see docs/output.md's table.
 """
 
 from collections.abc import Callable, Iterator
@@ -230,7 +230,7 @@ def check_decoder(decoder: str, device: str = "cpu") -> None:
     except (ImportError, RuntimeError, OSError) as error:
         raise VfeError(
             f"--data.decoder {decoder} cannot be loaded here ({error}); install it with "
-            f"pip install -e '.[{decoder}]' (README: the decoder table)"
+            f"pip install -e '.[{decoder}]' (docs/output.md: the decoder table)"
         ) from error
     decoder_class.check(device)
 

@@ -23,7 +23,7 @@ PROVENANCE_KEY = "provenance"
 FORMAT_VERSION = 1
 # Settings that determine the features, in the order a difference is reported. Precision and
 # decoder are among them: no test shows features equal across them (bf16 is within cosine 0.99
-# only, and decoders differ on the files of the README's table).
+# only, and decoders differ on the files of docs/output.md's table).
 DETERMINING_SETTINGS = (
     "model",
     "arch",
