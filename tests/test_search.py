@@ -2,6 +2,7 @@
 report shows the frame on screen at each hit's middle; `vfe pack` / `unpack` round-trip."""
 
 import base64
+import html
 import io
 import json
 import re
@@ -82,15 +83,33 @@ def test_report_shows_the_frame_at_each_hits_middle(features_dir, video_dir, tmp
     assert f"vfe search: report written to {page}" in result.stderr
     text = page.read_text()
     figures = re.findall(
-        r'<figure class="hit" data-rank="\d+" data-time="([\d.]+)".*?src="data:image/jpeg;base64,'
-        r'([^"]+)".*?<figcaption>#\d+ (\S+)<br>',
+        r'<figure class="hit" data-rank="(\d+)" data-time="([\d.]+)" data-start="([\d.]+)" '
+        r'data-end="([\d.]+)" data-source="([^"]+)"><a href="([^"]+)"[^>]*>'
+        r'<img src="data:image/jpeg;base64,([^"]+)"',
         text,
     )
     assert len(figures) == 9  # every clip of both videos
     assert "http" not in text and "<script" not in text  # self-contained
-    assert text.count('<svg class="timeline"') == len(set(re.findall(r"#\d+ (\S+)<br>", text)))
-    assert {Path(source).name for *_, source in figures} == {"moving.mp4", "short.mp4"}
-    for time_text, data, source in figures:
+    # the header: what was searched, with what
+    for fact in (
+        QUERY,
+        str(features_dir.resolve()),
+        "CLIP custom",
+        "9 best clips, in 2 of 2 videos",
+    ):
+        assert html.escape(fact) in text, fact
+    # hits grouped by video, each group with its chart (labelled axes, the hits numbered)
+    sections = re.findall(r'<section class="video"><h2 title="([^"]+)">(.*?)</section>', text, re.S)
+    assert sorted(Path(title).name for title, _ in sections) == ["moving.mp4", "short.mp4"]
+    for title, body in sections:
+        assert body.count('<svg class="timeline"') == 1
+        assert "time in the video (s)" in body and "cosine to the query" in body
+        ranks = re.findall(r'<figure class="hit" data-rank="(\d+)"', body)
+        assert sorted(re.findall(r'class="hitlabel"[^>]*>#(\d+)<', body)) == sorted(ranks)
+        assert set(re.findall(r'data-source="([^"]+)"', body)) == {title}  # its own hits
+    assert {Path(source).name for *_, source, _, _ in figures} == {"moving.mp4", "short.mp4"}
+    for _, time_text, start, end, source, link, data in figures:
+        assert link == f"{Path(source).resolve().as_uri()}#t={float(start):g},{float(end):g}"
         reference = reference_decode(Path(source))
         thumbnail = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
         assert thumbnail.shape[0] == THUMBNAIL_HEIGHT
@@ -109,20 +128,25 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 @pytest.mark.skipif(
     not any(shutil.which(name) for name in BROWSERS), reason="no headless browser installed"
 )
-def test_report_renders_in_a_headless_browser(features_dir, tmp_path):
+def test_report_renders_in_a_headless_browser_on_a_wide_screen_and_a_phone(features_dir, tmp_path):
     page = tmp_path / "report.html"
     args = ("search", QUERY, str(features_dir), "--top_k", "3", "--report", str(page))
     assert vfe_command(*args, cwd=tmp_path).returncode == 0
     browser = next(shutil.which(name) for name in BROWSERS if shutil.which(name))
-    shot = tmp_path / "shot.png"
-    subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-         "--window-size=1200,900", page.as_uri()],
-        capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
-    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
-    colourful = (pixels.max(axis=2) - pixels.min(axis=2)) > 60  # thumbnails; text is grey
-    assert colourful.mean() > 0.05
+    for width in (1280, 390):
+        shot = tmp_path / f"report-{width}.png"
+        subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--screenshot={shot}", f"--window-size={width},1400", page.as_uri()],
+            capture_output=True, timeout=120, check=True,
+        )  # fmt: skip
+        pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+        assert pixels.shape[1] == width
+        colourful = (pixels.max(axis=2) - pixels.min(axis=2)) > 60  # thumbnails; text is grey
+        assert colourful.mean() > 0.02, width
+        # the chart's line (#1f6feb) is drawn
+        blue = (abs(pixels - np.array([0x1F, 0x6F, 0xEB])).sum(axis=2) < 60).sum()
+        assert blue > 50, width
 
 
 def test_pack_and_unpack_round_trip(features_dir, tmp_path):

@@ -6,6 +6,7 @@ import argparse
 import glob
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from vfe.data.paths import VIDEO_EXTENSIONS
 from vfe.errors import ExitCode, VfeError
 from vfe.search.index import ClipIndex, load_index, top_clips, video_scores
-from vfe.search.report import Hit, timeline_svg, write_report
+from vfe.search.report import Hit, Searched, timeline_svg, write_report
 from vfe.text.command import build_text_tower
 
 
@@ -66,14 +67,28 @@ def search(
     return hits, index, embedding
 
 
+def what_was_searched(features_dir: Path, index: ClipIndex) -> Searched:
+    """The report's header: the folder, the model and weights its files record, now."""
+    model = index.model
+    name = str(model.get("model", "")).rsplit(".", 1)[-1].removesuffix("Backbone")
+    weights = (model.get("options") or {}).get("weights") or "official"
+    return Searched(
+        features_dir=str(features_dir.resolve()),
+        model=f"{name} {model.get('arch', '')}".strip(),
+        weights=Path(weights).name if weights not in ("official", "random") else weights,
+        weights_sha256=str(model.get("weights_sha256", "")),
+        when=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        num_videos=len(index.videos),
+        num_clips=len(index.clips),
+    )
+
+
 # The docstring's first paragraph, whole (its first line stops mid-sentence).
 DESCRIPTION = " ".join(__doc__.split("\n\n")[0].split())
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="vfe search", description=" ".join(__doc__.split("\n\n")[0].split())
-    )
+    parser = argparse.ArgumentParser(prog="vfe search", description=DESCRIPTION)
     parser.add_argument("query", help='what to look for, in words ("a dog catches a frisbee")')
     parser.add_argument("features_dir", type=Path, help="one backbone's folder from vfe predict")
     parser.add_argument("--top_k", type=int, default=10, help="how many clips (default 10)")
@@ -96,13 +111,14 @@ def main(argv: list[str]) -> None:
                 number = by_file[hit.features_file]
                 windows, scores = video_scores(index, number, embedding)
                 marked = [
-                    (h.start_seconds + h.end_seconds) / 2
-                    for h in hits
+                    (rank, h.start_seconds, h.end_seconds)
+                    for rank, h in enumerate(hits, start=1)
                     if h.features_file == hit.features_file
                 ]
                 label = hit.source or hit.features_file
                 timelines[label] = timeline_svg(windows, scores, marked)
-            missing = write_report(args.report, args.query, hits, timelines)
+            searched = what_was_searched(args.features_dir, index)
+            missing = write_report(args.report, args.query, hits, timelines, searched)
             for line in missing:
                 print(f"vfe search: warning: no thumbnail: {line}", file=sys.stderr)
             print(f"vfe search: report written to {args.report}", file=sys.stderr)
