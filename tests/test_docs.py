@@ -55,10 +55,8 @@ def test_the_quick_start_runs_offline_as_written(tmp_path: Path):
     for command in commands[:2]:  # in this process: vfe predict, vfe info
         result = run_in_process(shlex.split(command)[3:], tmp_path)
         assert result.returncode == 0, (command, result.stderr)
-    assert (
-        "using RANDOM weights"
-        in run_in_process([*shlex.split(commands[0])[3:], "--overwrite"], tmp_path).stderr
-    )
+        if command == commands[0]:
+            assert "vfe: warning: CLIP ViT-B/32: using RANDOM weights" in result.stderr
     shown = subprocess.run(
         [sys.executable, *shlex.split(commands[2])[1:]],
         cwd=tmp_path,

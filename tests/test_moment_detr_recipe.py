@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import run_vfe
 from pyslowfast_files import caffe2_blobs, python2_pickle, random_slowfast_state
+from test_hero_recipe import ffmpeg_frames
 
 from vfe.bench.synthetic import write_video
 from vfe.output.provenance import read_provenance
@@ -22,7 +23,7 @@ def test_the_released_feature_configs_run_heros_recipe(
     config: str, tmp_path: Path, tiny_clip_file: Path
 ):
     videos = tmp_path / "videos"
-    lengths = {"nine.mp4": 270, "ten_and_a_half.mp4": 315}  # frames at 30 fps: 9 s, 10.5 s
+    lengths = {"three.mp4": 90, "four_and_a_half.mp4": 135}  # frames at 30 fps
     for name, frames in lengths.items():
         write_video(videos / name, frames, fps=30, height=48, width=64, seed=frames)
     weights = tmp_path / "SLOWFAST_8x8_R50.pkl"
@@ -48,5 +49,5 @@ def test_the_released_feature_configs_run_heros_recipe(
             assert record["options"]["recipe"] == "hero"
             assert record["output_dtype"] == "float16"
         seconds = frames / 30
-        assert rows["slowfast"] == math.ceil(seconds / 2)  # HERO's: 5 for 9 s, 6 for 10.5 s
-        assert rows["clip"] == 5  # the frames of FFmpeg's fps=1/2 for both
+        assert rows["slowfast"] == math.ceil(seconds / 2)  # HERO's: 2 for 3 s, 3 for 4.5 s
+        assert rows["clip"] == len(ffmpeg_frames(videos / name, "0.5", 32))  # fps=1/2's frames

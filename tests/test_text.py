@@ -127,3 +127,11 @@ def test_a_folder_of_video_features_without_text_side(slowfast_pyth_file, video_
     extract(SlowFastBackbone(weights=str(slowfast_pyth_file)), video_dir, tmp_path, clip_len=4.0)
     with pytest.raises(VfeError, match="slowfast has no text encoder"):
         build_text_tower(folder_model(tmp_path))
+
+
+def test_vfe_info_ends_its_output_with_a_newline(clip_features: Path, tmp_path: Path):
+    from conftest import run_in_process
+
+    for target in (clip_features / "moving.npz", clip_features):
+        result = run_in_process(["info", str(target)], tmp_path)
+        assert result.returncode == 0 and result.stdout.endswith("\n"), result.stdout[-80:]
