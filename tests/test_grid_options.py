@@ -143,7 +143,12 @@ def test_stride_clips_hold_the_frames_of_their_windows(
         expected_clips = strided_clips(reference, clip_len, stride)
         assert sorted(clips) == list(range(len(expected_clips))), entry.relative_path
         middles = middle_frames(reference, clip_len, stride)
+        # Every frame: each frame once, in its window of the stride (S long); the clips are
+        # combined from k windows after encoding (test_clip_grid's combine tests).
+        windows = strided_clips(reference, stride, stride)
         for clip, frame_indices in enumerate(expected_clips):
+            if spec.frames_per_clip is None:
+                frame_indices = windows[clip]
             if spec.frame_sampling is FrameSampling.MIDDLE:
                 picks = [middles[clip]]
             elif spec.frames_per_clip is None:
@@ -160,11 +165,11 @@ def test_stride_clips_hold_the_frames_of_their_windows(
                 np.testing.assert_array_equal(image, reference.frames[k], err_msg=str(clip))
         arrays = assembled(batches)[0]
         duration = reference.duration
-        windows = [
+        clip_windows = [
             [float(i * stride), float(min(i * stride + clip_len, duration))]
             for i in range(len(expected_clips))
         ]
-        assert arrays["timestamps"].tolist() == windows, entry.relative_path
+        assert arrays["timestamps"].tolist() == clip_windows, entry.relative_path
 
 
 @pytest.mark.parametrize(
@@ -215,3 +220,49 @@ def test_ffmpeg_row_counts_on_9_and_10_5_second_videos(tmp_path: Path):
 def test_grid_options_are_checked(tmp_path: Path, options, message):
     with pytest.raises(VfeError, match=message):
         VideoDataModule(input_dir=tmp_path, **options)
+
+
+@pytest.mark.parametrize("stride", [Fraction(1, 2), Fraction(1, 4)], ids=["k=2", "k=4"])
+def test_stride_features_of_every_frame_equal_each_clips_own_mean(
+    real_world_videos, references, monkeypatch, stride
+):
+    """Each frame is encoded once under a stride; the clips combined from its windows equal
+    the mean over each clip's own frames (or the frame holding an empty clip), on every file of
+    the corpus (a VFR file with a gap included). The "feature" is a function of the pixels."""
+    from vfe.output.assembly import ClipFeatureAssembler
+
+    monkeypatch.setattr("vfe.data.dataset.resize_and_center_crop", raw_pixels)
+    clip_len = Fraction(1)
+    folder = next(iter(real_world_videos.values())).parent
+    for entry in find_videos(folder):
+        reference = references[entry.relative_path]
+        dataset = dataset_for(
+            [entry], FRAME_SPEC, float(clip_len), clip_stride_seconds=float(stride)
+        )
+        assembler, finished, encoded = ClipFeatureAssembler("m"), [], 0
+
+        def feature(pixels: np.ndarray) -> np.ndarray:  # (N, C, H, W) -> (N, 3) float32
+            return pixels.reshape(*pixels.shape[:2], -1).astype(np.float64).mean(-1)
+
+        for batch in _all_batches(dataset):
+            for info in batch["videos"]:
+                assembler.add_video(info)
+            if "m" in batch["models"]:
+                samples = batch["models"]["m"]
+                encoded += len(samples["pixels"])
+                finished += assembler.add_features(
+                    feature(samples["pixels"].numpy()),
+                    np.asarray(samples["video_index"]),
+                    np.asarray(samples["clip_index"]),
+                )
+            for end in batch["ends"]:
+                finished += assembler.add_end(end)
+        (video,) = finished
+        clips = strided_clips(reference, clip_len, stride)
+        frames = np.stack(reference.frames).transpose(0, 3, 1, 2)
+        expected = np.stack([feature(frames[indices]).mean(0) for indices in clips])
+        np.testing.assert_allclose(
+            video.arrays["features"], expected, rtol=1e-5, err_msg=entry.relative_path
+        )
+        # one sample per frame (and per empty window), not k per frame
+        assert encoded == sum(len(window) for window in strided_clips(reference, stride, stride))

@@ -30,6 +30,7 @@ from vfe.data.records import (
     RowsOfRecipe,
     Samples,
     SegmentEnd,
+    StrideWindows,
     VideoFailure,
     VideoStart,
     VideoTail,
@@ -40,7 +41,9 @@ from vfe.data.samples import (
     Emitter,
     ImageSamples,
     MiddleFrameSamples,
+    WindowSamples,
     hold_clips,
+    means_every_frame,
 )
 from vfe.data.streams import in_threads
 from vfe.data.transforms import packed_to_samples, resize_and_center_crop
@@ -246,14 +249,35 @@ class VideoClipDataset(IterableDataset):
             raise ValueError("a clip stride needs whole videos as work items, not segments")
         start_seconds = item.first_clip * self.clip_len
         # One grid per phase of a stride (`vfe.data.clip_grid`); one grid without a stride.
+        # Under a stride, backbones whose clip feature is the mean over every frame get one grid
+        # of windows S long instead, each frame encoded once (`WindowSamples`).
+        windowed = [
+            name for name in models if self.phases > 1 and means_every_frame(self.specs[name])
+        ]
         grids = [
             _Grid(
                 origin_seconds=phase * self.clip_stride,
                 assigner=ClipAssigner(self.clip_len, item.first_clip, late_start=phase > 0),
-                emitters=[self._emitter(builder, name, item, phase, video) for name in models],
+                emitters=[
+                    self._emitter(builder, name, item, phase, video)
+                    for name in models
+                    if name not in windowed
+                ],
             )
             for phase in range(self.phases)
         ]
+        window_grid = _Grid(
+            origin_seconds=Fraction(0),
+            assigner=ClipAssigner(self.clip_stride, item.first_clip),
+            emitters=[
+                WindowSamples(
+                    Destination(builder, name, item.video_index),
+                    _SampleConverter(self, builder, self.specs[name]),
+                    self.batch_sizes[name],
+                )
+                for name in windowed
+            ],
+        )
         # Clips held by one frame across a timestamp gap go out in pieces of at most a batch.
         piece_size = min(self.batch_sizes[name] for name in models)
         frames = video.frames(start_seconds)
@@ -268,7 +292,7 @@ class VideoClipDataset(IterableDataset):
             builder.decode_seconds += time.perf_counter() - started
             if frame is None:
                 break
-            for grid in grids:
+            for grid in [*grids, window_grid] if windowed else grids:
                 grid_seconds = frame.time_seconds - grid.origin_seconds
                 if grid_seconds < start_seconds:  # before this grid's (or segment's) start
                     for emitter in grid.emitters:
@@ -317,12 +341,16 @@ class VideoClipDataset(IterableDataset):
             )
         num_samples = dict.fromkeys(models, 0)
         recipe_rows = {}
-        for grid in grids:
+        for grid in [*grids, window_grid]:
             for emitter in grid.emitters:
                 emitter.finish()
                 num_samples[emitter.model] += emitter.num_samples
                 if isinstance(emitter, FilteredSamples):
                     recipe_rows[emitter.model] = RowsOfRecipe(emitter.rows, emitter.row_seconds)
+        stride_windows = {
+            emitter.model: StrideWindows(self.phases, emitter.held)
+            for emitter in window_grid.emitters
+        }
         builder.add_decoded_bytes(item.size_bytes - bytes_reported)
         tail = None
         if reached_end and last is not None:
@@ -341,6 +369,7 @@ class VideoClipDataset(IterableDataset):
                 clip_stride=self.clip_stride_seconds,
                 tail=self.tail,
                 recipe_rows=recipe_rows,
+                stride_windows=stride_windows,
             )
         )
         while builder.full():

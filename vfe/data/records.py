@@ -56,6 +56,16 @@ class RowsOfRecipe:
 
 
 @dataclass
+class StrideWindows:
+    """A backbone whose overlapping clips are combined from windows of the stride (its samples'
+    clip numbers are window numbers): k windows per clip, and the windows held by the frame
+    before them (no frame of their own), as (start, stop) ranges."""
+
+    per_clip: int
+    held: list[tuple[int, int]]
+
+
+@dataclass
 class SegmentEnd:
     """A video (or segment) fully decoded: all its samples are in this batch or earlier ones."""
 
@@ -71,6 +81,8 @@ class SegmentEnd:
     nvdec_frames: int | None = None  # frames NVDEC decoded (decoding on cuda); None on the CPU
     # per backbone with an FFmpeg recipe (whole videos only): its rows, instead of the grid's
     recipe_rows: dict[str, RowsOfRecipe] = field(default_factory=dict)
+    # per backbone encoding each frame once under a stride (whole videos only)
+    stride_windows: dict[str, StrideWindows] = field(default_factory=dict)
 
 
 @dataclass

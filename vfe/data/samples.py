@@ -38,6 +38,12 @@ class Converter(Protocol):
         ...
 
 
+def means_every_frame(spec: InputSpec) -> bool:
+    """A clip's feature is the mean of one sample per frame of it (an image backbone on every
+    frame): it can be combined from shorter windows."""
+    return spec.frames_per_clip is None and not spec.stack_frames and spec.ffmpeg_recipe is None
+
+
 def hold_clips(
     emitters: list["Emitter"], builder: BatchBuilder, clips: range, piece_size: int
 ) -> Iterator[dict[str, Any]]:
@@ -157,6 +163,22 @@ class ImageSamples(Emitter):
         clips = [clip_index for clip_index, _ in self._pending]
         self.send(self.samples_of([frame for _, frame in self._pending]), clips)
         self._pending = []
+
+
+class WindowSamples(ImageSamples):
+    """Every frame once, as a sample of its window of the stride's grid (windows S seconds
+    long): overlapping clips of an image backbone are means over k = L/S consecutive windows,
+    combined after encoding (`vfe.output.assembly`), so a frame is encoded once, not k times.
+    `held` lists the windows (start, stop) with no frame of their own, held by the previous one."""
+
+    def __init__(self, destination: Destination, convert: Converter, chunk_size: int) -> None:
+        super().__init__(destination, convert, chunk_size)
+        self.held: list[tuple[int, int]] = []
+
+    def hold(self, clips: range) -> None:
+        if clips:
+            self.held.append((clips.start, clips.stop))
+        super().hold(clips)
 
 
 class ClipSamples(Emitter):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vfe.data.clip_grid import clip_length_fraction, clip_windows, clips_kept
-from vfe.data.records import SegmentEnd, VideoStart
+from vfe.data.records import SegmentEnd, StrideWindows, VideoStart
 
 
 @dataclass
@@ -135,6 +135,33 @@ class ClipFeatureAssembler:
         )
 
 
+def combine_windows(
+    window_sums: np.ndarray, window_counts: np.ndarray, windows: StrideWindows
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-clip feature sums and sample counts of overlapping clips from those of the stride's
+    windows: clip i covers windows i .. i+k-1 (fewer at the end). Its samples are the frames of
+    those windows; only where none of them has a frame of its own, the frame holding them
+    (each held window holds the frame on screen at the clip's start)."""
+    num = len(window_counts)
+    held = np.zeros(num, dtype=bool)
+    for start, stop in windows.held:
+        held[start:stop] = True
+    own_sums = np.where(held[:, None], 0.0, window_sums)
+    own_counts = np.where(held, 0, window_counts)
+    k = windows.per_clip
+
+    # Sums over windows i .. i+k-1 as differences of running totals.
+    def over_clips(values: np.ndarray) -> np.ndarray:
+        totals = np.concatenate([np.zeros((1, *values.shape[1:])), np.cumsum(values, axis=0)])
+        stops = np.minimum(np.arange(num) + k, num)
+        return totals[stops] - totals[:num]
+
+    sums, counts = over_clips(own_sums), over_clips(own_counts)
+    empty = counts == 0  # every window of the clip held: the frame holding its first
+    sums[empty], counts[empty] = window_sums[empty], window_counts[empty]
+    return sums, counts.astype(np.int64)
+
+
 def finish_video(
     info: VideoStart,
     feature_sums: np.ndarray,
@@ -164,6 +191,9 @@ def finish_video(
         raise RuntimeError(f"video {info.index}: samples beyond its {num_clips} clips")
     if len(counts) < num_clips or not counts.all():
         raise RuntimeError(f"video {info.index}: clips without samples: {counts.tolist()}")
+    windows = end.stride_windows.get(model) if model is not None else None
+    if windows is not None:  # window sums -> overlapping clips (`WindowSamples`)
+        feature_sums, counts = combine_windows(feature_sums[:num_clips], counts, windows)
     if recipe_rows is None:
         num_clips = clips_kept(num_clips, clip_length, duration, end.tail, stride)
     means = feature_sums[:num_clips] / counts[:num_clips, None]
