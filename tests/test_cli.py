@@ -402,8 +402,11 @@ def test_a_stop_message_starts_on_a_line_of_its_own():
     assert terminal.getvalue().endswith("\n")
 
 
-def test_the_summary_says_what_the_wall_time_counts(video_dir: Path, tmp_path: Path):
-    args = ["--model", "slowfast", "--model.weights", "random", "--input_dir", str(video_dir)]
+def test_the_summary_says_what_the_wall_time_counts(
+    video_dir: Path, tiny_clip_file: Path, tmp_path: Path
+):
+    args = ["--model", "clip", "--model.arch", "custom", "--model.weights", str(tiny_clip_file)]
+    args += ["--input_dir", str(video_dir)]
     result = run_vfe(*args, "--data.num_workers", "0", "--device", "cpu", cwd=tmp_path)
     again = run_vfe(*args, "--data.num_workers", "0", "--device", "cpu", cwd=tmp_path)
     for run in (result, again):

@@ -24,12 +24,12 @@ from vfe.backbones.slowfast import load_slowfast
 # (name, frame rate, seconds): non-whole lengths; Matroska has no stream duration (every clip
 # HERO's padding makes is kept)
 VIDEOS = [
-    ("thirty.mp4", "30", 4.3),
-    ("twentyfive.mp4", "25", 5.7),
+    ("thirty.mp4", "30", 2.3),
+    ("twentyfive.mp4", "25", 3.7),
     ("ntsc.mp4", "30000/1001", 3.9),
-    ("film.mkv", "24", 4.5),
+    ("film.mkv", "24", 2.5),
     ("short.mp4", "25", 1.5),  # under clip_len + 0.1 s: HERO's CLIP takes fps=2/max(int(d), 1)
-    ("rotated.mp4", "25", 3.1),  # a 90-degree display matrix: autorotated, scaled as coded
+    ("rotated.mp4", "25", 2.1),  # a 90-degree display matrix: autorotated, scaled as coded
 ]
 
 
