@@ -160,9 +160,14 @@ def test_slowfast_hero_gives_heros_rows_and_features(
     videos: Path, caffe2_file: Path, tmp_path: Path
 ):
     out = tmp_path / "features"
+    # The four rates and both containers (HERO's index math reads the source's rate; its rows,
+    # the stream's duration); the short and rotated files only change frames: CLIP's test.
+    names = [name for name, _, _ in VIDEOS[:4]]
+    listing = tmp_path / "videos.txt"
+    listing.write_text("".join(f"{videos / name}\n" for name in names))
     result = run_vfe(
         "--model", "slowfast", "--model.recipe", "hero", "--model.weights", str(caffe2_file),
-        "--input_dir", str(videos), "--output_dir", str(out), "--clip_len", "2",
+        "--input_list", str(listing), "--output_dir", str(out), "--clip_len", "2",
         "--data.num_workers", "0", "--device", "cpu",
         cwd=tmp_path,
     )  # fmt: skip
@@ -170,7 +175,7 @@ def test_slowfast_hero_gives_heros_rows_and_features(
     model = load_slowfast(str(caffe2_file))
     slow_index = torch.linspace(0, 31, 8).long()
     features, expected = {}, {}
-    for name, _, seconds in VIDEOS:
+    for name, _, seconds in VIDEOS[:4]:
         fast = hero_slowfast_inputs(videos / name)
         with torch.no_grad():
             expected[name] = model([fast.index_select(2, slow_index), fast]).numpy()

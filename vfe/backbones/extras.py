@@ -1,26 +1,10 @@
-"""Backbones whose library is an optional extra import it through here, so a missing one is a
-one-line error naming the extra to install (and `--help` works without any of them)."""
+"""Options image backbones share: `--model.frames_per_clip` (every frame, N spread uniformly, or
+the middle frame). Optional libraries are imported through `vfe.optional`."""
 
-import importlib
-from types import ModuleType
 from typing import Literal
 
 from vfe.data.input_spec import FrameSampling
 from vfe.errors import VfeError
-
-
-def import_extra(module: str, extra: str, model: str, command: str | None = None) -> ModuleType:
-    """`import module`, or a VfeError saying `pip install -e '.[extra]'` (naming `--model
-    model`, or `vfe command` where a command needs it)."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        user = f"vfe {command}" if command is not None else f"--model {model}"
-        raise VfeError(
-            f"{user} needs the {extra!r} extra, which is not installed: "
-            f"pip install -e '.[{extra}]' ({error})"
-        ) from error
-
 
 FramesPerClip = int | Literal["middle"] | None
 

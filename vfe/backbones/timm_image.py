@@ -16,10 +16,11 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import LoadedBackbone
-from vfe.backbones.extras import FramesPerClip, frames_of_clip, import_extra
+from vfe.backbones.extras import FramesPerClip, frames_of_clip
 from vfe.backbones.weights import RANDOM, resolve_weights_file, weights_record
 from vfe.data.input_spec import InputSpec, ResizeMode
 from vfe.errors import VfeError
+from vfe.optional import import_extra
 
 INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 CROP_MODES = {"center": ResizeMode.SHORTEST, "squash": ResizeMode.SQUASH}

@@ -17,10 +17,10 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.base import LoadedBackbone
-from vfe.backbones.extras import import_extra
 from vfe.backbones.weights import RANDOM, resolve_weights_file
 from vfe.data.input_spec import InputSpec
 from vfe.errors import VfeError
+from vfe.optional import import_extra
 from vfe.output.provenance import sha256_of_file
 
 CLASSIFIER = "VideoMAEForVideoClassification"

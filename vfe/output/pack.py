@@ -21,15 +21,13 @@ import numpy as np
 from vfe.data.paths import require_feature_files
 from vfe.destinations import TEMPORARY_SUFFIX, path_inside, temporary_name_prefix
 from vfe.errors import ExitCode, VfeError
+from vfe.optional import import_extra
 from vfe.output.npz import save_npz_atomically
 
 KEY_ATTRIBUTE = "vfe_key"  # the file-level attribute naming the key each dataset holds
 
 
 def _h5py(command: str) -> ModuleType:
-    # Imported here: `vfe.backbones` brings torch (seconds), which `--help` does without.
-    from vfe.backbones.extras import import_extra
-
     return import_extra("h5py", "hdf5", "", command)
 
 
