@@ -100,16 +100,20 @@ def check_rows(features: dict[str, np.ndarray], expected: dict[str, np.ndarray])
         assert similarity.min() >= 0.999, (name, similarity)
 
 
-def hero_slowfast_inputs(path: Path, clip_len: int = 2) -> torch.Tensor:
-    """HERO's SlowFast clips `(n, 3, 32, 224, 224)`, normalised."""
+def hero_slowfast_inputs(path: Path, clip_len: str = "2") -> torch.Tensor:
+    """HERO's SlowFast clips `(n, 3, 32, 224, 224)`, normalised (`clip_len` as HERO takes it:
+    "2", "3/2")."""
     info = probe(path)
+    numerator, _, denominator = clip_len.partition("/")
+    seconds_multiple, length = int(numerator), int(numerator) / int(denominator or 1)
     video = torch.from_numpy(ffmpeg_frames(path, "30", 224).copy())
     video = torch.cat([video, video[-1:].repeat(-len(video) % 30, 1, 1, 1)])  # whole seconds
     seconds = video.view(-1, 30, 224, 224, 3)
-    seconds = torch.cat([seconds, seconds[-1:].repeat(-len(seconds) % clip_len, 1, 1, 1, 1)])
-    clips = seconds.reshape(-1, 30 * clip_len, 224, 224, 3)
+    pad = -len(seconds) % seconds_multiple  # _pad_clips: the last second, tiled
+    seconds = torch.cat([seconds, seconds[-1:].repeat(pad, 1, 1, 1, 1)])
+    clips = seconds.reshape(-1, int(30 * length), 224, 224, 3)
     if info["duration"] > 0:
-        clips = clips[: math.ceil(info["duration"] / clip_len)]
+        clips = clips[: math.ceil(info["duration"] / length)]
     span = 32 * 2 * info["fps"] / 30
     index = torch.linspace(0, span - 1, 32).clamp(0, clips.shape[1] - 1).long()
     clips = clips[:, index].float().permute(0, 4, 1, 2, 3) / 255
@@ -188,6 +192,33 @@ def test_slowfast_hero_gives_heros_rows_and_features(
 
 
 @pytest.mark.slow
+def test_slowfast_hero_at_heros_default_clip_length(videos: Path, caffe2_file: Path, tmp_path):
+    """HERO's own default, 1.5-s clips: 45 frames, the padding to a multiple of 3 seconds."""
+    out = tmp_path / "features"
+    names = ["twentyfive.mp4", "film.mkv"]  # 3.7 s: 3 rows; 2.5 s padded to 3 s: 2 rows
+    listing = tmp_path / "videos.txt"
+    listing.write_text("".join(f"{videos / name}\n" for name in names))
+    result = run_vfe(
+        "--model", "slowfast", "--model.recipe", "hero", "--model.weights", str(caffe2_file),
+        "--input_list", str(listing), "--output_dir", str(out), "--clip_len", "1.5",
+        "--data.num_workers", "0", "--device", "cpu",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    model = load_slowfast(str(caffe2_file))
+    slow_index = torch.linspace(0, 31, 8).long()
+    features, expected = {}, {}
+    for name in names:
+        fast = hero_slowfast_inputs(videos / name, "3/2")
+        with torch.no_grad():
+            expected[name] = model([fast.index_select(2, slow_index), fast]).numpy()
+        with np.load((out / name).with_suffix(".npz")) as npz:
+            features[name] = npz["features"]
+    assert [len(expected[name]) for name in names] == [3, 2]
+    check_rows(features, expected)
+
+
+@pytest.mark.slow
 def test_clip_hero_gives_heros_rows_and_features(
     videos: Path, tiny_clip_file: Path, tmp_path: Path
 ):
@@ -221,7 +252,7 @@ def test_clip_hero_gives_heros_rows_and_features(
     ("args", "message"),
     [
         (["--model.recipe", "heros"], "--model.recipe"),
-        (["--model.recipe", "hero", "--clip_len", "1.5"], "whole number of seconds"),
+        (["--model.recipe", "hero", "--clip_len", "0.35"], "is 10.5 frames"),
         (["--model.recipe", "hero", "--clip_stride", "1"], "cuts its own rows; drop --clip_stride"),
     ],
 )
@@ -291,3 +322,21 @@ def test_recipe_frames_are_the_ffmpeg_commands_on_the_real_world_corpus(real_wor
         expected = ffmpeg_frames(entry.path, rate, size)
         assert ours.shape == expected.shape, entry.relative_path
         assert np.array_equal(ours, expected), entry.relative_path
+
+
+@pytest.mark.parametrize(
+    ("num_frames", "multiple", "padded", "sources"),
+    [
+        # 100 frames, 1.5-s clips (multiple of 3 s): 4 s, then 6 s; seconds 4 and 5 repeat second 3
+        (100, 3, 180, {99: 99, 100: 99, 119: 99, 120: 90, 129: 99, 130: 99, 150: 90, 179: 99}),
+        (129, 2, 180, {128: 128, 129: 128, 149: 128, 150: 120, 158: 128, 159: 128}),  # 2-s clips
+        (60, 2, 60, {59: 59}),  # whole clips: no padding
+        (1, 2, 60, {0: 0, 29: 0, 30: 0, 59: 0}),
+    ],
+)
+def test_heros_padding_table(num_frames, multiple, padded, sources):
+    from vfe.data.recipe_samples import hero_padded_length, hero_padding_source
+
+    assert hero_padded_length(num_frames, 30, multiple) == padded
+    for position, source in sources.items():
+        assert hero_padding_source(position, num_frames, 30) == source, position

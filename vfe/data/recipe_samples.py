@@ -3,16 +3,18 @@ frames of HERO's extractors, which made the released QVHighlights features.
 
 HERO decodes each video with `ffmpeg -vf fps=R,scale,crop -pix_fmt rgb24` and cuts the frames
 it gets into rows its own way, not on vfe's clip grid:
-- SlowFast (`clip_span_frames`): clips of `clip_len * R` frames (clip_len whole seconds), the
-  last padded by repeating its last frame to a whole second, then that last second to a whole
-  clip; per clip `frames_per_clip` indices `linspace(0, span - 1)` with
-  `span = clip_span_frames * floor(source fps) / R` (the *source's* rate), clamped to the clip,
-  truncated; `ceil(duration / clip_len)` rows, `duration` being the stream's.
+- SlowFast (`clip_span_frames`): clips of `clip_len * R` frames; the video padded by repeating
+  its last frame to a whole second, then that last second to a whole number of p seconds
+  (`clip_len = p/q`: 2 for 2-s clips, 3 for HERO's default 3/2); per clip `frames_per_clip`
+  indices `linspace(0, span - 1)` with `span = clip_span_frames * floor(source fps) / R` (the
+  *source's* rate), clamped to the clip, truncated; `ceil(duration / clip_len)` rows,
+  `duration` being the stream's.
 - CLIP: one row per frame of `fps = 1 / clip_len` (`2 / max(int(duration), 1)` for a video
   shorter than clip_len + 0.1 s).
 """
 
 import math
+from collections import deque
 from fractions import Fraction
 
 import numpy as np
@@ -47,6 +49,25 @@ def hero_sample_indices(
     return index.long().tolist()
 
 
+def hero_padded_length(num_frames: int, frames_per_second: int, seconds_multiple: int) -> int:
+    """Frames after HERO's padding: to whole seconds, then to a whole number of
+    `seconds_multiple` seconds (clip_len's numerator: 2-s clips pad to even seconds)."""
+    seconds = math.ceil(num_frames / frames_per_second)
+    return math.ceil(seconds / seconds_multiple) * seconds_multiple * frames_per_second
+
+
+def hero_padding_source(position: int, num_frames: int, frames_per_second: int) -> int:
+    """The frame HERO's padding puts at `position`: itself; past the end, the last frame up to
+    a whole second; past that second, that last second again and again (`_pad_clips` tiles
+    the last second, not the last frame)."""
+    whole_seconds = math.ceil(num_frames / frames_per_second) * frames_per_second
+    if position >= whole_seconds:
+        position = (
+            whole_seconds - frames_per_second + (position - whole_seconds) % frames_per_second
+        )
+    return min(position, num_frames - 1)
+
+
 def recipe_rows_limit(
     recipe: FfmpegRecipe, clip_len: Fraction, duration_seconds: Fraction | None
 ) -> int | None:
@@ -78,9 +99,13 @@ class FilteredSamples(Emitter):
         )
         self.clip_frames = 1
         self.picks: list[int] = [0]
+        self.pad_seconds_to = 1  # HERO pads to a whole number of these seconds
+        self.frames_per_second = 1
         if recipe.clip_span_frames is not None:
             self.row_seconds = clip_len
             self.clip_frames = int(clip_len * rate)
+            self.pad_seconds_to = clip_len.numerator  # 2 for 2-s clips, 3 for 1.5-s ones
+            self.frames_per_second = int(rate)
             source_fps = math.floor(facts.average_rate_hz or 0)
             self.picks = hero_sample_indices(
                 spec.frames_per_clip, recipe.clip_span_frames, source_fps, rate, self.clip_frames
@@ -88,6 +113,10 @@ class FilteredSamples(Emitter):
         self.limit = recipe_rows_limit(recipe, clip_len, facts.duration_seconds)
         self.rows = 0
         self._clip: list[np.ndarray] = []  # filtered frames of the clip being filled
+        self._num_frames = 0  # filtered frames so far
+        # The latest frames: the padding repeats the last second, which may start in a clip
+        # already sent.
+        self._recent: deque[np.ndarray] = deque(maxlen=self.frames_per_second + self.clip_frames)
 
     def add(self, frame: Frame, clip_index: int) -> None:
         """`clip_index` (vfe's grid) is not used: the recipe cuts its own rows."""
@@ -104,19 +133,24 @@ class FilteredSamples(Emitter):
 
     def finish(self) -> None:
         self._take(self.filtered.push(None))
-        if self._clip:  # HERO's padding ("tile"): the last frame to a whole second, then
-            # that last second (not the last frame) to a whole clip
-            per_second = self.clip_frames // int(self.row_seconds)
-            self._clip += [self._clip[-1]] * (-len(self._clip) % per_second)
-            last_second = self._clip[-per_second:]
-            while len(self._clip) < self.clip_frames:
-                self._clip += last_second
-            self._emit()
+        if self._clip:  # HERO's padding ("tile") completes the last clips
+            count = self._num_frames
+            first_sent = count - len(self._clip)  # the first frame not sent yet
+            held = {count - len(self._recent) + i: f for i, f in enumerate(self._recent)}
+            padded = hero_padded_length(count, self.frames_per_second, self.pad_seconds_to)
+            self._clip = []
+            for position in range(first_sent, padded):
+                source = hero_padding_source(position, count, self.frames_per_second)
+                self._clip.append(held[source])
+                if len(self._clip) == self.clip_frames:
+                    self._emit()
         self.rows = self.rows if self.limit is None else min(self.rows, self.limit)
 
     def _take(self, pictures: list[np.ndarray]) -> None:
         for picture in pictures:
             self._clip.append(picture)
+            self._recent.append(picture)
+            self._num_frames += 1
             if len(self._clip) == self.clip_frames:
                 self._emit()
 
@@ -156,10 +190,9 @@ def check_recipe_settings(
             raise VfeError(f"{flag} cuts its own rows; drop --clip_stride")
         if recipe.clip_span_frames is not None:
             frames = clip_len * recipe.frame_rate_hz
-            if clip_len.denominator != 1:
+            if frames.denominator != 1:
                 raise VfeError(
-                    f"{flag} takes a whole number of seconds for --clip_len, not "
-                    f"{float(clip_len)} (HERO pads to whole seconds; the released features use 2)"
+                    f"{flag} cuts clips of whole frames at {recipe.frame_rate_hz} fps; "
+                    f"--clip_len {float(clip_len)} is {float(frames):g} frames (HERO's clip "
+                    "lengths: 2 for the released features, 1.5 its default)"
                 )
-            if frames.denominator != 1:  # a whole clip_len at a whole rate: never here
-                raise VfeError(f"{flag}: --clip_len {float(clip_len)} is not whole frames")
