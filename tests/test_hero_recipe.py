@@ -10,6 +10,7 @@ stream duration, its frame indices from the source's floored rate, `/255` and
 import json
 import math
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import clip
@@ -160,47 +161,18 @@ def caffe2_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.slow
-def test_slowfast_hero_gives_heros_rows_and_features(
-    videos: Path, caffe2_file: Path, tmp_path: Path
-):
+def slowfast_against_hero(
+    videos: Path, names: list[str], clip_len: str, caffe2_file: Path, tmp_path: Path
+) -> dict[str, int]:
+    """vfe's `--model.recipe hero` SlowFast rows of `names` against HERO's pipeline on the same
+    weights (`check_rows`); each video's row count."""
     out = tmp_path / "features"
-    # The four rates and both containers (HERO's index math reads the source's rate; its rows,
-    # the stream's duration); the short and rotated files only change frames: CLIP's test.
-    names = [name for name, _, _ in VIDEOS[:4]]
     listing = tmp_path / "videos.txt"
     listing.write_text("".join(f"{videos / name}\n" for name in names))
+    length = str(float(Fraction(clip_len)))
     result = run_vfe(
         "--model", "slowfast", "--model.recipe", "hero", "--model.weights", str(caffe2_file),
-        "--input_list", str(listing), "--output_dir", str(out), "--clip_len", "2",
-        "--data.num_workers", "0", "--device", "cpu",
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    model = load_slowfast(str(caffe2_file))
-    slow_index = torch.linspace(0, 31, 8).long()
-    features, expected = {}, {}
-    for name, _, seconds in VIDEOS[:4]:
-        fast = hero_slowfast_inputs(videos / name)
-        with torch.no_grad():
-            expected[name] = model([fast.index_select(2, slow_index), fast]).numpy()
-        with np.load((out / name).with_suffix(".npz")) as npz:
-            features[name] = npz["features"]
-        if not name.endswith(".mkv"):  # no stream duration: HERO's padded clips, all kept
-            assert len(expected[name]) == math.ceil(seconds / 2), name
-    check_rows(features, expected)
-
-
-@pytest.mark.slow
-def test_slowfast_hero_at_heros_default_clip_length(videos: Path, caffe2_file: Path, tmp_path):
-    """HERO's own default, 1.5-s clips: 45 frames, the padding to a multiple of 3 seconds."""
-    out = tmp_path / "features"
-    names = ["twentyfive.mp4", "film.mkv"]  # 3.7 s: 3 rows; 2.5 s padded to 3 s: 2 rows
-    listing = tmp_path / "videos.txt"
-    listing.write_text("".join(f"{videos / name}\n" for name in names))
-    result = run_vfe(
-        "--model", "slowfast", "--model.recipe", "hero", "--model.weights", str(caffe2_file),
-        "--input_list", str(listing), "--output_dir", str(out), "--clip_len", "1.5",
+        "--input_list", str(listing), "--output_dir", str(out), "--clip_len", length,
         "--data.num_workers", "0", "--device", "cpu",
         cwd=tmp_path,
     )  # fmt: skip
@@ -209,13 +181,34 @@ def test_slowfast_hero_at_heros_default_clip_length(videos: Path, caffe2_file: P
     slow_index = torch.linspace(0, 31, 8).long()
     features, expected = {}, {}
     for name in names:
-        fast = hero_slowfast_inputs(videos / name, "3/2")
+        fast = hero_slowfast_inputs(videos / name, clip_len)
         with torch.no_grad():
             expected[name] = model([fast.index_select(2, slow_index), fast]).numpy()
         with np.load((out / name).with_suffix(".npz")) as npz:
             features[name] = npz["features"]
-    assert [len(expected[name]) for name in names] == [3, 2]
     check_rows(features, expected)
+    return {name: len(rows) for name, rows in expected.items()}
+
+
+@pytest.mark.slow
+def test_slowfast_hero_gives_heros_rows_and_features(
+    videos: Path, caffe2_file: Path, tmp_path: Path
+):
+    # The four rates and both containers (HERO's index math reads the source's rate; its rows,
+    # the stream's duration); the short and rotated files only change frames: CLIP's test.
+    names = [name for name, _, _ in VIDEOS[:4]]
+    rows = slowfast_against_hero(videos, names, "2", caffe2_file, tmp_path)
+    for name, _, seconds in VIDEOS[:4]:
+        if not name.endswith(".mkv"):  # no stream duration: HERO's padded clips, all kept
+            assert rows[name] == math.ceil(seconds / 2), name
+
+
+@pytest.mark.slow
+def test_slowfast_hero_at_heros_default_clip_length(videos: Path, caffe2_file: Path, tmp_path):
+    """HERO's own default, 1.5-s clips: 45 frames, the padding to a multiple of 3 seconds."""
+    names = ["twentyfive.mp4", "film.mkv"]  # 3.7 s: 3 rows; 2.5 s padded to 3 s: 2 rows
+    rows = slowfast_against_hero(videos, names, "3/2", caffe2_file, tmp_path)
+    assert rows == {"twentyfive.mp4": 3, "film.mkv": 2}
 
 
 @pytest.mark.slow
@@ -284,44 +277,62 @@ def test_clip_frames_per_clip_and_a_recipe_are_refused(
     )
 
 
-@pytest.mark.parametrize("rate", ["30", "1/2"], ids=["fps=30", "fps=1/2"])
-def test_recipe_frames_are_the_ffmpeg_commands_on_the_real_world_corpus(real_world_videos, rate):
-    """Through the data path (`FilteredSamples`), every frame HERO's filter chain gives equals
-    the `ffmpeg` command's, byte for byte, on every awkward file (edit list, MPEG-TS, x265, AV1,
-    VFR with a gap, 29.97 fps, rotated, MPEG-PS). The Xvid AVI with B-frames is the known
-    exception: the command delays its first frame by the reorder depth (tests/test_grid_options)."""
-    from fractions import Fraction
-
+def recipe_frames(path: Path, rate: str, size: int) -> np.ndarray:
+    """`(N, size, size, 3)`: the frames HERO's filter chain gives through vfe's data path
+    (`FilteredSamples`), one row per frame, in row order."""
     from test_data import _all_batches, dataset_for
-    from test_grid_options import CLI_SHIFTS_TIMES
 
     from vfe.data.input_spec import FfmpegRecipe, InputSpec, RecipeRows
     from vfe.data.paths import find_videos
 
-    size = 64
     recipe = FfmpegRecipe("hero", size, size, RecipeRows.FRAMES, frame_rate_hz=Fraction(rate))
     spec = InputSpec(
         frames_per_clip=1, resize_size=size, crop_size=size,
         interpolation=InterpolationMode.BICUBIC, antialias=False, mean=(0.5,) * 3,
         std=(0.5,) * 3, default_batch_size=16, ffmpeg_recipe=recipe,
     )  # fmt: skip
-    folder = next(iter(real_world_videos.values())).parent
-    for entry in find_videos(folder):
-        batches = _all_batches(dataset_for([entry], spec))
-        assert not [f for b in batches for f in b["failures"]], entry.relative_path
-        samples = [b["models"]["m"] for b in batches if "m" in b["models"]]
-        rows = sorted(
-            (clip, pixels)
-            for sample in samples
-            for clip, pixels in zip(sample["clip_index"], sample["pixels"], strict=True)
-        )
-        ours = np.stack([pixels.permute(1, 2, 0).numpy() for _, pixels in rows])
-        assert [clip for clip, _ in rows] == list(range(len(rows)))
-        if entry.relative_path in CLI_SHIFTS_TIMES:
+    (entry,) = [e for e in find_videos(path.parent) if e.path == path]
+    batches = _all_batches(dataset_for([entry], spec))
+    assert not [f for b in batches for f in b["failures"]], path
+    samples = [b["models"]["m"] for b in batches if "m" in b["models"]]
+    rows = sorted(
+        (clip, pixels)
+        for sample in samples
+        for clip, pixels in zip(sample["clip_index"], sample["pixels"], strict=True)
+    )
+    assert [clip for clip, _ in rows] == list(range(len(rows)))
+    return np.stack([pixels.permute(1, 2, 0).numpy() for _, pixels in rows])
+
+
+@pytest.mark.parametrize("rate", ["30", "1/2"], ids=["fps=30", "fps=1/2"])
+def test_recipe_frames_are_the_ffmpeg_commands_on_the_real_world_corpus(real_world_videos, rate):
+    """Through the data path, every frame HERO's filter chain gives equals the `ffmpeg`
+    command's, byte for byte, on every awkward file (edit list, MPEG-TS, x265, AV1, VFR with a
+    gap, 29.97 fps, rotated, MPEG-PS). The Xvid AVI with B-frames is the known exception: the
+    command delays its first frame by the reorder depth (tests/test_grid_options)."""
+    from test_grid_options import CLI_SHIFTS_TIMES
+
+    for relative, path in real_world_videos.items():
+        ours = recipe_frames(path, rate, 64)
+        if relative in CLI_SHIFTS_TIMES:
             continue
-        expected = ffmpeg_frames(entry.path, rate, size)
-        assert ours.shape == expected.shape, entry.relative_path
-        assert np.array_equal(ours, expected), entry.relative_path
+        expected = ffmpeg_frames(path, rate, 64)
+        assert ours.shape == expected.shape, relative
+        assert np.array_equal(ours, expected), relative
+
+
+def test_recipe_frames_of_every_rotation_are_the_ffmpeg_commands(videos: Path, tmp_path: Path):
+    """The command's autorotation (transpose or flips, then HERO's scale from the coded size)
+    for each display matrix: 90, 180 and 270 degrees."""
+    for degrees in (90, 180, 270):
+        rotated = tmp_path / f"rotated_{degrees}.mp4"
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(videos / "ntsc.mp4"), "-c", "copy"]  # noqa: RUF005
+            + ["-metadata:s:v:0", f"rotate={degrees}", str(rotated)],
+            check=True,
+        )
+        expected = ffmpeg_frames(rotated, "30", 64)
+        assert np.array_equal(recipe_frames(rotated, "30", 64), expected), degrees
 
 
 @pytest.mark.parametrize(

@@ -278,6 +278,8 @@ class VideoClipDataset(IterableDataset):
                 for name in windowed
             ],
         )
+        # The phase grids count the clips (the window grid's emitters only, if any, use it).
+        fed = [*grids, window_grid] if windowed else grids
         # Clips held by one frame across a timestamp gap go out in pieces of at most a batch.
         piece_size = min(self.batch_sizes[name] for name in models)
         frames = video.frames(start_seconds)
@@ -292,7 +294,7 @@ class VideoClipDataset(IterableDataset):
             builder.decode_seconds += time.perf_counter() - started
             if frame is None:
                 break
-            for grid in [*grids, window_grid] if windowed else grids:
+            for grid in fed:
                 grid_seconds = frame.time_seconds - grid.origin_seconds
                 if grid_seconds < start_seconds:  # before this grid's (or segment's) start
                     for emitter in grid.emitters:
@@ -341,7 +343,7 @@ class VideoClipDataset(IterableDataset):
             )
         num_samples = dict.fromkeys(models, 0)
         recipe_rows = {}
-        for grid in [*grids, window_grid]:
+        for grid in fed:
             for emitter in grid.emitters:
                 emitter.finish()
                 num_samples[emitter.model] += emitter.num_samples
