@@ -187,8 +187,8 @@ def test_claims_leave_a_video_to_the_live_job_that_holds_it(tmp_path: Path):
     both = ("clip", "slowfast")
     owners.register(list(out.values()), owners.this_run("one"))
     owners.register(list(out.values()), owners.this_run("two"))
-    one = Claims(out, "one", time.time_ns())
-    two = Claims(out, "two", time.time_ns())
+    one = Claims(out, "one")
+    two = Claims(out, "two")
     assert one.claim("a/v.mp4", both) == both
     assert one.claim("a/v.mp4", both) == both  # its own claim (another segment of the video)
     assert two.claim("a/v.mp4", both) == ()  # left to the live job "one"
@@ -213,6 +213,35 @@ def test_claims_leave_a_video_to_the_live_job_that_holds_it(tmp_path: Path):
     for folder in out.values():  # what the run's end does (`vfe.output.audit.end_ownership`)
         release_claims_of(folder, lambda holder: holder == "two")
     assert not (out["clip"] / ".vfe-claims").exists()
+
+
+def test_a_file_another_job_wrote_after_the_listing_is_left_alone_whatever_its_time(
+    tmp_path: Path,
+):
+    """The kernel stamps files from a coarse clock: a file written just after this run listed
+    the folder can carry an earlier time. Written since the listing (new, or replacing the file
+    an --overwrite run saw), it is left to the job that wrote it; the file seen is redone."""
+    from vfe.data.paths import VideoEntry
+    from vfe.output.resume import plan_run
+
+    out = {"m": tmp_path / "m"}
+    out["m"].mkdir()
+    videos = [VideoEntry(Path(f"/in/{n}.mp4"), f"{n}.mp4", 10) for n in ("new", "old", "kept")]
+    for name in ("old", "kept"):
+        (out["m"] / f"{name}.npz").write_bytes(b"made before")
+    owners.register([out["m"]], owners.this_run("me"))
+    listing = plan_run(videos, out, True, {"m": {}})  # --overwrite: all three to do
+    assert [video.relative_path for video in listing.todo] == ["new.mp4", "old.mp4", "kept.mp4"]
+    claims = Claims(out, "me", listing.seen)
+    long_ago = (1_000_000_000, 1_000_000_000)  # 1970: older than any run's start
+    for name in ("new", "old"):  # another job writes these meanwhile (a new file each)
+        (out["m"] / f".{name}.tmp").write_bytes(b"another job's")
+        os.utime(out["m"] / f".{name}.tmp", long_ago)
+        os.replace(out["m"] / f".{name}.tmp", out["m"] / f"{name}.npz")
+    assert claims.claim("new.mp4", ("m",)) == ()
+    assert claims.claim("old.mp4", ("m",)) == ()
+    assert claims.claim("kept.mp4", ("m",)) == ("m",)  # the file it saw: replaced as asked
+    assert holder_of(out["m"], "new.mp4") is None and holder_of(out["m"], "kept.mp4") == "me"
 
 
 @pytest.mark.parametrize(
@@ -355,7 +384,7 @@ def test_the_audit_waits_for_a_video_another_live_job_holds(other_job, tmp_path:
     plan = PlannedRun([VideoEntry(Path("/in/v.mp4"), "v.mp4", 10)], [("m",)], {"m": 0}, "me",
                       [1], [[]])  # fmt: skip
     owners.register([tmp_path], owners.this_run("other"))
-    other = Claims({"m": tmp_path}, "other", time.time_ns())
+    other = Claims({"m": tmp_path}, "other")
     assert other.claim("v.mp4", ("m",)) == ("m",)
 
     def finish() -> None:

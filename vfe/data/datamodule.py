@@ -5,7 +5,6 @@ import ctypes
 import math
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -326,7 +325,6 @@ class VideoDataModule(LightningDataModule):
                 name: run_provenance(member, settings, trainer.precision)
                 for name, member in model.members().items()
             }
-            started_ns = time.time_ns()  # before listing: a file written after it is new
             try:
                 videos = self.job_videos()
             except VfeError as error:  # reaches every rank below, so none waits in broadcast
@@ -338,7 +336,7 @@ class VideoDataModule(LightningDataModule):
             if not listing.problem:
                 # Before any rank decodes: the run's work in the folders is known to be alive.
                 register(list(output_dirs.values()), owner)
-                claims = Claims(output_dirs, owner.run_id, started_ns)
+                claims = Claims(output_dirs, owner.run_id, listing.seen)
                 work_by_rank = self.plan_work(listing.todo, trainer.world_size)
         listing, work_by_rank, claims = trainer.strategy.broadcast(
             (listing, work_by_rank, claims), src=0

@@ -1,12 +1,13 @@
 """Which videos a run extracts: those without a feature file made with the same settings."""
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from vfe.data.paths import VideoEntry, output_path_for
 from vfe.output.provenance import first_difference, read_provenance
+from vfe.planning.claims import FileIdentity, file_identity
 
 REDO = "redo"  # `_why_not_reusable`: redone without asking
 CHOICES = (
@@ -22,6 +23,9 @@ class RunPlan:
     num_skipped: dict[str, int]  # per backbone, videos already done
     problem: str | None  # why the run must not start: an existing file made otherwise
     run_id: str = ""  # names this run's lines in failures.jsonl
+    # (backbone, video) -> the existing output a video to do replaces, as the listing saw it
+    # (`vfe.planning.claims`: any other file there at claim time was written by another job)
+    seen: dict[tuple[str, str], FileIdentity] = field(default_factory=dict)
 
 
 def plan_run(
@@ -39,27 +43,29 @@ def plan_run(
     todo_models: list[tuple[str, ...]] = []
     num_skipped = dict.fromkeys(output_dirs, 0)
     mismatched: list[str] = []
+    seen: dict[tuple[str, str], FileIdentity] = {}
     for entry in videos:
         needed = []
         for name, output_dir in output_dirs.items():
             path = output_path_for(output_dir, entry.relative_path)
-            if overwrite is True or not path.exists():
-                needed.append(name)
-                continue
-            problem = _why_not_reusable(path, entry, wanted[name])
-            if problem is None:
-                num_skipped[name] += 1
-                continue
-            if problem is not REDO:
-                mismatched.append(problem)
+            identity = file_identity(path)  # before it is read: a later file is another job's
+            if identity is not None and overwrite is not True:
+                problem = _why_not_reusable(path, entry, wanted[name])
+                if problem is None:
+                    num_skipped[name] += 1
+                    continue
+                if problem is not REDO:
+                    mismatched.append(problem)
             needed.append(name)
+            if identity is not None:
+                seen[(name, entry.relative_path)] = identity
         if needed:
             todo.append(entry)
             todo_models.append(tuple(needed))
     if mismatched and overwrite != "changed":
         count = f"{len(mismatched)} existing feature file(s) do not match this run; first: "
         return RunPlan([], [], {}, f"{count}{mismatched[0]}; {CHOICES}")
-    return RunPlan(todo, todo_models, num_skipped, None)
+    return RunPlan(todo, todo_models, num_skipped, None, seen=seen)
 
 
 def _why_not_reusable(path: Path, entry: VideoEntry, wanted: dict[str, Any]) -> str | None:

@@ -5,8 +5,11 @@ they go and none writes a video another is writing.
 A claim is `<output_dir>/.vfe-claims/<output name>.claim`, holding the claiming run's id. It
 is made by `os.link` of a complete file onto that name, which fails if the name exists (atomic
 on local file systems and NFS alike). A claim held by a live run (`vfe.planning.owners`) is
-respected; one held by a gone run is taken over. After claiming, a video whose output appeared
-since this run started (another job wrote it meanwhile) is left alone. The writer releases a
+respected; one held by a gone run is taken over. After claiming, a video whose output is not
+the file this run saw when it listed the folder (another job wrote it meanwhile) is left
+alone. Files are compared by identity (inode, size, modification and change times), not by a
+clock: the kernel stamps files from a coarse clock that can lag `time.time_ns()` by a tick, so
+a file written just after the listing could look older than it. The writer releases a
 video's claim once its .npz is written or its failure recorded; a run's remaining claims go at
 its end.
 """
@@ -14,7 +17,7 @@ its end.
 import contextlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vfe.destinations import TEMPORARY_SUFFIX, temporary_name_prefix
@@ -35,6 +38,18 @@ def holder_of(output_dir: Path, relative_path: str) -> str | None:
         return None
 
 
+FileIdentity = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+
+
+def file_identity(path: Path) -> FileIdentity | None:
+    """What tells one version of a file from another (None: no such file)."""
+    try:
+        stat = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
 @dataclass(frozen=True)
 class Claims:
     """A run's claims on videos, per backbone output folder (picklable: the decoding workers
@@ -42,7 +57,9 @@ class Claims:
 
     output_dirs: dict[str, Path]  # backbone -> its output folder
     run_id: str
-    started_ns: int  # an output modified after this was written by another job meanwhile
+    # The outputs that existed when the run listed the folder, by (backbone, video): any
+    # other output found at claim time was written by another job meanwhile.
+    seen: dict[tuple[str, str], FileIdentity] = field(default_factory=dict)
 
     def claim(self, relative_path: str, models: tuple[str, ...]) -> tuple[str, ...]:
         """The backbones of `models` this run may decode the video for now: all of them, or
@@ -61,9 +78,8 @@ class Claims:
 
     def _written_meanwhile(self, name: str, relative_path: str) -> bool:
         path = (self.output_dirs[name] / relative_path).with_suffix(".npz")  # its output
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            return path.stat().st_mtime_ns >= self.started_ns
-        return False
+        now = file_identity(path)
+        return now is not None and now != self.seen.get((name, relative_path))
 
     def _claim_one(self, output_dir: Path, relative_path: str) -> str:
         """This run's id if it now holds the claim, else the live holder's."""
