@@ -66,6 +66,7 @@ def test_every_file_records_how_it_was_made(
         "size_bytes": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
         "fingerprint": video_fingerprint(video_dir / "moving.mp4"),
+        "decode": "sequential",  # every frame: an image backbone uses them all
     }
     assert json.loads(str(saved[PROVENANCE_KEY]))["feature_dim"] == 32
 

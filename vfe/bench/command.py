@@ -377,9 +377,25 @@ def main(argv: list[str] | None = None) -> None:
         default=[1, 2],
         help="worker counts for --scaling (--memory uses the last)",
     )
+    parser.add_argument(
+        "--sparse",
+        action="store_true",
+        help="sparse decoding vs every frame vs PyAV's plain decode, on --seconds long 720p "
+        "files with B-frames (vfe.bench.sparse)",
+    )
     parser.add_argument("--output_json", default="bench.json")
     parser.add_argument("--output_png", default="bench.png")
     args = parser.parse_args(argv)
+    if args.sparse:
+        from vfe.bench.sparse import run_sparse_bench
+
+        folder = Path(args.videos_dir).expanduser() / "sparse"
+        rows = run_sparse_bench(folder, args.seconds)
+        Path(args.output_json).write_text(
+            json.dumps({"machine": _machine(), "rows": rows}, indent=2)
+        )
+        print(f"vfe bench: results in {args.output_json}")
+        return
     if args.make_videos_only:
         folders = make_videos(Path(args.videos_dir).expanduser(), args.seconds, args.videos_per_set)
         for set_name in args.sets:

@@ -196,6 +196,7 @@ def _bench_dataset(
         convert_on=convert_on,
         decode_device=decode_device,
         decode_streams=decode_streams,
+        sparse_decode=True,  # as the pipeline decodes
     )
 
 

@@ -158,6 +158,10 @@ class VideoDataModule(LightningDataModule):
             by every job (`vfe.planning.job_part`); default: a SLURM array task's, else all.
         output_dtype: "float32" or "float16" (as HERO's released files): the dtype `features`
             are saved in (computed in float32 or the precision asked, then cast).
+        sparse_decode: where every backbone of a run uses a few frames of each clip
+            (`frames_per_clip`), decode only those and the frames they depend on (pyav on the
+            CPU; the same frames and pixels as decoding every frame, checked per file, which
+            provenance records as `decode: sparse|sequential`); false: decode every frame.
     """
 
     def __init__(
@@ -181,6 +185,7 @@ class VideoDataModule(LightningDataModule):
         decode_streams: int = 1,
         part: str | None = None,
         output_dtype: str = "float32",
+        sparse_decode: bool = True,
     ) -> None:
         super().__init__()
         self.part: JobPart | None = job_part(part)
@@ -272,6 +277,7 @@ class VideoDataModule(LightningDataModule):
         self.tail = tail
         self.convert_on = convert_on
         self.decode_streams = decode_streams
+        self.sparse_decode = sparse_decode
         self.plan: PlannedRun | None = None  # decided at the start of predict (`plan_run`)
 
     def setup(self, stage: str) -> None:
@@ -455,6 +461,7 @@ class VideoDataModule(LightningDataModule):
             convert_on=self.convert_on,
             decode_streams=self.decode_streams,
             claims=plan.claims,
+            sparse_decode=self.sparse_decode,
         )
         return DataLoader(
             dataset,

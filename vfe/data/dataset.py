@@ -44,6 +44,7 @@ from vfe.data.samples import (
     WindowSamples,
     hold_clips,
     means_every_frame,
+    uses_every_frame,
 )
 from vfe.data.streams import in_threads
 from vfe.data.transforms import packed_to_samples, resize_and_center_crop
@@ -110,6 +111,8 @@ class VideoClipDataset(IterableDataset):
             decoded in its own thread (several NVDEC streams at once).
         claims: the run's claims on videos (`vfe.planning.claims`): a video another live job
             sharing the output folder decodes, or has written meanwhile, is left to it.
+        sparse_decode: decode only the frames used where every backbone of a video uses a
+            few frames of each clip (`vfe.decoding.sparse`).
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class VideoClipDataset(IterableDataset):
         convert_on: str = "workers",
         decode_streams: int = 1,
         claims: Claims | None = None,
+        sparse_decode: bool = False,
     ) -> None:
         self.videos = videos
         self.claims = claims
@@ -152,6 +156,7 @@ class VideoClipDataset(IterableDataset):
         self.tail = tail
         self.convert_on = convert_on
         self.decode_streams = decode_streams
+        self.sparse_decode = sparse_decode
 
     def worker_items(self) -> list[WorkItem]:
         """This DataLoader worker's work items."""
@@ -227,7 +232,14 @@ class VideoClipDataset(IterableDataset):
         bad_file = file_errors(self.decoder)
         started = time.perf_counter()
         try:
-            video = open_video(entry.path, self.decoder, self.decode_device, self.decode_threads)
+            video = open_video(
+                entry.path,
+                self.decoder,
+                self.decode_device,
+                self.decode_threads,
+                sparse=self.sparse_decode
+                and not any(uses_every_frame(self.specs[m]) for m in models),
+            )
             fingerprint = video_fingerprint(entry.path)
         except (*bad_file, OSError) as error:
             raise _FileError("open", error) from error
@@ -326,6 +338,14 @@ class VideoClipDataset(IterableDataset):
                 yield builder.pop()
         if last is None and item.first_clip == 0:
             raise _FileError("decode", ValueError("the video has no frames"))
+        num_samples = dict.fromkeys(models, 0)
+        recipe_rows = {}
+        for grid in fed:  # the last clips' frames are decoded now, where decoding is sparse
+            for emitter in grid.emitters:
+                emitter.finish()
+                num_samples[emitter.model] += emitter.num_samples
+                if isinstance(emitter, FilteredSamples):
+                    recipe_rows[emitter.model] = RowsOfRecipe(emitter.rows, emitter.row_seconds)
         if video.decode_errors and not self.allow_concealed_errors:
             raise _FileError(
                 "decode",
@@ -341,14 +361,6 @@ class VideoClipDataset(IterableDataset):
                 f"{entry.relative_path}: {why}; FFmpeg's software decoder did "
                 "(its provenance records nvdec_frames: 0)"
             )
-        num_samples = dict.fromkeys(models, 0)
-        recipe_rows = {}
-        for grid in fed:
-            for emitter in grid.emitters:
-                emitter.finish()
-                num_samples[emitter.model] += emitter.num_samples
-                if isinstance(emitter, FilteredSamples):
-                    recipe_rows[emitter.model] = RowsOfRecipe(emitter.rows, emitter.row_seconds)
         stride_windows = {
             emitter.model: StrideWindows(self.phases, emitter.held)
             for emitter in window_grid.emitters
@@ -367,6 +379,7 @@ class VideoClipDataset(IterableDataset):
                 clip_length=self.clip_len_seconds,
                 decode_errors=video.decode_errors,
                 nvdec_frames=None if self.decode_device == "cpu" else video.hardware_frames,
+                decode=video.decode_mode,
                 last=tail,
                 clip_stride=self.clip_stride_seconds,
                 tail=self.tail,
@@ -404,7 +417,12 @@ class VideoClipDataset(IterableDataset):
     def packed_samples(self, builder: BatchBuilder, frames: list[Frame]) -> Samples | None:
         """Frames as decoded pictures for the model's device, if all pack to one layout."""
         started = time.perf_counter()
-        pictures = [frame.packed() for frame in frames]
+        for frame in frames:  # all of them at once, for a sparse decode
+            frame.want()
+        try:
+            pictures = [frame.packed() for frame in frames]
+        except file_errors(self.decoder) as error:  # a picture decoded now (sparse decoding)
+            raise _FileError("decode", error) from error
         kinds = {
             None if picture is None else (picture.layout, picture.device) for picture in pictures
         }
@@ -427,6 +445,8 @@ class VideoClipDataset(IterableDataset):
     ) -> torch.Tensor:
         """Decoded frames -> `(T, C, h, w)` uint8, resized and cropped as `spec` says."""
         started = time.perf_counter()
+        for frame in frames:  # all of them at once, for a sparse decode
+            frame.want()
         try:
             images = [frame.rgb() for frame in frames]
         except file_errors(self.decoder) as error:  # colour conversion of a broken frame

@@ -79,6 +79,7 @@ class SegmentEnd:
     clip_stride: float | None = None  # seconds between clip starts; None: clip_length
     tail: str = "keep"  # the tail rule (`vfe.data.clip_grid.TAIL_RULES`)
     nvdec_frames: int | None = None  # frames NVDEC decoded (decoding on cuda); None on the CPU
+    decode: str = "sequential"  # "sparse": only the frames used (`vfe.decoding.sparse`)
     # per backbone with an FFmpeg recipe (whole videos only): its rows, instead of the grid's
     recipe_rows: dict[str, RowsOfRecipe] = field(default_factory=dict)
     # per backbone encoding each frame once under a stride (whole videos only)

@@ -44,6 +44,12 @@ def means_every_frame(spec: InputSpec) -> bool:
     return spec.frames_per_clip is None and not spec.stack_frames and spec.ffmpeg_recipe is None
 
 
+def uses_every_frame(spec: InputSpec) -> bool:
+    """The backbone samples every frame (an image backbone on every frame, or a recipe's filter
+    graph, which reads them all): decoding cannot skip any for it."""
+    return spec.frames_per_clip is None or spec.ffmpeg_recipe is not None
+
+
 def hold_clips(
     emitters: list["Emitter"], builder: BatchBuilder, clips: range, piece_size: int
 ) -> Iterator[dict[str, Any]]:

@@ -44,6 +44,7 @@ class DecordVideo:
         self.bytes_read = 0  # the library does not say how far it has read
         self.decode_errors = 0  # nor which errors it concealed
         self.hardware_frames = None  # nor which frames NVDEC decoded
+        self.decode_mode = "sequential"  # every frame, in order
         # FFmpeg's per-file warnings would otherwise flood stderr on large runs.
         decord.logging.set_level(decord.logging.QUIET)
         self._reader = decord.VideoReader(str(path), num_threads=num_threads)

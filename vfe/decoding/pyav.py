@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from vfe.decoding.colour import layout_of, pack_planes
+from vfe.decoding.sparse import SparsePictures, index_packets, sparse_frames, why_not_sparse
 from vfe.decoding.video import (
     DecodeError,
     Frame,
@@ -200,6 +201,7 @@ class PyAVVideo:
     """
 
     supports_segments = True
+    supports_sparse = True
     file_errors = (av.FFmpegError, DecodeError)
 
     @staticmethod
@@ -258,8 +260,15 @@ class PyAVVideo:
                 return float(declared)
             return float((video_end - first) * time_base)
 
-    def __init__(self, path: Path, device: str = "cpu", num_threads: int = 1) -> None:
+    def __init__(
+        self, path: Path, device: str = "cpu", num_threads: int = 1, sparse: bool = False
+    ) -> None:
+        """`sparse`: the caller uses few of the frames and asks for their pictures in order
+        (`vfe.decoding.sparse`); on the CPU only."""
         self.check(device)
+        self._path, self._num_threads = path, num_threads
+        self._sparse = sparse and device == "cpu"
+        self._sparse_pictures: SparsePictures | None = None  # a sparse decode's pictures
         self.hardware_frames = 0  # frames NVDEC decoded, so far
         self._container, on_nvdec = _open_on(path, device)
         # Why FFmpeg's software decoder decodes a file opened for cuda (None: NVDEC was asked).
@@ -280,12 +289,22 @@ class PyAVVideo:
         self._nominal = 1 / Fraction(rate) if rate else Fraction(0)
         self.seeks_exactly = self._container.format.name in SEEKABLE_FORMATS
         self.bytes_read = 0  # the furthest file position demuxed so far
-        self.decode_errors = 0  # frames decoded with errors the decoder concealed, so far
+        self._decode_errors = 0  # frames decoded with errors the decoder concealed, so far
 
     def frames(self, start_seconds: Fraction = Fraction(0)) -> Iterator[Frame]:
         """Frames in presentation order from `start_seconds` on, preceded by at least the
         frame on screen just before it (decoding starts at a keyframe before it, or at the
         file's start where the container does not seek exactly)."""
+        if self._sparse and why_not_sparse(self._container, self._stream) is None:
+            index, _ = index_packets(self._container, self._stream)
+            if index is not None:
+                try:
+                    yield from self._sparse_frames(index, start_seconds)
+                finally:
+                    self._container.close()
+                return
+            self._container.close()  # read to its end: decoded sequentially, from the start
+            self._container, self._stream = self._open_for_cpu()
         try:
             if start_seconds <= 0 or not self.seeks_exactly:
                 yield from self._placed(self._decode(), first_ticks=None)
@@ -295,6 +314,56 @@ class PyAVVideo:
             yield from self._frames_from(start_seconds, first_ticks)
         finally:
             self._container.close()
+
+    def _open_for_cpu(self) -> tuple["av.container.InputContainer", "av.video.VideoStream"]:
+        container = av.open(str(self._path))
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.thread_count = self._num_threads
+        return container, stream
+
+    def _sparse_frames(self, index, start_seconds: Fraction) -> Iterator[Frame]:
+        """Every frame with its time; a picture decoded only when asked for
+        (`vfe.decoding.sparse`)."""
+        pictures = SparsePictures(self._open_for_cpu, index, self._stream.time_base)
+        context = self._stream.codec_context
+        try:  # what a decoded picture holds, for the samplers' memory bounds
+            blank = av.VideoFrame(context.width, context.height, context.pix_fmt)
+            num_bytes = sum(plane.buffer_size for plane in blank.planes)
+        except (ValueError, TypeError, av.FFmpegError):
+            num_bytes = context.width * context.height * 3 // 2
+
+        def frame_of(k: int, time_seconds: Fraction, duration_seconds: Fraction) -> Frame:
+            return Frame(
+                time_seconds,
+                duration_seconds,
+                lambda: _rgb_of(pictures.picture(k)),
+                num_bytes,
+                lambda: _packed_of(pictures.picture(k)),
+                lambda: pictures.picture(k),
+                lambda: pictures.want(k),
+            )
+
+        # Pictures are asked for until the samplers finish, after the last frame is handed
+        # out: the file stays open as long as a Frame or this video refers to it.
+        self._sparse_pictures = pictures
+        for position, frame in sparse_frames(pictures, self._nominal, start_seconds, frame_of):
+            self.bytes_read = max(self.bytes_read, position)
+            yield frame
+        self._check_complete(index.end_ticks, self._nominal)
+
+    @property
+    def decode_errors(self) -> int:
+        """Frames decoded with errors the decoder concealed, so far."""
+        sparse = self._sparse_pictures
+        return self._decode_errors + (len(sparse.corrupt) if sparse is not None else 0)
+
+    @property
+    def decode_mode(self) -> str:
+        """ "sparse": only the frames used were decoded (and those they depend on);
+        "sequential": every frame, in order."""
+        sparse = self._sparse_pictures
+        return "sparse" if sparse is not None and not sparse.sequential else "sequential"
 
     def _frames_from(self, start_seconds: Fraction, first_ticks: int | None) -> Iterator[Frame]:
         """Decode from a keyframe early enough that the first frame comes before
@@ -384,7 +453,7 @@ class PyAVVideo:
                     continue
                 waiting_for_keyframe = False
                 if frame.is_corrupt:
-                    self.decode_errors += 1
+                    self._decode_errors += 1
                 ticks = frame.pts if frame.pts is not None else frame.dts
                 if ticks is not None:
                     heapq.heappush(candidate_ticks, ticks)

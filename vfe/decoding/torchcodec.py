@@ -48,6 +48,7 @@ class TorchcodecVideo:
         self.bytes_read = 0  # the library does not say how far it has read
         self.decode_errors = 0  # nor which errors it concealed
         self.hardware_frames = None  # nor which frames NVDEC decoded
+        self.decode_mode = "sequential"  # every frame, in order
         fps = stream.metadata.average_fps_from_header
         self._nominal = seconds_fraction(1 / fps) if fps else seconds_fraction(0)
         self._decoder = stream.make_decoder(device=self._device, num_ffmpeg_threads=num_threads)

@@ -70,6 +70,9 @@ class Frame:
     # -> the decoder's own picture (PyAV's `av.VideoFrame`), for FFmpeg's filters
     # (`vfe.decoding.ffmpeg_filters`), or None where the decoder gives only RGB
     decoded: Callable[[], Any] = _not_packable
+    # Says the picture is about to be asked for, with the others of the same call: a sparse
+    # decode (`vfe.decoding.sparse`) then decodes them all in one pass rather than skip some
+    want: Callable[[], None] = _not_packable
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class Video(Protocol):
     # library does not say)
     hardware_frames: int | None  # frames the GPU's decoder (NVDEC) decoded, so far (None
     # where the library does not say)
+    decode_mode: str  # "sparse" (only the frames used, and those they need) or "sequential"
 
     def frames(self, start_seconds: Fraction = Fraction(0)) -> Iterator[Frame]:
         """Every frame once, in presentation order; times strictly increase from the first
@@ -247,9 +251,18 @@ def decoder_version(decoder: str) -> str:
 
 
 def open_video(
-    path: Path, decoder: str = DEFAULT_DECODER, device: str = "cpu", num_threads: int = 1
+    path: Path,
+    decoder: str = DEFAULT_DECODER,
+    device: str = "cpu",
+    num_threads: int = 1,
+    sparse: bool = False,
 ) -> Video:
-    """Open `path` with the named decoder; errors from the file itself propagate unchanged."""
+    """Open `path` with the named decoder; errors from the file itself propagate unchanged.
+    `sparse`: the caller uses few frames, so a decoder that can decodes only those
+    (`vfe.decoding.sparse`; PyAV on the CPU); the others decode every frame."""
     if decoder not in DECODERS:
         raise VfeError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")
-    return _decoder_class(decoder)(path, device=device, num_threads=num_threads)
+    decoder_class = _decoder_class(decoder)
+    if sparse and getattr(decoder_class, "supports_sparse", False):
+        return decoder_class(path, device=device, num_threads=num_threads, sparse=True)
+    return decoder_class(path, device=device, num_threads=num_threads)

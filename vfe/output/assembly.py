@@ -65,6 +65,7 @@ class FinishedVideo:
     info: VideoStart
     decode_errors: int = 0  # errors the decoder concealed (written only where allowed)
     nvdec_frames: int | None = None  # decoding on cuda: frames NVDEC decoded (the rest: FFmpeg)
+    decode: str = "sequential"  # "sparse" where every segment decoded only the frames used
 
 
 class ClipFeatureAssembler:
@@ -206,6 +207,12 @@ def finish_video(
     }
     decode_errors = sum(end.decode_errors for end in ends)
     nvdec = [end.nvdec_frames for end in ends if end.nvdec_frames is not None]
+    sparse = all(end.decode == "sparse" for end in ends)
     return FinishedVideo(
-        info.relative_path, arrays, info, decode_errors, sum(nvdec) if nvdec else None
+        info.relative_path,
+        arrays,
+        info,
+        decode_errors,
+        sum(nvdec) if nvdec else None,
+        "sparse" if sparse else "sequential",
     )

@@ -140,7 +140,8 @@ def file_provenance(
 ) -> dict[str, Any]:
     """What one .npz records: the run's settings (`run_provenance`), the video
     (`video_provenance`) of a `vfe.output.assembly.FinishedVideo`, and, not compared on resume,
-    the run that wrote it and how the video was decoded (segments, ranks, NVDEC frames)."""
+    the run that wrote it and how the video was decoded (segments, ranks, NVDEC frames, sparse
+    or sequential)."""
     info = video.info
     record = {
         **run_record,
@@ -153,6 +154,7 @@ def file_provenance(
         record["video"] |= {"segments": info.num_segments, "ranks": info.num_ranks}
     if video.nvdec_frames is not None:  # decoded on cuda: by NVDEC, or FFmpeg's software
         record["video"]["nvdec_frames"] = video.nvdec_frames
+    record["video"]["decode"] = video.decode  # sparse or sequential: the same frames
     return record
 
 
