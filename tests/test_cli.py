@@ -242,7 +242,7 @@ def test_vfe_help_is_a_short_page_of_vfe_commands(tmp_path: Path):
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == (
         "vfe: error: unknown command 'extract'; choose one of predict, info, bench, text, "
-        "search, pack, unpack (vfe --help)"
+        "search, pack, unpack, npy (vfe --help)"
     )
 
 
@@ -414,7 +414,7 @@ def test_the_summary_says_what_the_wall_time_counts(
         assert re.search(r"extraction \d+\.\d s, wall time \d+\.\d s with start-up", summary)
 
 
-@pytest.mark.parametrize("command", ["pack", "unpack", "info"])
+@pytest.mark.parametrize("command", ["pack", "unpack", "npy", "info"])
 def test_help_of_the_light_commands_needs_no_torch(command: str):
     code = (
         "import sys\nfrom vfe.cli import main\ntry:\n"

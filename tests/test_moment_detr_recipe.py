@@ -66,3 +66,21 @@ def test_the_lighthouse_config_is_heros_recipe_in_lighthouses_layout(tmp_path: P
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     assert printed["layout"] == "flat" and printed["output_dtype"] == "float16"
+
+
+def test_the_lighthouse_pann_config_adds_pann_to_the_lighthouse_config(tmp_path: Path):
+    """configs/lighthouse_pann.yaml: configs/lighthouse.yaml's settings plus PANN (the audio
+    run itself: tests/test_audio.py)."""
+    import yaml
+
+    configs = REPO / "configs"
+    lighthouse = yaml.safe_load((configs / "lighthouse.yaml").read_text())
+    with_pann = yaml.safe_load((configs / "lighthouse_pann.yaml").read_text())
+    assert list(with_pann["model"]) == ["clip", "slowfast", "pann"]
+    assert {**with_pann, "model": None} == {**lighthouse, "model": None}
+    for name in ("clip", "slowfast"):
+        assert with_pann["model"][name] == lighthouse["model"][name]
+    result = run_vfe("--config", str(configs / "lighthouse_pann.yaml"), "--print_config",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "pann" in yaml.safe_load(result.stdout)["model"]["init_args"]["models"]

@@ -205,3 +205,22 @@ def test_the_extraction_records_how_each_video_was_decoded(tmp_path, tiny_clip_f
     for name, (features, _) in runs[True].items():
         np.testing.assert_array_equal(features, runs[False][name][0])
         assert len(features) > 1 and not np.allclose(features[0], features[1])
+
+
+def test_a_sparse_video_is_freed_without_the_cyclic_collector(real_world_videos):
+    """No reference cycle keeps a video's decoded frames: collected only by the cyclic
+    collector, frames a parent process kept until it forked a DataLoader worker were freed in
+    the worker, which waited forever there on FFmpeg threads only the parent had."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        video = PyAVVideo(real_world_videos["ntsc_29.97.mp4"], sparse=True)
+        frames = list(video.frames())
+        assert frames[10].rgb().shape[-1] == 3
+        pictures, opened = weakref.ref(video._sparse_pictures), weakref.ref(video)
+        del video, frames
+        assert pictures() is None and opened() is None
+    finally:
+        gc.enable()

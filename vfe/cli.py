@@ -1,6 +1,6 @@
-"""`vfe COMMAND ...`: dispatches to `predict`, `info`, `bench`, `text`, `search`, `pack` and
-`unpack`, importing only what the command needs (torch and Lightning take seconds to import:
-`vfe --help`, `--version` and `info` do without them)."""
+"""`vfe COMMAND ...`: dispatches to `predict`, `info`, `bench`, `text`, `search`, `pack`,
+`unpack` and `npy`, importing only what the command needs (torch and Lightning take seconds to
+import: `vfe --help`, `--version` and `info` do without them)."""
 
 import sys
 import warnings
@@ -20,6 +20,7 @@ commands:
   search    rank a folder's clips by a text query: vfe search "a dog" features/clip/
   pack      a features folder as one HDF5 file (UniVTG's cache): vfe pack DIR OUT.h5
   unpack    an HDF5 file from pack back into .npz files: vfe unpack FILE.h5 DIR
+  npy       each .npz's features as a bare .npy (Lighthouse's audio): vfe npy DIR OUT_DIR
 
   vfe predict --help   vfe's options, the backbones, then every Lightning option
   vfe --version        the installed version
@@ -30,7 +31,7 @@ examples:
   vfe predict --model clip,slowfast                 both from one decode of each video
   vfe predict --config configs/clip.yaml            the same from a yaml file
 """
-COMMANDS = ("predict", "info", "bench", "text", "search", "pack", "unpack")
+COMMANDS = ("predict", "info", "bench", "text", "search", "pack", "unpack", "npy")
 
 
 def version() -> str:
@@ -78,6 +79,10 @@ def main(args: list[str] | None = None) -> None:
         from vfe.output.pack import main as pack_main
 
         pack_main(argv)
+    elif command == "npy":
+        from vfe.output.npy_export import main as npy_main
+
+        npy_main(argv[1:])
     elif command == "search":
         from vfe.search.command import main as search_main
 

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from vfe.data.input_spec import InputSpec
+from vfe.data.input_spec import AudioSpec, InputSpec, is_audio
 from vfe.data.transforms import model_samples, normalize
 from vfe.errors import VfeError
 
@@ -33,7 +33,7 @@ class Extractor(LightningModule, ABC):
     def members(self) -> dict[str, "Backbone"]: ...
 
     @property
-    def input_specs(self) -> dict[str, InputSpec]:
+    def input_specs(self) -> dict[str, InputSpec | AudioSpec]:
         return {name: member.input_spec for name, member in self.members().items()}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
@@ -41,6 +41,9 @@ class Extractor(LightningModule, ABC):
         for name, member in self.members().items():
             if name in batch["models"]:
                 samples = batch["models"][name]
+                if is_audio(member.input_spec):  # `(B, window_samples)` float32 waveforms
+                    features[name] = member.features(samples["pixels"])
+                    continue
                 pixels = model_samples(samples["pixels"], samples.get("layouts"), member.input_spec)
                 features[name] = member.features(pixels)
         return features

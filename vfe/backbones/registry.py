@@ -9,6 +9,7 @@ MODELS: dict[str, str] = {
     "timm": "vfe.backbones.timm_image.TimmBackbone",
     "pytorchvideo": "vfe.backbones.pytorchvideo_zoo.PyTorchVideoBackbone",
     "videomae": "vfe.backbones.videomae.VideoMAEBackbone",
+    "pann": "vfe.backbones.pann.PANNBackbone",
 }
 
 

@@ -2,6 +2,7 @@
 options, and feeds `vfe.data.dataset.VideoClipDataset` batches through DataLoader workers."""
 
 import ctypes
+import gc
 import math
 import os
 import signal
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from vfe.data.clip_grid import GRID_VERSION, TAIL_RULES, clip_length_fraction, stride_phases
 from vfe.data.dataset import VideoClipDataset
-from vfe.data.input_spec import InputSpec
+from vfe.data.input_spec import InputSpec, is_audio
 from vfe.data.paths import (
     LAYOUTS,
     VideoEntry,
@@ -162,6 +163,8 @@ class VideoDataModule(LightningDataModule):
             (`frames_per_clip`), decode only those and the frames they depend on (pyav on the
             CPU; the same frames and pixels as decoding every frame, checked per file, which
             provenance records as `decode: sparse|sequential`); false: decode every frame.
+        audio_stream: the audio stream audio backbones (pann) read, counted from 0 among the
+            file's audio streams; default: the first.
     """
 
     def __init__(
@@ -186,6 +189,7 @@ class VideoDataModule(LightningDataModule):
         part: str | None = None,
         output_dtype: str = "float32",
         sparse_decode: bool = True,
+        audio_stream: int | None = None,
     ) -> None:
         super().__init__()
         self.part: JobPart | None = job_part(part)
@@ -278,6 +282,7 @@ class VideoDataModule(LightningDataModule):
         self.convert_on = convert_on
         self.decode_streams = decode_streams
         self.sparse_decode = sparse_decode
+        self.audio_stream = audio_stream
         self.plan: PlannedRun | None = None  # decided at the start of predict (`plan_run`)
 
     def setup(self, stage: str) -> None:
@@ -390,7 +395,7 @@ class VideoDataModule(LightningDataModule):
         # A stride's clips overlap segment boundaries, and an FFmpeg recipe cuts its own rows:
         # their videos are decoded whole.
         specs = self.trainer.lightning_module.input_specs.values()
-        recipes = any(spec.ffmpeg_recipe is not None for spec in specs)
+        recipes = any(not is_audio(spec) and spec.ffmpeg_recipe is not None for spec in specs)
         if supports_segments(self.decoder) and self.clip_stride is None and not recipes:
             bad_file = file_errors(self.decoder)
 
@@ -462,7 +467,12 @@ class VideoDataModule(LightningDataModule):
             decode_streams=self.decode_streams,
             claims=plan.claims,
             sparse_decode=self.sparse_decode,
+            audio_stream=self.audio_stream,
         )
+        # Garbage in reference cycles that holds FFmpeg objects (decoded frames, their swscale
+        # contexts) would be freed in the forked workers, whose frees wait on threads only this
+        # process has: freed here, before the workers fork.
+        gc.collect()
         return DataLoader(
             dataset,
             batch_size=None,

@@ -22,7 +22,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from vfe.data.batching import BatchBuilder
 from vfe.data.clip_grid import ClipAssigner, clip_length_fraction, stride_phases
-from vfe.data.input_spec import FrameSampling, InputSpec
+from vfe.data.input_spec import AudioSpec, FrameSampling, InputSpec, is_audio
 from vfe.data.paths import VideoEntry, video_fingerprint
 from vfe.data.recipe_samples import FilteredSamples
 from vfe.data.records import (
@@ -49,6 +49,7 @@ from vfe.data.samples import (
 from vfe.data.streams import in_threads
 from vfe.data.transforms import packed_to_samples, resize_and_center_crop
 from vfe.data.work_plan import WorkItem, split_over_workers
+from vfe.decoding.audio import read_audio_windows
 from vfe.decoding.colour import packed_shape
 from vfe.decoding.video import (
     DEFAULT_DECODER,
@@ -113,6 +114,7 @@ class VideoClipDataset(IterableDataset):
             sharing the output folder decodes, or has written meanwhile, is left to it.
         sparse_decode: decode only the frames used where every backbone of a video uses a
             few frames of each clip (`vfe.decoding.sparse`).
+        audio_stream: which audio stream audio backbones read (default: the first).
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class VideoClipDataset(IterableDataset):
         decode_streams: int = 1,
         claims: Claims | None = None,
         sparse_decode: bool = False,
+        audio_stream: int | None = None,
     ) -> None:
         self.videos = videos
         self.claims = claims
@@ -157,6 +160,7 @@ class VideoClipDataset(IterableDataset):
         self.convert_on = convert_on
         self.decode_streams = decode_streams
         self.sparse_decode = sparse_decode
+        self.audio_stream = audio_stream
 
     def worker_items(self) -> list[WorkItem]:
         """This DataLoader worker's work items."""
@@ -262,7 +266,9 @@ class VideoClipDataset(IterableDataset):
         start_seconds = item.first_clip * self.clip_len
         # One grid per phase of a stride (`vfe.data.clip_grid`); one grid without a stride.
         # Under a stride, backbones whose clip feature is the mean over every frame get one grid
-        # of windows S long instead, each frame encoded once (`WindowSamples`).
+        # of windows S long instead, each frame encoded once (`WindowSamples`). Audio
+        # backbones take their clips' windows of audio once the grid is known.
+        audio_models = [name for name in models if is_audio(self.specs[name])]
         windowed = [
             name for name in models if self.phases > 1 and means_every_frame(self.specs[name])
         ]
@@ -273,7 +279,7 @@ class VideoClipDataset(IterableDataset):
                 emitters=[
                     self._emitter(builder, name, item, phase, video)
                     for name in models
-                    if name not in windowed
+                    if name not in windowed and name not in audio_models
                 ],
             )
             for phase in range(self.phases)
@@ -346,6 +352,17 @@ class VideoClipDataset(IterableDataset):
                 num_samples[emitter.model] += emitter.num_samples
                 if isinstance(emitter, FilteredSamples):
                     recipe_rows[emitter.model] = RowsOfRecipe(emitter.rows, emitter.row_seconds)
+        audio_seconds = None
+        if audio_models and last is not None:
+            end_clip = item.end_clip
+            if reached_end:
+                end_clip = sum(grid.assigner.num_clips for grid in grids)
+            audio_seconds = self._add_audio(builder, item, video, audio_models, end_clip)
+            for name in audio_models:
+                if audio_seconds is None:  # a failure of these backbones only
+                    del num_samples[name]
+                else:
+                    num_samples[name] = end_clip - item.first_clip
         if video.decode_errors and not self.allow_concealed_errors:
             raise _FileError(
                 "decode",
@@ -384,11 +401,60 @@ class VideoClipDataset(IterableDataset):
                 clip_stride=self.clip_stride_seconds,
                 tail=self.tail,
                 recipe_rows=recipe_rows,
+                audio_seconds=audio_seconds,
                 stride_windows=stride_windows,
             )
         )
         while builder.full():
             yield builder.pop()
+
+    def _add_audio(
+        self,
+        builder: BatchBuilder,
+        item: WorkItem,
+        video: Video,
+        audio_models: list[str],
+        end_clip: int,
+    ) -> float | None:
+        """Each audio backbone's windows of the item's clips `[first_clip, end_clip)`, one
+        sample per clip; the seconds of audio the file has, or None where it has none to give
+        (a failure of the audio backbones only: the video backbones still write theirs)."""
+        entry = self.videos[item.video_index]
+        clips = list(range(item.first_clip, end_clip))
+        starts = [clip * self.clip_stride for clip in clips]
+        started = time.perf_counter()
+        audio_seconds = None
+        for name in audio_models:
+            spec: AudioSpec = self.specs[name]
+            try:
+                windows = read_audio_windows(
+                    entry.path,
+                    spec.sample_rate_hz,
+                    video.first_frame_seconds,
+                    starts,
+                    self.clip_len,
+                    self.audio_stream,
+                    spec.resampler,
+                )
+            except file_errors(self.decoder) as error:
+                builder.add_failure(
+                    VideoFailure(
+                        index=item.video_index,
+                        path=str(entry.path),
+                        relative_path=entry.relative_path,
+                        stage="audio",
+                        error=describe_error(error),
+                        models=list(audio_models),
+                    )
+                )
+                return None
+            audio_seconds = windows.audio_seconds
+            for start in range(0, len(clips), self.batch_sizes[name]):
+                chunk = slice(start, start + self.batch_sizes[name])
+                pixels = torch.from_numpy(windows.samples[chunk])
+                builder.add_samples(name, Samples(pixels, None), item.video_index, clips[chunk])
+        builder.decode_seconds += time.perf_counter() - started
+        return audio_seconds
 
     def _emitter(
         self, builder: BatchBuilder, model: str, item: WorkItem, phase: int, video: Video

@@ -174,3 +174,30 @@ class InputSpec:
             "mean": list(self.mean),
             "std": list(self.std),
         }
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """How an audio backbone wants its clips: each clip's window of the video's audio, mono at
+    `sample_rate_hz`, one `(window_samples,) float32` sample per clip (`vfe.decoding.audio`).
+
+    The windows are the video backbones' clips, so the rows line up with theirs; a window past
+    the end of the audio is zeros.
+    """
+
+    sample_rate_hz: int
+    default_batch_size: int
+    resampler: str = "swresample"  # FFmpeg's (PyAV's AudioResampler), or "soxr_hq" (librosa's)
+
+    def recipe(self) -> dict[str, Any]:
+        """The preprocessing as recorded in provenance."""
+        return {
+            "audio": "mono",
+            "sample_rate_hz": self.sample_rate_hz,
+            "resampler": self.resampler,
+            "window": "the clip, zero-padded where there is no audio",
+        }
+
+
+def is_audio(spec: "InputSpec | AudioSpec") -> bool:
+    return isinstance(spec, AudioSpec)

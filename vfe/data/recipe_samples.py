@@ -20,7 +20,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from vfe.data.input_spec import FfmpegRecipe, InputSpec, RecipeRows
+from vfe.data.input_spec import FfmpegRecipe, InputSpec, RecipeRows, is_audio
 from vfe.data.records import Samples
 from vfe.data.samples import Destination, Emitter
 from vfe.decoding.ffmpeg_filters import FilteredFrames
@@ -173,8 +173,15 @@ def check_recipe_settings(
     decode_device: str,
     clip_stride_seconds: float | None,
 ) -> None:
-    """One-line errors for settings an FFmpeg recipe cannot run with."""
+    """One-line errors for settings an FFmpeg recipe (or an audio backbone) cannot run with."""
     for name, spec in specs.items():
+        if is_audio(spec):
+            if decoder != "pyav":
+                raise VfeError(
+                    f"--model {name} places the audio by the video's first frame, which only "
+                    f"--data.decoder pyav gives, not {decoder}"
+                )
+            continue
         recipe = spec.ffmpeg_recipe
         if recipe is None:
             continue

@@ -80,6 +80,7 @@ class SegmentEnd:
     tail: str = "keep"  # the tail rule (`vfe.data.clip_grid.TAIL_RULES`)
     nvdec_frames: int | None = None  # frames NVDEC decoded (decoding on cuda); None on the CPU
     decode: str = "sequential"  # "sparse": only the frames used (`vfe.decoding.sparse`)
+    audio_seconds: float | None = None  # the file's audio, where audio backbones read it
     # per backbone with an FFmpeg recipe (whole videos only): its rows, instead of the grid's
     recipe_rows: dict[str, RowsOfRecipe] = field(default_factory=dict)
     # per backbone encoding each frame once under a stride (whole videos only)

@@ -11,7 +11,7 @@ import torch
 
 from vfe.data.batching import BatchBuilder
 from vfe.data.clip_grid import uniform_indices
-from vfe.data.input_spec import InputSpec
+from vfe.data.input_spec import AudioSpec, InputSpec, is_audio
 from vfe.data.records import Samples
 from vfe.decoding.video import Frame
 
@@ -38,15 +38,19 @@ class Converter(Protocol):
         ...
 
 
-def means_every_frame(spec: InputSpec) -> bool:
+def means_every_frame(spec: InputSpec | AudioSpec) -> bool:
     """A clip's feature is the mean of one sample per frame of it (an image backbone on every
     frame): it can be combined from shorter windows."""
+    if is_audio(spec):
+        return False
     return spec.frames_per_clip is None and not spec.stack_frames and spec.ffmpeg_recipe is None
 
 
-def uses_every_frame(spec: InputSpec) -> bool:
+def uses_every_frame(spec: InputSpec | AudioSpec) -> bool:
     """The backbone samples every frame (an image backbone on every frame, or a recipe's filter
     graph, which reads them all): decoding cannot skip any for it."""
+    if is_audio(spec):
+        return False  # it reads the audio, and only the grid's times from the frames
     return spec.frames_per_clip is None or spec.ffmpeg_recipe is not None
 
 

@@ -14,6 +14,7 @@ take (10-bit, 4:4:4, BT.2020, odd sizes): decided when the file is opened, so su
 decoded and converted by FFmpeg on the CPU, never decoded on the GPU and downloaded again.
 """
 
+import functools
 import heapq
 from collections import deque
 from collections.abc import Iterator
@@ -184,6 +185,17 @@ def _open_on(path: Path, device: str) -> tuple["av.container.InputContainer", bo
     return container, True
 
 
+def open_for_cpu(
+    path: Path, num_threads: int
+) -> tuple["av.container.InputContainer", "av.video.stream.VideoStream"]:
+    """The file opened for decoding on the CPU with `num_threads` FFmpeg threads."""
+    container = av.open(str(path))
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    stream.thread_count = num_threads
+    return container, stream
+
+
 def _stream_facts(stream: "av.video.stream.VideoStream") -> StreamFacts:
     known = stream.duration is not None and stream.frames > 0
     return StreamFacts(
@@ -269,6 +281,7 @@ class PyAVVideo:
         self._path, self._num_threads = path, num_threads
         self._sparse = sparse and device == "cpu"
         self._sparse_pictures: SparsePictures | None = None  # a sparse decode's pictures
+        self._timeline = Timeline(Fraction(0))  # the sequential decode's (`_placed`)
         self.hardware_frames = 0  # frames NVDEC decoded, so far
         self._container, on_nvdec = _open_on(path, device)
         # Why FFmpeg's software decoder decodes a file opened for cuda (None: NVDEC was asked).
@@ -304,7 +317,7 @@ class PyAVVideo:
                     self._container.close()
                 return
             self._container.close()  # read to its end: decoded sequentially, from the start
-            self._container, self._stream = self._open_for_cpu()
+            self._container, self._stream = open_for_cpu(self._path, self._num_threads)
         try:
             if start_seconds <= 0 or not self.seeks_exactly:
                 yield from self._placed(self._decode(), first_ticks=None)
@@ -315,17 +328,15 @@ class PyAVVideo:
         finally:
             self._container.close()
 
-    def _open_for_cpu(self) -> tuple["av.container.InputContainer", "av.video.VideoStream"]:
-        container = av.open(str(self._path))
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.thread_count = self._num_threads
-        return container, stream
-
     def _sparse_frames(self, index, start_seconds: Fraction) -> Iterator[Frame]:
         """Every frame with its time; a picture decoded only when asked for
         (`vfe.decoding.sparse`)."""
-        pictures = SparsePictures(self._open_for_cpu, index, self._stream.time_base)
+        # A function of the path, not a bound method: the pictures must not refer back to this
+        # video. Such a cycle lives until the cyclic collector runs; in a DataLoader worker
+        # forked before that, collecting its frames waited forever on FFmpeg threads that only
+        # the parent had (swscale's slice threads), which hung the run.
+        reopen = functools.partial(open_for_cpu, self._path, self._num_threads)
+        pictures = SparsePictures(reopen, index, self._stream.time_base)
         context = self._stream.codec_context
         try:  # what a decoded picture holds, for the samplers' memory bounds
             blank = av.VideoFrame(context.width, context.height, context.pix_fmt)
@@ -351,6 +362,13 @@ class PyAVVideo:
             self.bytes_read = max(self.bytes_read, position)
             yield frame
         self._check_complete(index.end_ticks, self._nominal)
+
+    @property
+    def first_frame_seconds(self) -> Fraction:
+        """The first frame's time on the file's own axis (once frames were iterated)."""
+        sparse = self._sparse_pictures
+        first = sparse.first_frame_seconds if sparse is not None else self._timeline.first_seconds
+        return first if first is not None else Fraction(0)
 
     @property
     def decode_errors(self) -> int:
@@ -397,6 +415,7 @@ class PyAVVideo:
         """`(ticks, frame)` pairs -> Frames with times from the video's first frame."""
         time_base = self._stream.time_base
         timeline = Timeline(self._nominal)
+        self._timeline = timeline
         if first_ticks is not None:
             timeline.start_at(first_ticks * time_base)
         for count, (ticks, frame) in enumerate(decoded):

@@ -152,6 +152,7 @@ class SparsePictures:
         ]
         self._yielded = -1  # the last frame handed out so far
         self._wanted: set[int] = set()  # frames about to be asked for (`want`)
+        self.first_frame_seconds: Fraction | None = None  # on the file's axis (`sparse_frames`)
         self._keyframe_set = frozenset(index.keyframes)
         self.sequential = False  # a pick came out unlike the sequential decode's: no skipping
         self.decoded_frames = 0  # pictures the decoder put out (for benchmarks and tests)
@@ -358,6 +359,7 @@ def sparse_frames(
                 index.ticks[position] * time_base, duration * time_base if duration else None
             )
         )
+    pictures.first_frame_seconds = timeline.first_seconds
     first = max(0, bisect.bisect_left([time for time, _ in placed], start_seconds) - 1)
     for k in range(first, len(placed)):
         frame = frame_of(k, *placed[k])

@@ -102,6 +102,9 @@ class Video(Protocol):
     hardware_frames: int | None  # frames the GPU's decoder (NVDEC) decoded, so far (None
     # where the library does not say)
     decode_mode: str  # "sparse" (only the frames used, and those they need) or "sequential"
+    # The first frame's time on the file's own axis, once frames are iterated (pyav only:
+    # audio backbones place the audio by it)
+    first_frame_seconds: Fraction
 
     def frames(self, start_seconds: Fraction = Fraction(0)) -> Iterator[Frame]:
         """Every frame once, in presentation order; times strictly increase from the first
@@ -182,6 +185,11 @@ class Timeline:
         self._first: Fraction | None = None
         self._previous: Fraction | None = None
         self._previous_duration = Fraction(0)
+
+    @property
+    def first_seconds(self) -> Fraction | None:
+        """The first frame's time on the file's own axis (None before it is placed)."""
+        return self._first
 
     def start_at(self, first_raw_seconds: Fraction) -> None:
         """Measure times from `first_raw_seconds` (the video's first frame), for a decode that

@@ -66,6 +66,7 @@ class FinishedVideo:
     decode_errors: int = 0  # errors the decoder concealed (written only where allowed)
     nvdec_frames: int | None = None  # decoding on cuda: frames NVDEC decoded (the rest: FFmpeg)
     decode: str = "sequential"  # "sparse" where every segment decoded only the frames used
+    audio_seconds: float | None = None  # the file's audio, where an audio backbone read it
 
 
 class ClipFeatureAssembler:
@@ -215,4 +216,5 @@ def finish_video(
         decode_errors,
         sum(nvdec) if nvdec else None,
         "sparse" if sparse else "sequential",
+        next((end.audio_seconds for end in ends if end.audio_seconds is not None), None),
     )

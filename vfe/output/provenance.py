@@ -155,6 +155,8 @@ def file_provenance(
     if video.nvdec_frames is not None:  # decoded on cuda: by NVDEC, or FFmpeg's software
         record["video"]["nvdec_frames"] = video.nvdec_frames
     record["video"]["decode"] = video.decode  # sparse or sequential: the same frames
+    if "sample_rate_hz" in record.get("preprocessing", {}) and video.audio_seconds is not None:
+        record["video"]["audio_seconds"] = round(video.audio_seconds, 6)  # an audio backbone's
     return record
 
 
