@@ -2,7 +2,9 @@
 backbones' grid, against the recipe's own pipeline (Lighthouse's: `librosa.load(path,
 sr=32000, mono=True)`, then panns_inference's CNN14 on each 2-s window)."""
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,9 @@ from conftest import cosine, extract, run_vfe
 
 from vfe.backbones.pann import SAMPLE_RATE_HZ, PANNBackbone, load_cnn14
 
-pytest.importorskip("panns_inference", reason="needs the audio extra")
+# Never `import panns_inference` here: its __init__ downloads AudioSet's label file.
+if importlib.util.find_spec("panns_inference") is None:
+    pytest.skip("needs the audio extra", allow_module_level=True)
 librosa = pytest.importorskip("librosa")
 
 # Two tones sweeping in opposite directions (left, right), so every window differs, over noise
@@ -264,3 +268,16 @@ def test_npy_writes_lighthouses_pann_files(tmp_path: Path):
     key = run_in_process(["npy", str(features), "o2", "--key", "hidden"], tmp_path)
     assert key.returncode == 2 and "has no 'hidden'" in key.stderr
     assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").iterdir())
+
+
+def test_loading_pann_goes_nowhere_near_the_network(tmp_path: Path):
+    """A fresh process: building CNN14 neither runs panns_inference's __init__ (which fetches
+    AudioSet's labels into ~/panns_data with wget) nor leaves the package imported."""
+    code = (
+        "import sys\nfrom vfe.backbones.pann import load_cnn14\nload_cnn14('random')\n"
+        "print('panns_inference' in sys.modules, 'panns_inference.models' in sys.modules)"
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": ""}  # no wget to run
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.stdout.split() == ["False", "True"], result.stdout + result.stderr
+    assert not (tmp_path / "panns_data").exists()
