@@ -92,17 +92,21 @@ def audio_offset_seconds(path: Path) -> float:
     return firsts[1] - firsts[0]
 
 
+def placed_audio(path: Path, rate: int) -> np.ndarray:
+    """librosa's mono audio at `rate`, from the video's first frame (`audio_offset_seconds`)."""
+    audio, _ = librosa.load(str(path), sr=rate, mono=True)
+    offset = round(audio_offset_seconds(path) * rate)
+    if offset >= 0:
+        return np.concatenate([np.zeros(offset, np.float32), audio])
+    return audio[-offset:]
+
+
 def lighthouse_rows(path: Path, weights: Path) -> np.ndarray:
     """Lighthouse's PANN recipe: librosa's load at 32 kHz, mono; whole 2-s windows; CNN14's
     `embedding` of each. The audio is first placed where it starts against the video's first
     frame (`audio_offset_seconds`), which that recipe does not do: its windows start at the
     audio's first sample."""
-    audio, _ = librosa.load(str(path), sr=SAMPLE_RATE_HZ, mono=True)
-    offset = round(audio_offset_seconds(path) * SAMPLE_RATE_HZ)
-    if offset >= 0:
-        audio = np.concatenate([np.zeros(offset, np.float32), audio])
-    else:
-        audio = audio[-offset:]
+    audio = placed_audio(path, SAMPLE_RATE_HZ)
     window = 2 * SAMPLE_RATE_HZ
     windows = audio[: len(audio) // window * window].reshape(-1, window)
     model = load_cnn14(str(weights))
@@ -281,3 +285,78 @@ def test_loading_pann_goes_nowhere_near_the_network(tmp_path: Path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.stdout.split() == ["False", "True"], result.stdout + result.stderr
     assert not (tmp_path / "panns_data").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_clap_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random LAION-CLAP in `save_pretrained`'s layout, with the unfused checkpoints'
+    feature extractor (48 kHz, 10-s input, repeat-padding)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    audio = transformers.ClapAudioConfig(
+        depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], patch_embeds_hidden_size=8,
+        hidden_size=64, projection_hidden_size=32,
+    )  # fmt: skip
+    text = transformers.ClapTextConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+        vocab_size=100, projection_hidden_size=32,
+    )  # fmt: skip
+    config = transformers.ClapConfig(
+        text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=16
+    )
+    folder = tmp_path_factory.mktemp("clap")
+    transformers.ClapModel(config).save_pretrained(folder)
+    transformers.ClapFeatureExtractor(truncation="rand_trunc").save_pretrained(folder)
+    return folder
+
+
+def test_clap_rows_equal_its_processor_on_librosas_audio(
+    audio_videos: Path, tiny_clap_dir: Path, tmp_path: Path
+):
+    """`--model clap`: each window's row equals the feature extractor and
+    `get_audio_features` on librosa's 48-kHz mono audio of the window (as LAION-CLAP's
+    examples load it), placed as the video's; the last window is repeat-padded by the
+    extractor itself."""
+    import transformers
+
+    from vfe.backbones.clap import CLAPBackbone
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    names = ["aac_48k_stereo.mp4", "mp3_44k_mono.mkv", "late_audio.mp4"]
+    for name in names:
+        (inputs / name).symlink_to(audio_videos / name)
+    extract(CLAPBackbone(arch=str(tiny_clap_dir)), inputs, tmp_path / "out")
+    model = transformers.ClapModel.from_pretrained(tiny_clap_dir).eval()
+    extractor = transformers.ClapFeatureExtractor.from_pretrained(tiny_clap_dir)
+    rate = extractor.sampling_rate
+    for name in names:
+        with np.load((tmp_path / "out" / name).with_suffix(".npz")) as saved:
+            ours = saved["features"]
+            assert saved["timestamps"].tolist() == [[0.0, 2.0], [2.0, 4.0], [4.0, 5.0]]
+        audio = placed_audio(inputs / name, rate)
+        windows = [audio[i * 2 * rate : (i + 1) * 2 * rate] for i in range(2)]
+        with torch.inference_mode():
+            features = extractor(windows, sampling_rate=rate, return_tensors="pt")
+            reference = model.get_audio_features(**features).pooler_output.numpy()
+        assert ours.shape == (3, 16)
+        assert cosine(ours[:2], reference).min() >= 0.9999, (name, cosine(ours[:2], reference))
+        assert cosine(ours[:1], ours[1:2])[0] < 0.999, name  # rows of the random tower differ
+
+
+def test_the_shipped_clap_config_runs(audio_videos: Path, tiny_clap_dir: Path, tmp_path: Path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.webm").symlink_to(audio_videos / "opus_48k_stereo.webm")
+    configs = Path(__file__).parents[1] / "configs"
+    result = run_vfe(
+        "--config", str(configs / "clap.yaml"), f"--model.arch={tiny_clap_dir}",
+        "--input_dir", str(inputs), "--output_dir", "clap", "--data.num_workers", "0",
+        "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "clap" / "a.npz") as saved:
+        assert saved["features"].shape == (3, 16)
+        record = json.loads(str(saved["provenance"]))
+    assert record["preprocessing"]["sample_rate_hz"] == 48000
+    assert record["weights_sha256"] not in ("", "random")

@@ -10,6 +10,7 @@ MODELS: dict[str, str] = {
     "pytorchvideo": "vfe.backbones.pytorchvideo_zoo.PyTorchVideoBackbone",
     "videomae": "vfe.backbones.videomae.VideoMAEBackbone",
     "pann": "vfe.backbones.pann.PANNBackbone",
+    "clap": "vfe.backbones.clap.CLAPBackbone",
 }
 
 

@@ -33,12 +33,12 @@ def _transformers() -> ModuleType:
     return import_extra("transformers", "transformers", "videomae")
 
 
-def checkpoint_dir(arch: str) -> Path:
+def checkpoint_dir(arch: str, model: str = "videomae") -> Path:
     """A local folder as is; a Hugging Face repo id from the cache (downloaded if absent)."""
     folder = Path(arch).expanduser()
     if folder.is_dir():
         return folder
-    huggingface_hub = import_extra("huggingface_hub", "transformers", "videomae")
+    huggingface_hub = import_extra("huggingface_hub", "transformers", model)
     try:
         return Path(
             huggingface_hub.snapshot_download(
