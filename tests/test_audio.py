@@ -307,6 +307,16 @@ def tiny_clap_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("clap")
     transformers.ClapModel(config).save_pretrained(folder)
     transformers.ClapFeatureExtractor(truncation="rand_trunc").save_pretrained(folder)
+    # A byte-level BPE tokenizer of single letters (RoBERTa's kind, as CLAP's), for `vfe text`.
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["\u0120"]  # "Ġ": a space
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    vocab |= {letter: 4 + i for i, letter in enumerate(letters)}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = transformers.RobertaTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt")
+    )
+    tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -360,3 +370,57 @@ def test_the_shipped_clap_config_runs(audio_videos: Path, tiny_clap_dir: Path, t
         record = json.loads(str(saved["provenance"]))
     assert record["preprocessing"]["sample_rate_hz"] == 48000
     assert record["weights_sha256"] not in ("", "random")
+
+
+def test_clap_text_features_are_get_text_features(
+    audio_videos: Path, tiny_clap_dir: Path, tmp_path: Path
+):
+    """`vfe text --like` a CLAP folder: per query the text model's token states and
+    `get_text_features`' pooled embedding, as the model gives them."""
+    import transformers
+    from conftest import run_in_process
+
+    from vfe.backbones.clap import CLAPBackbone
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.mp4").symlink_to(audio_videos / "aac_48k_stereo.mp4")
+    extract(CLAPBackbone(arch=str(tiny_clap_dir)), inputs, tmp_path / "clap")
+    (tmp_path / "q.jsonl").write_text(
+        '{"qid": 7, "query": "a dog barks"}\n{"qid": 8, "query": "rain"}\n'
+    )
+    result = run_in_process(
+        ["text", "--like", str(tmp_path / "clap"), "--queries", str(tmp_path / "q.jsonl"),
+         "--output_dir", str(tmp_path / "clap_text")], tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    model = transformers.ClapModel.from_pretrained(tiny_clap_dir).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_clap_dir)
+    for qid, query in (("7", "a dog barks"), ("8", "rain")):
+        tokens = tokenizer([query], return_tensors="pt")
+        with torch.inference_mode():
+            states = model.text_model(**tokens).last_hidden_state[0].numpy()
+            pooled = model.get_text_features(**tokens).pooler_output[0].numpy()
+        with np.load(tmp_path / "clap_text" / f"qid{qid}.npz") as saved:
+            assert saved["last_hidden_state"].shape == (len(query) + 2, 32)
+            np.testing.assert_allclose(saved["last_hidden_state"], states, atol=1e-5)
+            np.testing.assert_allclose(saved["pooler_output"], pooled, atol=1e-6)
+
+
+def test_a_video_split_over_workers_gives_the_same_audio_rows(
+    audio_videos: Path, pann_file: Path, tmp_path: Path
+):
+    """Two workers, each a segment of the video: each reads its own clips' windows."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.mp4").symlink_to(audio_videos / "late_audio.mp4")
+    extract(PANNBackbone(weights=str(pann_file)), inputs, tmp_path / "whole")
+    extract(PANNBackbone(weights=str(pann_file)), inputs, tmp_path / "split", num_workers=2,
+            min_segment_seconds=2.0)  # fmt: skip
+    with (
+        np.load(tmp_path / "whole" / "a.npz") as whole,
+        np.load(tmp_path / "split" / "a.npz") as split,
+    ):
+        assert json.loads(str(split["provenance"]))["video"]["segments"] == 2
+        np.testing.assert_allclose(split["features"], whole["features"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(split["timestamps"], whole["timestamps"])

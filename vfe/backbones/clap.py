@@ -4,7 +4,8 @@ The checkpoint's own feature extractor (`preprocessor_config.json`: 48 kHz, log-
 of a window shorter than its 10-s input) turns each window into the model's input, and
 `ClapModel.get_audio_features` gives the L2-normalised projected embedding (512-d for
 `laion/clap-htsat-unfused`). The audio is mono at the extractor's rate, resampled as librosa
-loads it (soxr HQ), which is how LAION-CLAP's own examples read audio.
+loads it (soxr HQ), which is how LAION-CLAP's own examples read audio. `vfe text --like` a CLAP
+folder gives its queries' text features (`ClapTextTower`).
 """
 
 from typing import Any, ClassVar
@@ -19,6 +20,27 @@ from vfe.backbones.weights import RANDOM, resolve_weights_file
 from vfe.data.input_spec import AudioSpec
 from vfe.errors import VfeError
 from vfe.optional import import_extra
+
+
+class ClapTextTower:
+    """CLAP's text side for `vfe text`: per query the text model's token states `(L, width)`
+    (its `last_hidden_state`, L = the query's tokens with start and end), and the pooled
+    embedding `get_text_features` gives (projected, L2-normalised, as the audio rows are)."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+
+    @torch.inference_mode()
+    def encode(self, queries: list[str]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        tokens = self.tokenizer(queries, padding=True, truncation=True, return_tensors="pt")
+        states = self.model.text_model(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+        ).last_hidden_state
+        pooled = self.model.get_text_features(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+        ).pooler_output
+        lengths = tokens["attention_mask"].sum(1).tolist()
+        return [states[i, :length].float() for i, length in enumerate(lengths)], pooled.float()
 
 
 class CLAPBackbone(LoadedBackbone):
@@ -78,6 +100,17 @@ class CLAPBackbone(LoadedBackbone):
     def feature_dim(self) -> int:
         self.configure_model()
         return int(self.model.config.projection_dim)
+
+    def text_tower(self) -> ClapTextTower:
+        """The checkpoint's tokenizer and text model, on the CPU in eval mode."""
+        self.configure_model()
+        transformers = import_extra("transformers", "transformers", "clap")
+        folder = checkpoint_dir(self.arch, "clap")
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as error:
+            raise VfeError(f"{folder} holds no tokenizer for CLAP's text side: {error}") from error
+        return ClapTextTower(self.model.cpu().eval(), tokenizer)
 
     def features(self, samples: torch.Tensor) -> torch.Tensor:
         """`(B, window_samples)` float32 waveforms -> `(B, projection_dim)` float32."""
