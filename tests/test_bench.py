@@ -12,8 +12,8 @@ import pytest
 def test_bench_command_writes_json_and_chart(tmp_path: Path):
     result = subprocess.run(
         [
-            sys.executable, "-m", "vfe", "bench", "--models", "clip", "--sets", "240p",
-            "--seconds", "1", "--videos_dir", str(tmp_path / "videos"),
+            sys.executable, "-m", "vfe", "bench", "--models", "timm:convnext_atto",
+            "--sets", "240p", "--seconds", "1", "--videos_dir", str(tmp_path / "videos"),
             "--output_json", "bench.json", "--output_png", "bench.png",
         ],
         cwd=tmp_path, capture_output=True, text=True, timeout=900,
@@ -21,7 +21,9 @@ def test_bench_command_writes_json_and_chart(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     (row,) = report["rows"]
-    assert row["model"] == "clip" and row["set"] == "240p" and row["clips"] == 2
+    # The smallest model the bench builds (timm's ConvNeXt-atto): the run, not the model, is
+    # what is tested here.
+    assert row["model"] == "timm:convnext_atto" and row["set"] == "240p" and row["clips"] == 2
     for key in (
         "video_seconds_per_second", "clips_per_second", "decoded_frames_per_second",
         "peak_rss_mb", "decode_ceiling_video_seconds_per_second",
