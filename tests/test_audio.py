@@ -218,6 +218,7 @@ def test_an_audio_backbone_needs_pyav(audio_videos: Path, pann_file: Path, tmp_p
     assert "--model pann places the audio by the video's first frame" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_shipped_pann_config_runs(audio_videos: Path, pann_file: Path, tmp_path: Path):
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -274,6 +275,7 @@ def test_npy_writes_lighthouses_pann_files(tmp_path: Path):
     assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").iterdir())
 
 
+@pytest.mark.slow
 def test_loading_pann_goes_nowhere_near_the_network(tmp_path: Path):
     """A fresh process: building CNN14 neither runs panns_inference's __init__ (which fetches
     AudioSet's labels into ~/panns_data with wget) nor leaves the package imported."""
@@ -354,6 +356,7 @@ def test_clap_rows_equal_its_processor_on_librosas_audio(
         assert cosine(ours[:1], ours[1:2])[0] < 0.999, name  # rows of the random tower differ
 
 
+@pytest.mark.slow
 def test_the_shipped_clap_config_runs(audio_videos: Path, tiny_clap_dir: Path, tmp_path: Path):
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -407,6 +410,7 @@ def test_clap_text_features_are_get_text_features(
             np.testing.assert_allclose(saved["pooler_output"], pooled, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_video_split_over_workers_gives_the_same_audio_rows(
     audio_videos: Path, pann_file: Path, tmp_path: Path
 ):
