@@ -42,6 +42,7 @@ def test_every_relative_link_and_anchor_resolves(page: Path):
             assert anchor in anchors(linked), f"{page.name}: {target}"
 
 
+@pytest.mark.slow  # the README's commands, each a process of its own
 def test_the_quick_start_runs_offline_as_written(tmp_path: Path):
     (tmp_path / "raw_videos").mkdir()
     shutil.copy(REPO / "raw_videos" / "sample.mp4", tmp_path / "raw_videos")
