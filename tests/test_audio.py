@@ -218,26 +218,6 @@ def test_an_audio_backbone_needs_pyav(audio_videos: Path, pann_file: Path, tmp_p
     assert "--model pann places the audio by the video's first frame" in result.stderr
 
 
-@pytest.mark.slow
-def test_the_shipped_pann_config_runs(audio_videos: Path, pann_file: Path, tmp_path: Path):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    (inputs / "a.mp4").symlink_to(audio_videos / "aac_48k_stereo.mp4")
-    configs = Path(__file__).parents[1] / "configs"
-    result = run_vfe(
-        "--config", str(configs / "pann.yaml"), f"--model.weights={pann_file}",
-        "--input_dir", str(inputs), "--output_dir", "pann", "--data.num_workers", "0",
-        "--trainer.enable_progress_bar", "false", cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    with np.load(tmp_path / "pann" / "a.npz") as saved:
-        assert saved["features"].shape == (3, 2048)
-        record = json.loads(str(saved["provenance"]))
-    assert record["preprocessing"]["sample_rate_hz"] == SAMPLE_RATE_HZ
-    assert record["preprocessing"]["resampler"] == "soxr_hq"
-    assert record["weights_sha256"] != "random" and record["arch"] == "Cnn14"
-
-
 def test_a_missing_audio_extra_names_the_install_command(monkeypatch):
     from vfe.errors import VfeError
 
@@ -356,25 +336,6 @@ def test_clap_rows_equal_its_processor_on_librosas_audio(
         assert cosine(ours[:1], ours[1:2])[0] < 0.999, name  # rows of the random tower differ
 
 
-@pytest.mark.slow
-def test_the_shipped_clap_config_runs(audio_videos: Path, tiny_clap_dir: Path, tmp_path: Path):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    (inputs / "a.webm").symlink_to(audio_videos / "opus_48k_stereo.webm")
-    configs = Path(__file__).parents[1] / "configs"
-    result = run_vfe(
-        "--config", str(configs / "clap.yaml"), f"--model.arch={tiny_clap_dir}",
-        "--input_dir", str(inputs), "--output_dir", "clap", "--data.num_workers", "0",
-        "--trainer.enable_progress_bar", "false", cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    with np.load(tmp_path / "clap" / "a.npz") as saved:
-        assert saved["features"].shape == (3, 16)
-        record = json.loads(str(saved["provenance"]))
-    assert record["preprocessing"]["sample_rate_hz"] == 48000
-    assert record["weights_sha256"] not in ("", "random")
-
-
 def test_clap_text_features_are_get_text_features(
     audio_videos: Path, tiny_clap_dir: Path, tmp_path: Path
 ):
@@ -428,3 +389,28 @@ def test_a_video_split_over_workers_gives_the_same_audio_rows(
         assert json.loads(str(split["provenance"]))["video"]["segments"] == 2
         np.testing.assert_allclose(split["features"], whole["features"], rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(split["timestamps"], whole["timestamps"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["pann", "clap"])
+def test_the_shipped_audio_configs_run(
+    name, audio_videos: Path, pann_file: Path, tiny_clap_dir: Path, tmp_path: Path
+):
+    """configs/pann.yaml and configs/clap.yaml as the docs give them, the network overridden."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.mp4").symlink_to(audio_videos / "aac_48k_stereo.mp4")
+    network = f"--model.weights={pann_file}" if name == "pann" else f"--model.arch={tiny_clap_dir}"
+    result = run_vfe(
+        "--config", str(Path(__file__).parents[1] / "configs" / f"{name}.yaml"), network,
+        "--input_dir", str(inputs), "--output_dir", name, "--data.num_workers", "0",
+        "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / name / "a.npz") as saved:
+        assert saved["features"].shape == (3, 2048 if name == "pann" else 16)
+        record = json.loads(str(saved["provenance"]))
+    rate, resampler = (SAMPLE_RATE_HZ, "soxr_hq") if name == "pann" else (48000, "soxr_hq")
+    assert record["preprocessing"]["sample_rate_hz"] == rate
+    assert record["preprocessing"]["resampler"] == resampler
+    assert record["weights_sha256"] not in ("", "random")

@@ -49,7 +49,7 @@ from vfe.data.samples import (
 from vfe.data.streams import in_threads
 from vfe.data.transforms import packed_to_samples, resize_and_center_crop
 from vfe.data.work_plan import WorkItem, split_over_workers
-from vfe.decoding.audio import read_audio_windows
+from vfe.decoding.audio import AudioWindows, read_audio_windows
 from vfe.decoding.colour import packed_shape
 from vfe.decoding.video import (
     DEFAULT_DECODER,
@@ -424,18 +424,21 @@ class VideoClipDataset(IterableDataset):
         starts = [clip * self.clip_stride for clip in clips]
         started = time.perf_counter()
         audio_seconds = None
+        read: dict[tuple[int, str], AudioWindows] = {}  # backbones of one rate share a read
         for name in audio_models:
             spec: AudioSpec = self.specs[name]
+            key = (spec.sample_rate_hz, spec.resampler)
             try:
-                windows = read_audio_windows(
-                    entry.path,
-                    spec.sample_rate_hz,
-                    video.first_frame_seconds,
-                    starts,
-                    self.clip_len,
-                    self.audio_stream,
-                    spec.resampler,
-                )
+                if key not in read:
+                    read[key] = read_audio_windows(
+                        entry.path,
+                        spec.sample_rate_hz,
+                        video.first_frame_seconds,
+                        starts,
+                        self.clip_len,
+                        self.audio_stream,
+                        spec.resampler,
+                    )
             except file_errors(self.decoder) as error:
                 builder.add_failure(
                     VideoFailure(
@@ -448,6 +451,7 @@ class VideoClipDataset(IterableDataset):
                     )
                 )
                 return None
+            windows = read[key]
             audio_seconds = windows.audio_seconds
             for start in range(0, len(clips), self.batch_sizes[name]):
                 chunk = slice(start, start + self.batch_sizes[name])
