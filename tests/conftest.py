@@ -2,6 +2,7 @@
 real-world corpus, and the reference decode every decoder is compared with."""
 
 import contextlib
+import importlib.util
 import io
 import itertools
 import json
@@ -72,6 +73,29 @@ def tiny_clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     path = tmp_path_factory.mktemp("weights") / "tiny_clip.pt"
     torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pann_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random CNN14 weights in the official file's layout (`{"model": state_dict}`), each conv
+    filter and each row of `fc1` centred, so that windows give distinct rows (plain random
+    weights give rows at cosine 0.997 to each other). Skips without the audio extra."""
+    # Never `import panns_inference`: its __init__ downloads AudioSet's label file.
+    if importlib.util.find_spec("panns_inference") is None:
+        pytest.skip("needs the audio extra")
+    from vfe.backbones.pann import load_cnn14
+
+    torch.manual_seed(0)
+    model = load_cnn14("random")
+    state = model.state_dict()
+    for key, value in state.items():
+        if key.endswith(("conv1.weight", "conv2.weight")):
+            state[key] = value - value.mean(dim=(1, 2, 3), keepdim=True)
+        elif key == "fc1.weight":
+            state[key] = value - value.mean(dim=1, keepdim=True)
+    path = tmp_path_factory.mktemp("pann") / "Cnn14_random.pth"
+    torch.save({"model": state}, path)
     return path
 
 

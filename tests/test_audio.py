@@ -60,24 +60,6 @@ def audio_videos(tmp_path_factory: pytest.TempPathFactory, real_world_videos) ->
     return folder
 
 
-@pytest.fixture(scope="module")
-def pann_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Random CNN14 weights in the official file's layout (`{"model": state_dict}`), each conv
-    filter and each row of `fc1` centred, so that windows give distinct rows (plain random
-    weights give rows at cosine 0.997 to each other)."""
-    torch.manual_seed(0)
-    model = load_cnn14("random")
-    state = model.state_dict()
-    for key, value in state.items():
-        if key.endswith(("conv1.weight", "conv2.weight")):
-            state[key] = value - value.mean(dim=(1, 2, 3), keepdim=True)
-        elif key == "fc1.weight":
-            state[key] = value - value.mean(dim=1, keepdim=True)
-    path = tmp_path_factory.mktemp("pann") / "Cnn14_random.pth"
-    torch.save({"model": state}, path)
-    return path
-
-
 def audio_offset_seconds(path: Path) -> float:
     """When the audio starts after the video's first frame (negative: before), read with the
     `ffprobe` command line: the first audio frame's time less the first video frame's."""
@@ -157,6 +139,7 @@ def test_clip_slowfast_and_pann_from_one_decode_share_the_grid(
     inputs.mkdir()
     for name in ("aac_48k_stereo.mp4", "silent.mp4"):
         (inputs / name).symlink_to(audio_videos / name)
+    _ffmpeg("-f", "lavfi", "-i", SWEEPS.format(rate=48000), "-t", "3", str(inputs / "talk.wav"))
     common = ["--input_dir", str(inputs), "--trainer.enable_progress_bar", "false"]
     together = run_vfe(
         "--model", "clip,slowfast,pann", "--model.clip.arch", "custom",
@@ -184,6 +167,53 @@ def test_clip_slowfast_and_pann_from_one_decode_share_the_grid(
     (failure,) = [json.loads(line) for line in (out / "pann" / "failures.jsonl").open()]
     assert failure["relative_path"] == "silent.mp4" and "no audio stream" in failure["error"]
     assert alone.returncode == 1 and "no audio stream" in alone.stderr
+    # Audio files are listed only where every backbone is an audio backbone.
+    assert not list(out.rglob("talk.*")) and "2 videos" in together.stderr
+    assert (tmp_path / "pann_alone" / "talk.npz").is_file() and "3 videos" in alone.stderr
+
+
+# name -> encoder options, rate, channels: audio files, without pictures
+PLAIN_AUDIO_FILES = {
+    "pcm_48k_stereo.wav": (["-c:a", "pcm_s16le"], 48000, 2),
+    "flac_44k_mono.flac": (["-c:a", "flac"], 44100, 1),
+    "mp3_44k_stereo.mp3": (["-c:a", "libmp3lame"], 44100, 2),
+    "aac_48k_mono.m4a": (["-c:a", "aac"], 48000, 1),
+    "vorbis_44k_stereo.ogg": (["-c:a", "libvorbis"], 44100, 2),
+}
+
+
+def test_audio_files_give_the_recipes_rows_from_their_first_sample(pann_file: Path, tmp_path: Path):
+    """An audio-only run lists .wav .flac .mp3 .m4a .ogg files (beside videos): time 0 is the
+    file's first sample, clips cover its ~5.3 s (3 rows, the last ~1.3 s long),
+    windows equal Lighthouse's recipe on `librosa.load` (zero-padded) at cosine >= 0.999, and
+    `fps` is NaN (no pictures)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, (codec, rate, channels) in PLAIN_AUDIO_FILES.items():
+        _ffmpeg("-f", "lavfi", "-i", SWEEPS.format(rate=rate), *codec, "-ac", str(channels),
+                str(inputs / name))  # fmt: skip
+    extract(PANNBackbone(weights=str(pann_file)), inputs, tmp_path / "out")
+    model = load_cnn14(str(pann_file))
+    window = 2 * SAMPLE_RATE_HZ
+    similarities = {}
+    for name in PLAIN_AUDIO_FILES:
+        with np.load((tmp_path / "out" / name).with_suffix(".npz")) as saved:
+            ours, timestamps, fps = saved["features"], saved["timestamps"], saved["fps"]
+            provenance = json.loads(str(saved["provenance"]))
+        assert np.isnan(fps), name
+        assert provenance["video"]["audio_seconds"] == pytest.approx(5.3, abs=0.02), name
+        audio, _ = librosa.load(str(inputs / name), sr=SAMPLE_RATE_HZ, mono=True)
+        # The grid ends where the decoded audio does (AAC's last frame's padding included,
+        # as librosa reads it: 5.312 s for the M4A).
+        ends = [0, 2, 2, 4, 4, len(audio) / SAMPLE_RATE_HZ]
+        assert timestamps.ravel().tolist() == pytest.approx(ends, abs=1e-3), name
+        audio = np.pad(audio, (0, 3 * window - len(audio)))
+        with torch.inference_mode():
+            reference = model(torch.from_numpy(audio.reshape(3, window)), None)["embedding"]
+        similarities[name] = cosine(ours, reference.numpy()).round(6).tolist()
+        assert cosine(ours[:1], ours[1:2])[0] < 0.95, name  # the windows are told apart
+    assert all(min(values) >= 0.999 for values in similarities.values()), similarities
+    print(similarities)
 
 
 def test_windows_are_librosas_samples_placed_on_the_grid(audio_videos: Path):

@@ -306,6 +306,7 @@ def test_every_way_of_naming_models_in_yaml_takes_per_backbone_flags(model_yaml,
     assert options["clip"]["weights"] == "mine.pt" and options["slowfast"]["weights"] == "sf.pyth"
 
 
+@pytest.mark.slow
 def test_progress_counts_each_backbones_clips_and_nothing_to_do_shows_no_bar(
     two_videos: Path, tiny_clip_file: Path, slowfast_pyth_file: Path, tmp_path: Path
 ):

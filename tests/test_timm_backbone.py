@@ -32,7 +32,13 @@ def timms_own_features(arch: str, weights: Path, video: Path, img_size=None) -> 
     ("arch", "img_size", "video_name", "dim"),
     [
         # DINOv2 at a non-square size: the file's 518-px position embeddings are resampled.
-        ("vit_small_patch14_dinov2.lvd142m", [98, 140], "rotated_90.mp4", 384),
+        pytest.param(
+            "vit_small_patch14_dinov2.lvd142m",
+            [98, 140],
+            "rotated_90.mp4",
+            384,
+            marks=pytest.mark.slow,  # 5 s: in the full suite only
+        ),
         # crop_pct 0.95: the short side goes to floor(224 / 0.95) = 235 before the crop.
         ("convnext_atto.d2_in1k", None, "edit_list_cut.mp4", 320),
     ],

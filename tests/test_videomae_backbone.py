@@ -111,6 +111,7 @@ def test_weights_other_than_random_are_refused():
         VideoMAEBackbone(arch="MCG-NJU/videomae-base", weights="/some/file.bin").configure_model()
 
 
+@pytest.mark.slow
 def test_a_repo_id_runs_offline_from_a_filled_hugging_face_cache(video_dir: Path, tmp_path: Path):
     """The cluster case: a cache filled elsewhere, HF_HUB_OFFLINE=1, a repo id as --model.arch."""
     snapshot = tmp_path / "hub" / "models--some-org--videomae-tiny" / "snapshots" / "abc123"

@@ -107,7 +107,12 @@ def extract(
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        listed = list_videos(datamodule.input_dir, datamodule.input_list, datamodule.layout)
+        listed = list_videos(
+            datamodule.input_dir,
+            datamodule.input_list,
+            datamodule.layout,
+            datamodule.audio_files,
+        )
         run_id = datamodule.plan.run_id if datamodule.plan is not None else ""
         results = {
             name: _read(folder, [v.relative_path for v in listed], keys, run_id, allow_failures)

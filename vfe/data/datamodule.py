@@ -50,10 +50,16 @@ CONVERT_ON = ("workers", "model")
 DEFAULT_INPUT_DIR = Path("raw_videos")
 
 
-def list_videos(input_dir: Path, input_list: Path | None, layout: str) -> list[VideoEntry]:
-    """The run's videos: from the list file if given, else found under the folder; in the
-    flat layout, named by file name (ids from a list keep their names)."""
-    videos = read_video_list(input_list) if input_list is not None else find_videos(input_dir)
+def list_videos(
+    input_dir: Path, input_list: Path | None, layout: str, audio_files: bool = False
+) -> list[VideoEntry]:
+    """The run's videos: from the list file if given, else found under the folder (with
+    `audio_files`, audio files too); in the flat layout, named by file name (ids from a list
+    keep their names)."""
+    if input_list is not None:
+        videos = read_video_list(input_list)
+    else:
+        videos = find_videos(input_dir, audio_files)
     return flat_layout(videos) if layout == "flat" else videos
 
 
@@ -284,6 +290,7 @@ class VideoDataModule(LightningDataModule):
         self.sparse_decode = sparse_decode
         self.audio_stream = audio_stream
         self.plan: PlannedRun | None = None  # decided at the start of predict (`plan_run`)
+        self.audio_files = False  # audio files are listed too (every backbone is audio)
 
     def setup(self, stage: str) -> None:
         model = self.trainer.lightning_module
@@ -295,6 +302,7 @@ class VideoDataModule(LightningDataModule):
             )
         for output_dir in model_output_dirs(self.output_dir, names).values():
             check_output_dir(output_dir)
+        self.audio_files = all(is_audio(spec) for spec in model.input_specs.values())
 
     def provenance(self) -> dict[str, Any]:
         """The data settings each feature file records (`vfe.output.provenance`)."""
@@ -377,7 +385,7 @@ class VideoDataModule(LightningDataModule):
 
     def job_videos(self) -> list[VideoEntry]:
         """The videos listed, or this job's part of them (`--part I/N`, a SLURM array)."""
-        videos = list_videos(self.input_dir, self.input_list, self.layout)
+        videos = list_videos(self.input_dir, self.input_list, self.layout, self.audio_files)
         if self.part is None:
             return videos
         chosen = select_part([video.size_bytes for video in videos], self.part)

@@ -11,19 +11,21 @@ and failed. Samples of several videos may share a batch, and a segment's end may
 its last samples; the writer reassembles them per backbone and video.
 """
 
+import math
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vfe.data.batching import BatchBuilder
 from vfe.data.clip_grid import ClipAssigner, clip_length_fraction, stride_phases
 from vfe.data.input_spec import AudioSpec, FrameSampling, InputSpec, is_audio
-from vfe.data.paths import VideoEntry, video_fingerprint
+from vfe.data.paths import VideoEntry, is_audio_file, video_fingerprint
 from vfe.data.recipe_samples import FilteredSamples
 from vfe.data.records import (
     Batch,
@@ -49,7 +51,7 @@ from vfe.data.samples import (
 from vfe.data.streams import in_threads
 from vfe.data.transforms import packed_to_samples, resize_and_center_crop
 from vfe.data.work_plan import WorkItem, split_over_workers
-from vfe.decoding.audio import AudioWindows, read_audio_windows
+from vfe.decoding.audio import AudioWindows, decode_audio, read_audio_windows
 from vfe.decoding.colour import packed_shape
 from vfe.decoding.video import (
     DEFAULT_DECODER,
@@ -231,6 +233,9 @@ class VideoClipDataset(IterableDataset):
         """Decode one video or segment once for `models`, adding their samples and finally its
         end record."""
         entry = self.videos[item.video_index]
+        if is_audio_file(entry.path):
+            yield from self._add_audio_file(builder, item, models)
+            return
         # Only what the decoding library raises for a bad file is a failure of the video; an
         # error in vfe's own code (timeline, reordering, rotation, resizing) stops the run.
         bad_file = file_errors(self.decoder)
@@ -451,14 +456,100 @@ class VideoClipDataset(IterableDataset):
                     )
                 )
                 return None
-            windows = read[key]
-            audio_seconds = windows.audio_seconds
-            for start in range(0, len(clips), self.batch_sizes[name]):
-                chunk = slice(start, start + self.batch_sizes[name])
-                pixels = torch.from_numpy(windows.samples[chunk])
-                builder.add_samples(name, Samples(pixels, None), item.video_index, clips[chunk])
+            audio_seconds = read[key].audio_seconds
+            self._add_windows(builder, name, item.video_index, read[key].samples, clips)
         builder.decode_seconds += time.perf_counter() - started
         return audio_seconds
+
+    def _add_windows(
+        self,
+        builder: BatchBuilder,
+        name: str,
+        video_index: int,
+        windows: np.ndarray,
+        clips: list[int],
+    ) -> None:
+        """An audio backbone's windows `(len(clips), window_samples)`, one sample per clip."""
+        for start in range(0, len(clips), self.batch_sizes[name]):
+            chunk = slice(start, start + self.batch_sizes[name])
+            pixels = torch.from_numpy(windows[chunk])
+            builder.add_samples(name, Samples(pixels, None), video_index, clips[chunk])
+
+    def _add_audio_file(
+        self, builder: BatchBuilder, item: WorkItem, models: tuple[str, ...]
+    ) -> Iterator[Batch]:
+        """An audio file (`vfe.data.paths.AUDIO_EXTENSIONS`) for audio backbones: only its
+        audio is decoded; time 0 is its first sample and the clips cover its samples, with the
+        tail rules of a video's grid."""
+        entry = self.videos[item.video_index]
+        pictured = [name for name in models if not is_audio(self.specs[name])]
+        if pictured:
+            raise _FileError(
+                "open",
+                DecodeError(f"an audio file has no pictures for {', '.join(pictured)}"),
+            )
+        if item.num_segments > 1 or item.first_clip:
+            raise ValueError("an audio file is decoded whole, not in segments")
+        started = time.perf_counter()
+        tracks = {}  # backbones of one rate and resampler share a decode
+        try:
+            fingerprint = video_fingerprint(entry.path)
+            for name in models:
+                spec: AudioSpec = self.specs[name]
+                key = (spec.sample_rate_hz, spec.resampler)
+                if key not in tracks:
+                    tracks[key] = decode_audio(
+                        entry.path,
+                        spec.sample_rate_hz,
+                        stream_index=self.audio_stream,
+                        resampler=spec.resampler,
+                    )
+        except (*file_errors("pyav"), OSError) as error:
+            raise _FileError("audio", error) from error
+        track = next(iter(tracks.values()))
+        duration = track.decoded_seconds  # at the file's own rate: the same for every backbone
+        if duration == 0:
+            raise _FileError("audio", DecodeError("the audio stream has no samples"))
+        num_clips = math.ceil(duration / self.clip_stride)  # clip i starts at i*S < duration
+        clips = list(range(num_clips))
+        starts = [clip * self.clip_stride for clip in clips]
+        builder.add_video(
+            VideoStart(
+                index=item.video_index,
+                relative_path=entry.relative_path,
+                size_bytes=entry.size_bytes,
+                mtime_ns=entry.mtime_ns,
+                fingerprint=fingerprint,
+                num_segments=1,
+                models=list(models),
+            )
+        )
+        for name in models:
+            spec = self.specs[name]
+            windows = tracks[spec.sample_rate_hz, spec.resampler].windows(starts, self.clip_len)
+            self._add_windows(builder, name, item.video_index, windows, clips)
+        builder.decode_seconds += time.perf_counter() - started
+        builder.add_decoded_bytes(item.size_bytes)
+        builder.add_end(
+            SegmentEnd(
+                index=item.video_index,
+                first_clip=0,
+                num_samples=dict.fromkeys(models, num_clips),
+                num_frames=0,
+                clip_length=self.clip_len_seconds,
+                decode_errors=0,
+                nvdec_frames=None,
+                decode="sequential",
+                last=VideoTail(num_clips, duration),
+                clip_stride=self.clip_stride_seconds,
+                tail=self.tail,
+                recipe_rows={},
+                audio_seconds=track.audio_seconds,
+                stride_windows={},
+            )
+        )
+        while builder.full():
+            yield builder.pop()
 
     def _emitter(
         self, builder: BatchBuilder, model: str, item: WorkItem, phase: int, video: Video

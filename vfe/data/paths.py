@@ -16,6 +16,14 @@ VIDEO_EXTENSIONS = frozenset(
         ".mpeg", ".mpg", ".mts", ".ogv", ".ts", ".webm", ".wmv",
     }
 )  # fmt: skip
+# Audio files, listed where every backbone of a run is an audio backbone (`--model pann`).
+AUDIO_EXTENSIONS = frozenset({".aac", ".flac", ".m4a", ".mp3", ".oga", ".ogg", ".opus", ".wav"})
+
+
+def is_audio_file(path: Path) -> bool:
+    """An audio file (no picture to decode): time 0 is its first sample."""
+    return Path(path).suffix.lower() in AUDIO_EXTENSIONS
+
 
 FINGERPRINT_BLOCKS = 16
 FINGERPRINT_BLOCK_BYTES = 16 * 1024
@@ -121,8 +129,9 @@ def _walk(input_dir: Path) -> list[Path]:
     return found
 
 
-def find_videos(input_dir: Path) -> list[VideoEntry]:
-    """Video files under `input_dir` (recursive, by extension, case-insensitive), sorted by path.
+def find_videos(input_dir: Path, audio_files: bool = False) -> list[VideoEntry]:
+    """Video files under `input_dir` (recursive, by extension, case-insensitive), sorted by path;
+    with `audio_files`, audio files too (a run of audio backbones only).
 
     Linked folders are searched; a video that is a broken link is listed (and fails to open,
     so it is reported). Two videos that would write the same .npz (`a.mp4` and `a.mkv` side by
@@ -131,16 +140,17 @@ def find_videos(input_dir: Path) -> list[VideoEntry]:
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise VfeError(f"--input_dir {str(input_dir)!r} is not a folder")
+    extensions = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS if audio_files else VIDEO_EXTENSIONS
     entries = []
     for path in sorted(_walk(input_dir)):
-        if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        if path.suffix.lower() not in extensions:
             continue
         if not path.exists() or path.is_file():  # a broken link is listed: the run reports it
             entries.append(_entry(path, path.relative_to(input_dir).as_posix()))
     if not entries:
         raise VfeError(
             f"--input_dir {str(input_dir)!r} holds no videos (looked recursively for "
-            f"{', '.join(sorted(VIDEO_EXTENSIONS))})"
+            f"{', '.join(sorted(extensions))})"
         )
     check_distinct_outputs(entries)
     return entries

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vfe.decoding.colour import layout_of, pack_planes
+from vfe.decoding.source import av_input
 from vfe.decoding.sparse import SparsePictures, index_packets, sparse_frames, why_not_sparse
 from vfe.decoding.video import (
     DecodeError,
@@ -165,13 +166,13 @@ def _open_on(path: Path, device: str) -> tuple["av.container.InputContainer", bo
     hardware device that cannot be created is one run-level error, not a failure of each file:
     the file is opened again on the CPU to tell the two apart."""
     if not device.startswith("cuda"):
-        return av.open(str(path)), False
+        return av.open(av_input(path)), False
     make_torch_context_current(device)
     try:
-        container = av.open(str(path), hwaccel=_nvdec(device))
+        container = av.open(av_input(path), hwaccel=_nvdec(device))
     except av.FFmpegError as error:
         try:
-            av.open(str(path)).close()
+            av.open(av_input(path)).close()
         except av.FFmpegError:
             raise error from None  # the file itself: a failure of this video
         raise VfeError(
@@ -181,7 +182,7 @@ def _open_on(path: Path, device: str) -> tuple["av.container.InputContainer", bo
     streams = container.streams.video
     if streams and not _packs_on_the_gpu(streams[0]):
         container.close()
-        return av.open(str(path)), False
+        return av.open(av_input(path)), False
     return container, True
 
 
@@ -189,7 +190,7 @@ def open_for_cpu(
     path: Path, num_threads: int
 ) -> tuple["av.container.InputContainer", "av.video.stream.VideoStream"]:
     """The file opened for decoding on the CPU with `num_threads` FFmpeg threads."""
-    container = av.open(str(path))
+    container = av.open(av_input(path))
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     stream.thread_count = num_threads
@@ -246,7 +247,7 @@ class PyAVVideo:
         Taken from the video stream's last packets, not the container's header: a container
         declares its longest stream, and audio may run far past the video.
         """
-        with av.open(str(path)) as container:
+        with av.open(av_input(path)) as container:
             if not container.streams.video or container.format.name not in SEEKABLE_FORMATS:
                 return None
             stream = container.streams.video[0]

@@ -134,7 +134,9 @@ def declared_video_duration_seconds(path: Path) -> Fraction | None:
     vfe always has), for decoders whose library does not say."""
     import av
 
-    with av.open(str(path)) as container:
+    from vfe.decoding.source import av_input
+
+    with av.open(av_input(path)) as container:
         if not container.streams.video:
             return None
         stream = container.streams.video[0]

@@ -202,7 +202,8 @@ def finish_video(
     windows = clip_windows(num_clips, clip_length, duration, stride)
     arrays = {
         "features": means.astype(np.float32),
-        "fps": np.float64(float(num_frames / duration) if duration else np.nan),
+        # An audio file has no frames, and no frame rate.
+        "fps": np.float64(float(num_frames / duration) if duration and num_frames else np.nan),
         "clip_length": np.float64(end.clip_length),
         "timestamps": windows,
     }
