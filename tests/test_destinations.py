@@ -115,7 +115,7 @@ def test_planted_links_at_the_old_temporary_names_are_never_followed(tmp_path: P
     name leaves its target untouched."""
     from vfe.output.npz import save_npz_atomically
     from vfe.output.pack import pack
-    from vfe.output.provenance import sha256_of_file
+    from vfe.planning.provenance import sha256_of_file
     from vfe.text.command import write_query_file
 
     victim = tmp_path / "victim.txt"

@@ -26,7 +26,7 @@ from vfe.data.paths import find_videos
 from vfe.data.work_plan import split_over_workers
 from vfe.decoding.pyav import PyAVVideo
 from vfe.decoding.video import DecodeError, Timeline, open_video, split_duration_seconds
-from vfe.output.provenance import read_provenance
+from vfe.planning.provenance import read_provenance
 
 FRAMES = InputSpec(None, 8, 8, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,) * 3, 8)
 STACK4 = InputSpec(4, 8, 8, InterpolationMode.BILINEAR, False, (0.5,) * 3, (0.5,) * 3, 2, True)

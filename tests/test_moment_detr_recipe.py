@@ -12,7 +12,7 @@ from pyslowfast_files import caffe2_blobs, python2_pickle, random_slowfast_state
 from test_hero_recipe import ffmpeg_frames
 
 from vfe.bench.synthetic import write_video
-from vfe.output.provenance import read_provenance
+from vfe.planning.provenance import read_provenance
 
 REPO = Path(__file__).resolve().parent.parent
 

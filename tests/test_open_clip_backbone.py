@@ -14,7 +14,7 @@ from conftest import cosine, extract, reference_image_features
 from vfe.backbones.openclip import OpenCLIPBackbone
 from vfe.data.input_spec import ResizeMode
 from vfe.errors import VfeError
-from vfe.output.provenance import read_provenance
+from vfe.planning.provenance import read_provenance
 
 open_clip = pytest.importorskip("open_clip")
 

@@ -13,7 +13,7 @@ from conftest import run_vfe
 
 from vfe.bench.synthetic import write_video
 from vfe.data.paths import VideoEntry, video_fingerprint
-from vfe.output.provenance import (
+from vfe.planning.provenance import (
     PROVENANCE_KEY,
     first_difference,
     read_provenance,
@@ -37,7 +37,7 @@ def output_of(result) -> str:
 def test_every_file_records_how_it_was_made(
     clip_args, tiny_clip_file: Path, video_dir: Path, tmp_path: Path
 ):
-    from vfe.output.provenance import sha256_of_file
+    from vfe.planning.provenance import sha256_of_file
 
     result = run_vfe(*clip_args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -222,7 +222,7 @@ def test_a_file_another_job_wrote_after_the_listing_is_left_alone_whatever_its_t
     the folder can carry an earlier time. Written since the listing (new, or replacing the file
     an --overwrite run saw), it is left to the job that wrote it; the file seen is redone."""
     from vfe.data.paths import VideoEntry
-    from vfe.output.resume import plan_run
+    from vfe.planning.resume import plan_run
 
     out = {"m": tmp_path / "m"}
     out["m"].mkdir()

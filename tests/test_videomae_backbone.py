@@ -12,7 +12,7 @@ from conftest import cosine, extract, reference_decode, run_vfe
 
 from vfe.backbones.videomae import VideoMAEBackbone
 from vfe.errors import VfeError
-from vfe.output.provenance import read_provenance
+from vfe.planning.provenance import read_provenance
 
 transformers = pytest.importorskip("transformers")
 

@@ -23,10 +23,10 @@ from vfe.data.paths import output_path_for
 from vfe.errors import VfeError
 from vfe.messages import quiet_reports
 from vfe.output.failures import FAILURES_FILE_NAME, read_failures
-from vfe.output.provenance import PROVENANCE_KEY
-from vfe.output.stopping import STOP_REQUEST, STOP_SIGNALS
 from vfe.output.writer import FeatureWriter
+from vfe.planning.provenance import PROVENANCE_KEY
 from vfe.predict_cli import check_device
+from vfe.stopping import STOP_REQUEST, STOP_SIGNALS
 
 VideoArrays = dict[str, Any]  # features, timestamps, fps, clip_length, provenance (a dict)
 

@@ -9,6 +9,7 @@ through `write_atomically`.
 
 import contextlib
 import os
+import posixpath
 import socket
 import tempfile
 from collections.abc import Callable
@@ -16,6 +17,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vfe.errors import VfeError
+
+
+def is_url(location: "str | Path | None") -> bool:
+    """A location fsspec opens by protocol (`s3://`, `gs://`, `http://`, `file://`, ...)."""
+    return location is not None and "://" in str(location)
+
+
+def join_location(folder: str, name: str) -> str:
+    """`folder/name` for a local folder or a URL."""
+    return posixpath.join(folder, name) if is_url(folder) else os.path.join(folder, name)
+
 
 # vfe's own folders inside an output folder: never outputs, never an input's output path.
 RESERVED_NAMES = frozenset({".vfe-parts", ".vfe-claims", ".vfe-runs", ".vfe-search"})

@@ -28,8 +28,8 @@ from vfe.errors import ExitCode, VfeError
 from vfe.messages import mark_command_start
 from vfe.option_errors import OneLineErrors
 from vfe.output.run_totals import RankLost
-from vfe.output.stopping import STOP_REQUEST, STOP_SIGNALS, StoppedBySignal
 from vfe.output.writer import FeatureWriter
+from vfe.stopping import STOP_REQUEST, STOP_SIGNALS, StoppedBySignal
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -56,9 +56,26 @@ VFE_FLAGS = (
         {"type": Path | None, "default": None},
     ),
     Flag(
+        "--input_shards",
+        "webdataset tar shards instead (video2dataset's layout), a path or fsspec URL with "
+        "brace ranges: 's3://bucket/videos/{00000..00999}.tar'",
+        {"type": str | None, "default": None},
+    ),
+    Flag(
+        "--shard_video_ext",
+        "a shard sample's video is its member with this extension (default: its first video)",
+        {"type": str | None, "default": None},
+    ),
+    Flag(
         "--output_dir",
-        "where the .npz files go (default: features/<model>/)",
-        {"type": Path | None, "default": None},
+        "where the .npz files go (default: features/<model>/); for shards also an fsspec URL",
+        {"type": str | None, "default": None},
+    ),
+    Flag(
+        "--output_format",
+        "npz (a file per video; default for files); for --input_shards webdataset (default: "
+        "<shard>.tar, then <shard>.stats.json) or parquet (<shard>.parquet, a row per video)",
+        {"type": str | None, "default": None},
     ),
     Flag(
         "--layout",
@@ -191,6 +208,9 @@ class VfeCLI(LightningCLI):
             ("input_list", "data.input_list"),
             ("layout", "data.layout"),
             ("output_dir", "data.output_dir"),
+            ("input_shards", "data.input_shards"),
+            ("shard_video_ext", "data.shard_video_ext"),
+            ("output_format", "data.output_format"),
             ("clip_len", "data.clip_len"),
             ("clip_stride", "data.clip_stride"),
             ("batch_size", "data.batch_size"),

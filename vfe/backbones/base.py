@@ -76,7 +76,7 @@ class Backbone(Extractor):
         """`{"arch", "weights", "weights_sha256"}` of the loaded network (after configure_model)."""
 
     def provenance(self) -> dict[str, Any]:
-        """What this backbone contributes to each file's provenance (`vfe.output.provenance`)."""
+        """What this backbone contributes to each file's provenance (`vfe.planning.provenance`)."""
         return {
             "model": f"{type(self).__module__}.{type(self).__qualname__}",
             "options": self.options(),

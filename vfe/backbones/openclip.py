@@ -22,7 +22,7 @@ from vfe.backbones.weights import RANDOM, resolve_weights_file
 from vfe.data.input_spec import InputSpec, ResizeMode
 from vfe.errors import VfeError
 from vfe.optional import import_extra
-from vfe.output.provenance import sha256_of_file
+from vfe.planning.provenance import sha256_of_file
 from vfe.text.tower import TextTower
 
 HF_HUB = "hf-hub:"

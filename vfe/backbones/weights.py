@@ -7,7 +7,7 @@ import torch
 
 from vfe.errors import VfeError
 from vfe.messages import warn
-from vfe.output.provenance import sha256_of_file
+from vfe.planning.provenance import sha256_of_file
 
 RANDOM = "random"
 

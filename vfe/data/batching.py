@@ -11,6 +11,7 @@ from vfe.data.records import (
     ModelSamples,
     Samples,
     SegmentEnd,
+    ShardEnd,
     VideoFailure,
     VideoStart,
 )
@@ -67,6 +68,7 @@ class BatchBuilder:
         self._videos: list[VideoStart] = []
         self._ends: list[SegmentEnd] = []
         self._failures: list[VideoFailure] = []
+        self._shard_ends: list[ShardEnd] = []
         # Bytes decoded, each with the samples added before them: they travel with the batch
         # that takes the last of those samples, so progress counts what the model has done.
         self._added = dict.fromkeys(batch_sizes, 0)
@@ -117,6 +119,9 @@ class BatchBuilder:
     def add_failure(self, failure: VideoFailure) -> None:
         self._failures.append(failure)
 
+    def add_shard_end(self, end: ShardEnd) -> None:
+        self._shard_ends.append(end)
+
     def full(self) -> bool:
         """Some backbone has a whole batch waiting."""
         return any(len(buffer) >= buffer.batch_size for buffer in self._buffers.values())
@@ -127,6 +132,7 @@ class BatchBuilder:
             or self._videos
             or self._ends
             or self._failures
+            or self._shard_ends
             or self._decoded
         )
 
@@ -151,10 +157,11 @@ class BatchBuilder:
             "videos": self._videos,
             "ends": self._ends,
             "failures": self._failures,
+            "shard_ends": self._shard_ends,
             "decoded_bytes": decoded_bytes,
             "decode_seconds": self.decode_seconds,
             "preprocess_seconds": self.preprocess_seconds,
         }
-        self._videos, self._ends, self._failures = [], [], []
+        self._videos, self._ends, self._failures, self._shard_ends = [], [], [], []
         self.decode_seconds = self.preprocess_seconds = 0.0
         return batch

@@ -3,6 +3,7 @@ options, and feeds `vfe.data.dataset.VideoClipDataset` batches through DataLoade
 
 import ctypes
 import gc
+import importlib.util
 import math
 import os
 import signal
@@ -25,7 +26,7 @@ from vfe.data.paths import (
     read_video_list,
 )
 from vfe.data.recipe_samples import check_recipe_settings
-from vfe.data.work_plan import PlannedRun, WorkItem, plan_ranks
+from vfe.data.work_plan import PlannedRun, ShardItem, WorkItem, plan_ranks
 from vfe.decoding.video import (
     DEFAULT_DECODER,
     check_decoder,
@@ -34,16 +35,21 @@ from vfe.decoding.video import (
     split_duration_seconds,
     supports_segments,
 )
+from vfe.destinations import is_url
 from vfe.errors import VfeError
 from vfe.messages import count, say
-from vfe.output.provenance import run_provenance
-from vfe.output.resume import RunPlan, plan_run
-from vfe.output.stopping import STOP_SIGNALS
 from vfe.planning.claims import Claims
 from vfe.planning.job_part import JobPart, job_part, select_part
 from vfe.planning.owners import new_run_id, register, this_run
+from vfe.planning.provenance import run_provenance
+from vfe.planning.resume import RunPlan, plan_run
+from vfe.planning.shard_plan import ShardListing, plan_shards, shard_output_dirs, share_shards
+from vfe.sources.shards import list_shards
+from vfe.stopping import STOP_SIGNALS
 
 OUTPUT_DTYPES = ("float32", "float16")  # what `features` may be saved as
+# A file per video; for shards, an output shard per input shard (tar or parquet).
+OUTPUT_FORMATS = ("npz", "webdataset", "parquet")
 # Where frames become each backbone's RGB input (`VideoDataModule`'s convert_on).
 CONVERT_ON = ("workers", "model")
 
@@ -127,7 +133,8 @@ class VideoDataModule(LightningDataModule):
         layout: "tree": outputs mirror the input folders; "flat": every output directly in
             the output folder, named by the video's file name (`{vid}.npz`).
         output_dir: where .npz files go (default `features/<model name>/`); videos whose .npz
-            exists are skipped unless `overwrite`.
+            exists are skipped unless `overwrite`. A run over shards: a local folder or an
+            fsspec URL, where output shards go.
         clip_len: clip length in seconds.
         batch_size: samples per forward pass (frames for image models, clips for video models);
             default: the model's own.
@@ -171,12 +178,20 @@ class VideoDataModule(LightningDataModule):
             provenance records as `decode: sparse|sequential`); false: decode every frame.
         audio_stream: the audio stream audio backbones (pann) read, counted from 0 among the
             file's audio streams; default: the first.
+        input_shards: webdataset tar shards instead of files (`vfe.sources.shards`): an fsspec
+            URL or local path with brace ranges, `s3://bucket/videos/{00000..00999}.tar`;
+            each sample's video is decoded from memory, its key names its output.
+        shard_video_ext: a sample's video is its member with this extension (`mp4`); default:
+            its first member with a video extension.
+        output_format: "npz" (a file per video; the default for files), or for shards
+            "webdataset" (a tar per input shard; the default) or "parquet"
+            (`vfe.output.shard_sink`).
     """
 
     def __init__(
         self,
         input_dir: Path = DEFAULT_INPUT_DIR,
-        output_dir: Path | None = None,
+        output_dir: Path | str | None = None,
         clip_len: float = 2.0,
         batch_size: int | None = None,
         num_workers: int = 2,
@@ -196,6 +211,9 @@ class VideoDataModule(LightningDataModule):
         output_dtype: str = "float32",
         sparse_decode: bool = True,
         audio_stream: int | None = None,
+        input_shards: str | None = None,
+        shard_video_ext: str | None = None,
+        output_format: str | None = None,
     ) -> None:
         super().__init__()
         self.part: JobPart | None = job_part(part)
@@ -259,7 +277,57 @@ class VideoDataModule(LightningDataModule):
             raise VfeError(
                 f"--layout {layout!r} is not allowed; choose one of {', '.join(LAYOUTS)}"
             )
-        if input_list is not None:
+        if output_format is not None and output_format not in OUTPUT_FORMATS:
+            raise VfeError(
+                f"--output_format {output_format!r} is not allowed; choose one of "
+                f"{', '.join(OUTPUT_FORMATS)}"
+            )
+        if input_shards is not None:
+            given = [
+                f"{flag} {str(value)!r}"
+                for flag, value, default in (
+                    ("--input_dir", input_dir, DEFAULT_INPUT_DIR),
+                    ("--input_list", input_list, None),
+                )
+                if (Path(value) if value is not None else None) != default
+            ]
+            if given:
+                raise VfeError(
+                    f"--input_shards {input_shards!r} and {given[0]}: give one source of videos"
+                )
+            if output_format == "npz":
+                raise VfeError(
+                    "--output_format npz writes a file per video; a run over --input_shards "
+                    "writes shards (--output_format webdataset or parquet)"
+                )
+            if decoder != "pyav" or decode_device != "cpu":
+                raise VfeError(
+                    "--input_shards decodes each sample from memory, which --data.decoder pyav "
+                    f"on the CPU does; not --data.decoder {decoder} on {decode_device}"
+                )
+            if layout != "tree":
+                raise VfeError(
+                    f"--layout {layout}: a run over shards names each output by its sample's key"
+                )
+        elif output_format not in (None, "npz"):
+            raise VfeError(
+                f"--output_format {output_format} mirrors input shards: give --input_shards, or "
+                "--output_format npz for files"
+            )
+        elif is_url(output_dir):
+            raise VfeError(
+                f"--output_dir {str(output_dir)!r}: feature files go to a local folder; "
+                "object storage takes the shards of a run over --input_shards"
+            )
+        if output_format == "parquet" and importlib.util.find_spec("pyarrow") is None:
+            raise VfeError("--output_format parquet needs pyarrow: pip install -e '.[shards]'")
+        if shard_video_ext is not None:
+            if input_shards is None:
+                raise VfeError("--shard_video_ext is for --input_shards")
+            shard_video_ext = "." + shard_video_ext.lower().lstrip(".")
+        if input_shards is not None:
+            pass
+        elif input_list is not None:
             if Path(input_dir) != DEFAULT_INPUT_DIR:
                 raise VfeError(
                     f"--input_dir {str(input_dir)!r} and --input_list {str(input_list)!r}: give "
@@ -269,6 +337,11 @@ class VideoDataModule(LightningDataModule):
                 raise VfeError(f"--input_list {str(input_list)!r} is not a file")
         elif not Path(input_dir).is_dir():
             raise VfeError(f"--input_dir {str(input_dir)!r} is not a folder")
+        self.input_shards = input_shards
+        self.shard_video_ext = shard_video_ext
+        self.output_format = output_format or ("webdataset" if input_shards else "npz")
+        if input_shards is None and output_dir is not None:
+            output_dir = Path(output_dir)
         self.input_dir = Path(input_dir)
         self.input_list = None if input_list is None else Path(input_list)
         self.layout = layout
@@ -300,12 +373,13 @@ class VideoDataModule(LightningDataModule):
                 f"--batch_size {self.batch_size} is for one backbone; with several give each "
                 f"its own (--model.<name>.batch_size N, for {', '.join(names)})"
             )
-        for output_dir in model_output_dirs(self.output_dir, names).values():
-            check_output_dir(output_dir)
+        if self.input_shards is None:
+            for output_dir in model_output_dirs(self.output_dir, names).values():
+                check_output_dir(output_dir)
         self.audio_files = all(is_audio(spec) for spec in model.input_specs.values())
 
     def provenance(self) -> dict[str, Any]:
-        """The data settings each feature file records (`vfe.output.provenance`)."""
+        """The data settings each feature file records (`vfe.planning.provenance`)."""
         return {
             "clip_length": self.clip_len,
             "grid_version": GRID_VERSION,
@@ -321,6 +395,8 @@ class VideoDataModule(LightningDataModule):
 
     def source(self) -> str:
         """Where the videos come from, for messages."""
+        if self.input_shards is not None:
+            return f"in {self.input_shards}"
         if self.input_list is not None:
             return f"in {self.input_list}"
         return f"under {self.input_dir}"
@@ -336,6 +412,8 @@ class VideoDataModule(LightningDataModule):
         """
         trainer = self.trainer
         model = trainer.lightning_module
+        if self.input_shards is not None:
+            return self.plan_shard_run()
         output_dirs = model_output_dirs(self.output_dir, list(model.members()))
         listing, work_by_rank, claims = None, None, None
         if trainer.global_rank == 0:
@@ -381,6 +459,64 @@ class VideoDataModule(LightningDataModule):
             ],
             work=work_by_rank[trainer.global_rank],
             claims=claims,
+        )
+
+    def plan_shard_run(self) -> PlannedRun:
+        """`plan_run` for a run over shards (`vfe.planning.shard_plan`): rank 0 lists the
+        shards (this job's part of them) and reads their stats; every rank gets its share."""
+        trainer = self.trainer
+        model = trainer.lightning_module
+        output_dirs = shard_output_dirs(self.output_dir, list(model.members()))
+        shards, listing, shares, run_id = [], None, None, ""
+        if trainer.global_rank == 0:
+            run_id = new_run_id()
+            settings = self.provenance()
+            wanted = {
+                name: run_provenance(member, settings, trainer.precision)
+                for name, member in model.members().items()
+            }
+            try:
+                shards = list_shards(self.input_shards)
+                if self.part is not None:
+                    chosen = select_part([shard.size_bytes for shard in shards], self.part)
+                    say(
+                        f"part {self.part} ({self.part.source}): {len(chosen)} of the "
+                        f"{len(shards)} shards {self.source()}"
+                    )
+                    shards = [shards[index] for index in chosen]
+                listing = plan_shards(
+                    shards, output_dirs, self.overwrite, wanted, self.output_format
+                )
+            except VfeError as error:  # reaches every rank below, so none waits in broadcast
+                listing = ShardListing([], {}, str(error))
+            else:
+                shares = share_shards(
+                    listing.todo, shards, trainer.world_size, max(1, self.num_workers)
+                )
+        shards, listing, shares, run_id = trainer.strategy.broadcast(
+            (shards, listing, shares, run_id), src=0
+        )
+        if listing.problem:
+            raise VfeError(listing.problem)
+        for name, folder in output_dirs.items():
+            to_do = sum(name in models for _, models in listing.todo)
+            skipped = listing.num_skipped[name]
+            label = f"{name}: " if len(output_dirs) > 1 else ""
+            say(
+                f"{label}{count(to_do + skipped, 'shard')} {self.source()}, {skipped} already "
+                f"done (skipped), {to_do} to extract -> {folder}"
+            )
+        return PlannedRun(
+            videos=[],
+            video_models=[],
+            num_skipped=listing.num_skipped,
+            run_id=run_id,
+            videos_per_rank=[sum(len(worker) for worker in rank) for rank in shares],
+            work=[
+                [ShardItem(number, shards[number], models) for number, models in worker]
+                for worker in shares[trainer.global_rank]
+            ],
+            shards=shards,
         )
 
     def job_videos(self) -> list[VideoEntry]:
@@ -476,6 +612,8 @@ class VideoDataModule(LightningDataModule):
             claims=plan.claims,
             sparse_decode=self.sparse_decode,
             audio_stream=self.audio_stream,
+            audio_files=self.audio_files,
+            shard_video_ext=self.shard_video_ext,
         )
         # Garbage in reference cycles that holds FFmpeg objects (decoded frames, their swscale
         # contexts) would be freed in the forked workers, whose frees wait on threads only this

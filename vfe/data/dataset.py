@@ -25,13 +25,20 @@ from torch.utils.data import IterableDataset, get_worker_info
 from vfe.data.batching import BatchBuilder
 from vfe.data.clip_grid import ClipAssigner, clip_length_fraction, stride_phases
 from vfe.data.input_spec import AudioSpec, FrameSampling, InputSpec, is_audio
-from vfe.data.paths import VideoEntry, is_audio_file, video_fingerprint
+from vfe.data.paths import (
+    AUDIO_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    VideoEntry,
+    is_audio_file,
+    video_fingerprint,
+)
 from vfe.data.recipe_samples import FilteredSamples
 from vfe.data.records import (
     Batch,
     RowsOfRecipe,
     Samples,
     SegmentEnd,
+    ShardEnd,
     StrideWindows,
     VideoFailure,
     VideoStart,
@@ -50,7 +57,7 @@ from vfe.data.samples import (
 )
 from vfe.data.streams import in_threads
 from vfe.data.transforms import packed_to_samples, resize_and_center_crop
-from vfe.data.work_plan import WorkItem, split_over_workers
+from vfe.data.work_plan import ShardItem, WorkItem, sample_index, split_over_workers
 from vfe.decoding.audio import AudioWindows, decode_audio, read_audio_windows
 from vfe.decoding.colour import packed_shape
 from vfe.decoding.video import (
@@ -64,6 +71,7 @@ from vfe.decoding.video import (
 )
 from vfe.messages import say_on_this_rank
 from vfe.planning.claims import Claims
+from vfe.sources.shards import ShardError, shard_samples
 
 
 def describe_error(error: BaseException, max_chars: int = 300) -> str:
@@ -117,6 +125,10 @@ class VideoClipDataset(IterableDataset):
         sparse_decode: decode only the frames used where every backbone of a video uses a
             few frames of each clip (`vfe.decoding.sparse`).
         audio_stream: which audio stream audio backbones read (default: the first).
+        audio_files: a shard sample's audio member may be its video (every backbone is an
+            audio backbone).
+        shard_video_ext: a shard sample's video is its member with this suffix (`.mp4`);
+            default: its first member with a video suffix.
     """
 
     def __init__(
@@ -138,6 +150,8 @@ class VideoClipDataset(IterableDataset):
         claims: Claims | None = None,
         sparse_decode: bool = False,
         audio_stream: int | None = None,
+        audio_files: bool = False,
+        shard_video_ext: str | None = None,
     ) -> None:
         self.videos = videos
         self.claims = claims
@@ -163,6 +177,8 @@ class VideoClipDataset(IterableDataset):
         self.decode_streams = decode_streams
         self.sparse_decode = sparse_decode
         self.audio_stream = audio_stream
+        self.audio_files = audio_files
+        self.shard_video_ext = shard_video_ext
 
     def worker_items(self) -> list[WorkItem]:
         """This DataLoader worker's work items."""
@@ -205,6 +221,9 @@ class VideoClipDataset(IterableDataset):
         """The batches of `items`, decoded one after the other."""
         builder = BatchBuilder(self.batch_sizes)
         for item in items:
+            if isinstance(item, ShardItem):
+                yield from self._add_shard(builder, item)
+                continue
             models = self.models_of(item.video_index)
             if self.claims is not None:  # claimed just before decoding, so jobs share as they go
                 models = self.claims.claim(self.videos[item.video_index].relative_path, models)
@@ -227,14 +246,67 @@ class VideoClipDataset(IterableDataset):
         while builder.has_anything():
             yield builder.pop(final=True)
 
+    def _add_shard(self, builder: BatchBuilder, item: ShardItem) -> Iterator[Batch]:
+        """A shard's samples one after the other, each decoded as a video is; a sample without
+        a video (or that fails) is that sample's failure; then the shard's end record, with
+        the error that stopped its reading, if one did."""
+        suffixes = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS if self.audio_files else VIDEO_EXTENSIONS
+        if self.shard_video_ext is not None:
+            suffixes = frozenset({self.shard_video_ext})
+        number, error = 0, None
+        samples = shard_samples(item.shard, suffixes)
+        while True:
+            try:
+                sample = next(samples, None)
+            except ShardError as problem:
+                error = str(problem)
+                break
+            if sample is None:
+                break
+            index = sample_index(item.number, number)
+            number += 1
+            video = sample.video
+            name = f"{item.shard.name}.tar/{sample.key}"
+            if video is None:
+                builder.add_failure(
+                    VideoFailure(
+                        index,
+                        name,
+                        sample.key,
+                        "open",
+                        sample.problem or "",
+                        [*item.models],
+                        shard=item.number,
+                    )
+                )
+                continue
+            entry = VideoEntry(video, sample.key + video.suffix.lower(), video.size_bytes, 0)
+            work = WorkItem(index, size_bytes=video.size_bytes)
+            try:
+                yield from self._add_item(builder, work, item.models, entry, item.number)
+            except _FileError as failure:
+                builder.add_failure(
+                    VideoFailure(
+                        index, str(video), entry.relative_path, failure.stage, str(failure),
+                        [*item.models], shard=item.number,
+                    )
+                )  # fmt: skip
+        builder.add_shard_end(ShardEnd(item.number, number, [*item.models], error))
+
     def _add_item(
-        self, builder: BatchBuilder, item: WorkItem, models: tuple[str, ...]
+        self,
+        builder: BatchBuilder,
+        item: WorkItem,
+        models: tuple[str, ...],
+        entry: VideoEntry | None = None,
+        shard: int | None = None,
     ) -> Iterator[Batch]:
         """Decode one video or segment once for `models`, adding their samples and finally its
-        end record."""
-        entry = self.videos[item.video_index]
+        end record; `entry`: the video (default: the run's video `item.video_index`), a sample
+        of shard number `shard`."""
+        entry = entry if entry is not None else self.videos[item.video_index]
         if is_audio_file(entry.path):
-            yield from self._add_audio_file(builder, item, models)
+            yield from self._add_audio_file(builder, item, models, entry, shard)
             return
         # Only what the decoding library raises for a bad file is a failure of the video; an
         # error in vfe's own code (timeline, reordering, rotation, resizing) stops the run.
@@ -263,6 +335,7 @@ class VideoClipDataset(IterableDataset):
                 models=list(models),
                 rank_segments=item.rank_segments,
                 num_ranks=item.num_ranks,
+                shard=shard,
             )
         )
         builder.decode_seconds += time.perf_counter() - started
@@ -362,7 +435,9 @@ class VideoClipDataset(IterableDataset):
             end_clip = item.end_clip
             if reached_end:
                 end_clip = sum(grid.assigner.num_clips for grid in grids)
-            audio_seconds = self._add_audio(builder, item, video, audio_models, end_clip)
+            audio_seconds = self._add_audio(
+                builder, item, entry, video, audio_models, end_clip, shard
+            )
             for name in audio_models:
                 if audio_seconds is None:  # a failure of these backbones only
                     del num_samples[name]
@@ -417,14 +492,15 @@ class VideoClipDataset(IterableDataset):
         self,
         builder: BatchBuilder,
         item: WorkItem,
+        entry: VideoEntry,
         video: Video,
         audio_models: list[str],
         end_clip: int,
+        shard: int | None,
     ) -> float | None:
         """Each audio backbone's windows of the item's clips `[first_clip, end_clip)`, one
         sample per clip; the seconds of audio the file has, or None where it has none to give
         (a failure of the audio backbones only: the video backbones still write theirs)."""
-        entry = self.videos[item.video_index]
         clips = list(range(item.first_clip, end_clip))
         starts = [clip * self.clip_stride for clip in clips]
         started = time.perf_counter()
@@ -453,6 +529,7 @@ class VideoClipDataset(IterableDataset):
                         stage="audio",
                         error=describe_error(error),
                         models=list(audio_models),
+                        shard=shard,
                     )
                 )
                 return None
@@ -476,12 +553,16 @@ class VideoClipDataset(IterableDataset):
             builder.add_samples(name, Samples(pixels, None), video_index, clips[chunk])
 
     def _add_audio_file(
-        self, builder: BatchBuilder, item: WorkItem, models: tuple[str, ...]
+        self,
+        builder: BatchBuilder,
+        item: WorkItem,
+        models: tuple[str, ...],
+        entry: VideoEntry,
+        shard: int | None,
     ) -> Iterator[Batch]:
         """An audio file (`vfe.data.paths.AUDIO_EXTENSIONS`) for audio backbones: only its
         audio is decoded; time 0 is its first sample and the clips cover its samples, with the
         tail rules of a video's grid."""
-        entry = self.videos[item.video_index]
         pictured = [name for name in models if not is_audio(self.specs[name])]
         if pictured:
             raise _FileError(
@@ -522,6 +603,7 @@ class VideoClipDataset(IterableDataset):
                 fingerprint=fingerprint,
                 num_segments=1,
                 models=list(models),
+                shard=shard,
             )
         )
         for name in models:

@@ -2,11 +2,13 @@
 
 import csv
 import hashlib
+import io
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from vfe.decoding.source import InMemoryFile
 from vfe.destinations import RESERVED_NAMES
 from vfe.errors import VfeError
 
@@ -22,20 +24,21 @@ AUDIO_EXTENSIONS = frozenset({".aac", ".flac", ".m4a", ".mp3", ".oga", ".ogg", "
 
 def is_audio_file(path: Path) -> bool:
     """An audio file (no picture to decode): time 0 is its first sample."""
-    return Path(path).suffix.lower() in AUDIO_EXTENSIONS
+    return PurePosixPath(str(path)).suffix.lower() in AUDIO_EXTENSIONS
 
 
 FINGERPRINT_BLOCKS = 16
 FINGERPRINT_BLOCK_BYTES = 16 * 1024
 
 
-def video_fingerprint(path: Path) -> str:
+def video_fingerprint(path: "Path | InMemoryFile") -> str:
     """A cheap fingerprint of a video's bytes: sha256 of its size and of 16 blocks of 16 KiB
     spread evenly from its first to its last byte (the whole file when smaller). Tells a copied
     or touched video (same bytes) from an edited one without reading it all."""
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        size = os.fstat(file.fileno()).st_size
+    in_memory = isinstance(path, InMemoryFile)
+    with io.BytesIO(path.data) if in_memory else open(path, "rb") as file:
+        size = path.size_bytes if in_memory else os.fstat(file.fileno()).st_size
         digest.update(size.to_bytes(8, "little"))
         if size <= FINGERPRINT_BLOCKS * FINGERPRINT_BLOCK_BYTES:
             digest.update(file.read())

@@ -37,6 +37,7 @@ class VideoStart:
     models: list[str]  # the backbones it is decoded for
     rank_segments: int = 0  # how many of those this rank decodes (0: all)
     num_ranks: int = 1  # ranks decoding segments of it (> 1: assembled from their parts)
+    shard: int | None = None  # a sample of this shard of the run (`vfe.sources.shards`)
 
 
 @dataclass
@@ -97,6 +98,19 @@ class VideoFailure:
     stage: str  # "open" or "decode"
     error: str
     models: list[str]  # the backbones it was decoded for
+    shard: int | None = None  # a sample of this shard of the run
+
+
+@dataclass
+class ShardEnd:
+    """Every sample of a shard has been sent (their ends and failures are in this batch or
+    earlier ones); `samples`: how many; `error`: why the shard could not be read to its end
+    (its samples read before that are still written)."""
+
+    shard: int  # the shard's number in the run
+    samples: int
+    models: list[str]  # the backbones it was decoded for
+    error: str | None = None
 
 
 class ModelSamples(TypedDict):
@@ -117,6 +131,7 @@ class Batch(TypedDict):
     videos: list[VideoStart]
     ends: list[SegmentEnd]
     failures: list[VideoFailure]
+    shard_ends: NotRequired[list[ShardEnd]]  # runs over shards
     decoded_bytes: int  # bytes of the files whose samples are all in this batch or earlier
     decode_seconds: float  # worker time spent on this batch's samples (for benchmarks)
     preprocess_seconds: float

@@ -13,12 +13,13 @@ whole videos are balanced over ranks by size first (largest first to the lightes
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 from vfe.data.paths import VideoEntry
 from vfe.planning.claims import Claims
 from vfe.planning.shares import assign_by_size as assign_ranks
+from vfe.sources.shards import Shard
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,29 @@ class WorkItem:
     num_ranks: int = 1  # ranks holding segments of the video
 
 
+@dataclass(frozen=True)
+class ShardItem:
+    """A whole shard (`vfe.sources.shards`), streamed and decoded sample by sample by one
+    worker for `models` (those whose output shard is not done)."""
+
+    number: int  # the shard's number in the run's list (`PlannedRun.shards`)
+    shard: Shard
+    models: tuple[str, ...]
+
+    @property
+    def size_bytes(self) -> int:
+        return self.shard.size_bytes
+
+
+# A shard's samples are numbered from `number * SAMPLES_PER_SHARD` where records name videos
+# (`VideoStart.index`): no shard holds 2**32 samples.
+SAMPLES_PER_SHARD = 1 << 32
+
+
+def sample_index(shard_number: int, sample_number: int) -> int:
+    return shard_number * SAMPLES_PER_SHARD + sample_number
+
+
 @dataclass
 class PlannedRun:
     """What a run does, decided once before any decoding (`VideoDataModule.plan_run`); the
@@ -45,8 +69,9 @@ class PlannedRun:
     num_skipped: dict[str, int]  # per backbone, videos already done
     run_id: str  # names this run's failure records and its keys in the process group's store
     videos_per_rank: list[int]  # how many videos each rank decodes (all of them or a part)
-    work: list[list[WorkItem]]  # this rank's work items, one list per DataLoader worker
+    work: list[list[WorkItem | ShardItem]]  # this rank's work, one list per DataLoader worker
     claims: Claims | None = None  # how this run claims videos in folders shared with other jobs
+    shards: list[Shard] = field(default_factory=list)  # a run over shards: all of its shards
 
 
 def split_over_workers(
@@ -180,6 +205,6 @@ def plan_ranks(
     ]
 
 
-def work_shares(work: list[list[WorkItem]]) -> list[int]:
+def work_shares(work: list[list[WorkItem | ShardItem]]) -> list[int]:
     """Bytes of work per worker (for tests and progress)."""
     return [sum(item.size_bytes for item in items) for items in work]

@@ -1,4 +1,5 @@
-"""`vfe info FILE_OR_DIR`: how feature files were made (their provenance), and what failed.
+"""`vfe info FILE_OR_DIR`: how feature files were made (their provenance), and what failed;
+for a folder of output shards, their stats.
 
 A folder written by several backbones in one run (`<output_dir>/<name>/`) is reported per
 backbone folder, each with its own settings and failures.
@@ -16,7 +17,8 @@ import numpy as np
 
 from vfe.data.paths import feature_files
 from vfe.output.failures import FAILURES_FILE_NAME, read_failures
-from vfe.output.provenance import DETERMINING_SETTINGS, PROVENANCE_KEY, SETTINGS_BEFORE_RECORDED
+from vfe.planning.provenance import DETERMINING_SETTINGS, PROVENANCE_KEY, SETTINGS_BEFORE_RECORDED
+from vfe.planning.shard_plan import STATS_SUFFIX
 
 MAX_LISTED = 10
 
@@ -178,12 +180,63 @@ def format_folder(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def describe_shards(folder: Path) -> dict[str, Any] | None:
+    """A folder of output shards (`vfe.output.shard_sink`), from their stats; None if it holds
+    none."""
+    stats_files = sorted(folder.glob(f"*{STATS_SUFFIX}"))
+    if not stats_files:
+        return None
+    shards, settings = [], Counter()
+    for path in stats_files:
+        stats = json.loads(path.read_text())
+        shards.append(stats)
+        settings[json.dumps(stats.get("settings"), sort_keys=True)] += 1
+    return {
+        "folder": str(folder),
+        "shards": len(shards),
+        "formats": dict(Counter(stats.get("format") for stats in shards)),
+        "samples": sum(stats["samples"] for stats in shards),
+        "written": sum(stats["written"] for stats in shards),
+        "failed": [
+            {"shard": stats["shard"], **failure}
+            for stats in shards
+            for failure in stats.get("failures", [])
+        ],
+        "settings": [
+            {"value": json.loads(value), "shards": count} for value, count in settings.items()
+        ],
+    }
+
+
+def format_shards(report: dict[str, Any]) -> str:
+    formats = ", ".join(f"{name} ({count})" for name, count in report["formats"].items())
+    lines = [
+        f"{report['folder']}: {report['shards']} finished shards ({formats}), "
+        f"{report['samples']} samples, {report['written']} written"
+    ]
+    if len(report["settings"]) > 1:
+        lines.append(f"  settings: MIXED over {len(report['settings'])} groups of shards")
+    else:
+        for key, value in (report["settings"][0]["value"] or {}).items():
+            lines.append(f"  {key}: {json.dumps(value, sort_keys=True)}")
+    failed = report["failed"]
+    lines.append(f"  {len(failed)} failed sample(s)")
+    lines += [
+        f"    {r['shard']}/{r['relative_path']}: {r.get('stage', '?')}: {r.get('error', '?')}"
+        for r in failed[:MAX_LISTED]
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="vfe info", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="a .npz feature file or an output folder")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
-    if args.path.is_dir():
+    shards = describe_shards(args.path) if args.path.is_dir() else None
+    if shards is not None:
+        report, text = shards, format_shards
+    elif args.path.is_dir():
         report, text = describe(args.path), format_report
     elif args.path.is_file():
         try:

@@ -11,7 +11,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
-from vfe.data.work_plan import work_shares
+from vfe.data.work_plan import ShardItem, work_shares
 from vfe.messages import rate_text
 from vfe.output.writer import FeatureWriter
 
@@ -51,7 +51,12 @@ class VideoProgressBar(TQDMProgressBar):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         work = trainer.datamodule.plan.work
-        self._num_videos = len({item.video_index for items in work for item in items})
+        items = [item for items in work for item in items]
+        self._num_shards = sum(isinstance(item, ShardItem) for item in items)
+        if self._num_shards:  # a run over shards: their samples are not known before
+            self._num_videos = self._num_shards
+        else:
+            self._num_videos = len({item.video_index for item in items})
         # No bar at all when there is nothing to extract (all done, or no share for this rank).
         self._interactive = sys.stderr.isatty() and self._num_videos > 0
         super().on_predict_start(trainer, pl_module)
@@ -98,9 +103,13 @@ class VideoProgressBar(TQDMProgressBar):
         else:  # each backbone's own count: they finish a video's clips at different times
             shown_clips = " ".join(f"{name}:{count}" for name, count in clips.items())
             rate = " ".join(f"{name}:{rate_text(count, elapsed)}" for name, count in clips.items())
+        videos = {"videos": f"{counts.videos_done}/{self._num_videos}"}
+        if self._num_shards:
+            videos = {"shards": f"{writers[0].shards_done}/{self._num_shards}"}
+            videos["videos"] = str(counts.videos_done)
         bar.set_postfix(
             {
-                "videos": f"{counts.videos_done}/{self._num_videos}",
+                **videos,
                 "clips": shown_clips,
                 "clips_per_s": rate,
                 "failed": counts.failed,

@@ -76,3 +76,30 @@ def report_run(
             "in them (--data.allow_concealed_errors; the count is in each file's provenance)"
         )
     return failed  # the audit recorded what ended incomplete as failed
+
+
+def report_shard_run(
+    totals: dict[str, int],
+    output_dirs: dict[str, str],
+    skipped_shards: dict[str, int],
+    seconds: float,
+) -> int:
+    """Print the summary of a run over shards (`vfe.output.shard_sink`); the number of samples
+    not written plus shards not finished."""
+    names = list(output_dirs)
+    failed = totals["failed"]
+    unfinished = max(totals[f"{name}/unfinished"] for name in names)
+    wall = f"wall time {seconds:.1f} s"
+    for name in names:
+        label = f"{name}: " if len(names) > 1 else ""
+        say(
+            f"{label}shards done {totals[f'{name}/shards']}, skipped "
+            f"{skipped_shards.get(name, 0)}; written {totals[f'{name}/written']}, failed "
+            f"{failed}, clips {totals[f'{name}/clips']}, {wall} -> {output_dirs[name]}"
+        )
+    if failed:
+        say(f"{failed} sample(s) failed; reasons in each shard's .stats.json")
+    not_done = totals["unreadable_shards"] + totals["open_shards"]
+    if not_done:
+        say(f"{not_done} shard(s) not finished (no .stats.json): the same command redoes them")
+    return failed + unfinished + not_done

@@ -23,7 +23,7 @@ from typing import Any
 import torch.distributed as dist
 from lightning.pytorch import Trainer
 
-from vfe.output.stopping import STOP_REQUEST
+from vfe.stopping import STOP_REQUEST
 
 POLL_SECONDS = 1.0
 HEARTBEAT_SECONDS = 5.0

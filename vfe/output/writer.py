@@ -15,7 +15,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from vfe.data.paths import model_output_dirs, output_path_for
 from vfe.data.records import VideoFailure, VideoStart
-from vfe.data.work_plan import PlannedRun
+from vfe.data.work_plan import PlannedRun, WorkItem
+from vfe.destinations import is_url
+from vfe.messages import say_on_this_rank
 from vfe.output.assembly import ClipFeatureAssembler, FinishedVideo, PartialVideo
 from vfe.output.audit import audit_run, end_ownership
 from vfe.output.failures import FAILURES_FILE_NAME, append_failure
@@ -28,13 +30,15 @@ from vfe.output.parts import (
     remove_stale_parts,
     write_part,
 )
-from vfe.output.provenance import PROVENANCE_KEY, encode, file_provenance, run_provenance
-from vfe.output.report import report_run
+from vfe.output.report import report_run, report_shard_run
 from vfe.output.run_totals import RankReports, RunCounts
-from vfe.output.stopping import STOP_REQUEST
+from vfe.output.shard_sink import ShardOutputs
 from vfe.output.writer_thread import BatchResult, WriterThread, batch_result
 from vfe.planning.claims import Claims, release_claims_of
 from vfe.planning.owners import Heartbeat, forget_gone_runs, run_is_live
+from vfe.planning.provenance import PROVENANCE_KEY, encode, file_provenance, run_provenance
+from vfe.planning.shard_plan import shard_output_dirs
+from vfe.stopping import STOP_REQUEST
 
 Outcome = FinishedVideo | PartialVideo | VideoFailure  # one backbone's result for one video
 
@@ -48,12 +52,15 @@ class FeatureWriter(BasePredictionWriter):
     videos, so the next forward pass starts at once.
 
     Args:
-        output_dir: default `features/<model name>/` (`features/` with several backbones).
+        output_dir: default `features/<model name>/` (`features/` with several backbones); a
+            run over shards: a local folder or an fsspec URL (`vfe.output.shard_sink`).
         rank_timeout_seconds: with several ranks, how long rank 0 waits at the end for a rank
             that sends no news (killed, node lost) before it reports it and exits.
     """
 
-    def __init__(self, output_dir: Path | None = None, rank_timeout_seconds: float = 600.0) -> None:
+    def __init__(
+        self, output_dir: Path | str | None = None, rank_timeout_seconds: float = 600.0
+    ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self.rank_timeout_seconds = rank_timeout_seconds
@@ -75,10 +82,27 @@ class FeatureWriter(BasePredictionWriter):
         self._ended_run = ""  # the run whose ownership rank 0 has ended
         self.total_failed = 0
         self._output_dtype = np.dtype(np.float32)  # `features` as saved (the datamodule's)
+        self._shard_outputs: ShardOutputs | None = None  # a run over shards: its outputs
+
+    @property
+    def shards_done(self) -> int:
+        """Output shards this rank finished, for every backbone (a run over shards)."""
+        if self._shard_outputs is None:
+            return 0
+        return min(self._shard_outputs.finished.values(), default=0)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Rank 0 clears what runs that are gone left in the folders (never a live run's)."""
-        self.output_dirs = model_output_dirs(self.output_dir, list(pl_module.members()))
+        names = list(pl_module.members())
+        if getattr(trainer.datamodule, "input_shards", None) is not None:  # a run over shards
+            self.output_dirs = shard_output_dirs(self.output_dir, names)
+            if trainer.global_rank == 0:
+                for folder in self.output_dirs.values():
+                    if not is_url(folder):
+                        remove_stale_temporaries(Path(folder))
+            return
+        output_dir = Path(self.output_dir) if self.output_dir is not None else None
+        self.output_dirs = model_output_dirs(output_dir, names)
         if trainer.global_rank == 0:
             for output_dir in self.output_dirs.values():
                 remove_stale_temporaries(output_dir)
@@ -97,8 +121,12 @@ class FeatureWriter(BasePredictionWriter):
         self._run_id = self._plan.run_id
         self._claims = self._plan.claims
         self._rank = trainer.global_rank
+        self._shard_outputs = None
         self._ranks_of = {
-            item.video_index: item.num_ranks for items in self._plan.work for item in items
+            item.video_index: item.num_ranks
+            for items in self._plan.work
+            for item in items
+            if isinstance(item, WorkItem)
         }
         data_settings = datamodule.provenance()
         self._output_dtype = np.dtype(getattr(datamodule, "output_dtype", "float32"))
@@ -106,10 +134,18 @@ class FeatureWriter(BasePredictionWriter):
             name: run_provenance(member, data_settings, trainer.precision)
             for name, member in pl_module.members().items()
         }
+        if self._plan.shards:
+            self._shard_outputs = ShardOutputs(
+                self.output_dirs,
+                self._plan.shards,
+                self._provenance,
+                self._run_id,
+                datamodule.output_format,
+            )
         # A thread per run: a second predict in the same process never shares it.
         self._stop_thread()
         self._thread = WriterThread(self._write)
-        if self._rank == 0:  # its owner record was written when the run was planned
+        if self._rank == 0 and not self._plan.shards:  # its owner record: written at planning
             self._heartbeat = Heartbeat(list(self.output_dirs.values()), self._run_id).start()
         self._reports = RankReports(trainer, self._run_id, self.rank_timeout_seconds)
         self._reports.beat(0, force=True)
@@ -153,6 +189,8 @@ class FeatureWriter(BasePredictionWriter):
             self._models_left.setdefault(info.index, len(info.models))
             for name in info.models:
                 self._assemblers[name].add_video(info)
+            if info.shard is not None:
+                self._shard_outputs.started(info)
         finished = []
         for name, features in result.features.items():
             videos = self._assemblers[name].add_features(
@@ -167,6 +205,8 @@ class FeatureWriter(BasePredictionWriter):
             self._settle(name, video)
         for failure in result.failures:
             self._fail(failure)
+        for end in result.shard_ends:  # after its samples' ends and failures
+            self._shard_outputs.end(end)
         self.counts.decoded_bytes += result.decoded_bytes
         self.counts.clips_in_progress = {
             name: assembler.clips_in_progress for name, assembler in self._assemblers.items()
@@ -174,12 +214,20 @@ class FeatureWriter(BasePredictionWriter):
 
     def _save(self, name: str, video: FinishedVideo) -> None:
         info = video.info
-        record = file_provenance(
-            self._provenance[name], video, str(self._plan.videos[info.index].path), self._run_id
-        )
+        if info.shard is not None:
+            source = f"{self._plan.shards[info.shard].url}/{info.relative_path}"
+        else:
+            source = str(self._plan.videos[info.index].path)
+        record = file_provenance(self._provenance[name], video, source, self._run_id)
         arrays = {**video.arrays, PROVENANCE_KEY: encode(record)}
         arrays["features"] = arrays["features"].astype(self._output_dtype)
-        save_npz_atomically(output_path_for(self.output_dirs[name], video.relative_path), arrays)
+        if info.shard is not None:  # the sample's key names its member
+            key = Path(video.relative_path).stem
+            self._shard_outputs.save(name, info, key, arrays)
+        else:
+            save_npz_atomically(
+                output_path_for(self.output_dirs[name], video.relative_path), arrays
+            )
         self.counts.written[name] += 1
         if video.decode_errors and name == info.models[0]:
             self.counts.concealed += 1  # once per video, at its first backbone
@@ -238,14 +286,19 @@ class FeatureWriter(BasePredictionWriter):
 
     def _record_failure(self, name: str, failure: VideoFailure) -> None:
         record = dataclasses.asdict(failure)
-        del record["index"]  # the run's own numbering
+        del record["index"], record["shard"]  # the run's own numbering
         record |= {"run": self._run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if failure.shard is not None:  # in the shard's stats
+            self._shard_outputs.fail(name, failure.shard, failure.index, record)
+            return
         append_failure(self.output_dirs[name] / FAILURES_FILE_NAME, record)
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
         self._stop_thread()
+        if self._shard_outputs is not None:  # unfinished shards leave nothing
+            self._shard_outputs.abandon_all()
         if self._reports is not None:  # so that rank 0 does not wait for this rank's totals
             self._reports.fail(f"{type(exception).__name__}: {exception}")
         self._end_ownership(trainer)
@@ -257,6 +310,8 @@ class FeatureWriter(BasePredictionWriter):
             self._heartbeat.stop()
             self._heartbeat = None
         plan = getattr(trainer.datamodule, "plan", None)
+        if plan is not None and plan.shards:  # no owner records or claims: shards are planned
+            return
         if trainer.global_rank == 0 and plan is not None and plan.run_id != self._ended_run:
             self._ended_run = plan.run_id
             end_ownership(list(self.output_dirs.values()), plan.run_id)
@@ -280,12 +335,27 @@ class FeatureWriter(BasePredictionWriter):
             }
         unfinished = max(assembler.num_pending for assembler in self._assemblers.values())
         self.total_failed = self.counts.failed + unfinished
+        if self._shard_outputs is not None:
+            shards = self._shard_outputs
+            own |= {f"{name}/shards": count for name, count in shards.finished.items()}
+            own |= {"unreadable_shards": len(shards.errors), "open_shards": shards.unfinished}
+            for error in shards.errors:
+                say_on_this_rank(f"shard not read to its end (a rerun reads it again): {error}")
+            shards.abandon_all()
         totals = self._reports.gather(
             own,
             self._plan.videos_per_rank,
             getattr(trainer.strategy.launcher, "procs", []),
         )
         if totals is None:  # not rank 0: rank 0 reports for all
+            return
+        if self._plan.shards:
+            self.total_failed = report_shard_run(
+                totals,
+                self.output_dirs,
+                self._plan.num_skipped,
+                time.perf_counter() - self._start_seconds,
+            )
             return
         # Every rank has written and merged what it could: each planned video is on disk or
         # recorded as failed, else it is recorded now as unfinished.

@@ -6,13 +6,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from vfe.data.records import SegmentEnd, VideoFailure, VideoStart
+from vfe.data.records import SegmentEnd, ShardEnd, VideoFailure, VideoStart
 
 # Batches the writer thread may fall behind before the model waits for it (bounds memory).
 MAX_QUEUED_BATCHES = 16
@@ -34,6 +34,7 @@ class BatchResult:
     ends: list[SegmentEnd]
     failures: list[VideoFailure]
     decoded_bytes: int
+    shard_ends: list[ShardEnd] = field(default_factory=list)
 
 
 def batch_result(prediction: dict[str, torch.Tensor], batch: dict[str, Any]) -> BatchResult:
@@ -60,6 +61,7 @@ def batch_result(prediction: dict[str, torch.Tensor], batch: dict[str, Any]) -> 
         batch["ends"],
         batch["failures"],
         batch.get("decoded_bytes", 0),
+        batch.get("shard_ends", []),
     )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from vfe.data.paths import require_feature_files
 from vfe.errors import VfeError
-from vfe.output.provenance import PROVENANCE_KEY
+from vfe.planning.provenance import PROVENANCE_KEY
 from vfe.text.command import MODEL_KEYS
 
 INDEX_DIR_NAME = ".vfe-search"  # one of `vfe.destinations.RESERVED_NAMES`

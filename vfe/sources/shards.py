@@ -69,7 +69,10 @@ def list_shards(pattern: str) -> list[Shard]:
                 f"--input_shards: {url!r} is not a shard name vfe can mirror (a file ending in "
                 ".tar, named with letters, digits and _-.=+,@)"
             )
-        filesystem, path = fsspec.core.url_to_fs(url)
+        try:
+            filesystem, path = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as error:  # no filesystem for the protocol
+            raise VfeError(f"--input_shards {url!r}: {error}") from error
         try:
             size = filesystem.size(path)
         except FileNotFoundError:

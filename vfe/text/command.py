@@ -22,7 +22,7 @@ import numpy as np
 from vfe.data.paths import feature_files
 from vfe.destinations import path_inside, write_atomically
 from vfe.errors import ExitCode, VfeError
-from vfe.output.provenance import PROVENANCE_KEY, read_provenance
+from vfe.planning.provenance import PROVENANCE_KEY, read_provenance
 
 # What must agree across a folder's files, and between them and the weights loaded now.
 MODEL_KEYS = ("model", "arch", "weights_sha256")

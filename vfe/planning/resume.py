@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vfe.data.paths import VideoEntry, output_path_for
-from vfe.output.provenance import first_difference, read_provenance
 from vfe.planning.claims import FileIdentity, file_identity
+from vfe.planning.provenance import first_difference, read_provenance
 
 REDO = "redo"  # `_why_not_reusable`: redone without asking
 CHOICES = (

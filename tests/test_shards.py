@@ -1,0 +1,340 @@
+"""Runs over webdataset tar shards (`--input_shards`), local and on an S3 API server on
+127.0.0.1 (moto's, as s3fs's own tests run it): features equal those of the same videos as
+files, output shards mirror the input's with their stats written last, and reruns resume per
+shard."""
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_in_process, run_vfe
+
+from vfe.bench.synthetic import write_video
+
+webdataset = pytest.importorskip("webdataset")
+pytest.importorskip("s3fs")
+
+# shard name -> its samples: (key, frames) with a video, or (key, None) without one
+SHARDS = {
+    "00000": [("000000000", 30), ("000000001", 55)],
+    "00001": [("000000002", 12), ("000000003", None), ("000000004", 40)],
+    "00002": [("000000005", 25)],
+}
+
+
+def _write_shards(folder: Path, videos: Path) -> None:
+    """video2dataset's layout, written with webdataset's TarWriter: `<key>.mp4`,
+    `<key>.json`, `<key>.txt` per sample (a sample whose download failed has no mp4)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard, samples in SHARDS.items():
+        with webdataset.TarWriter(str(folder / f"{shard}.tar")) as sink:
+            for number, (key, frames) in enumerate(samples):
+                sample = {"__key__": key, "json": {"key": key}, "txt": f"caption {number}"}
+                if frames is not None:
+                    path = write_video(videos / f"{key}.mp4", frames, seed=int(key))
+                    sample["mp4"] = path.read_bytes()
+                sink.write(sample)
+
+
+@pytest.fixture(scope="module")
+def shard_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the shards, the same videos as files named by key)."""
+    root = tmp_path_factory.mktemp("shards")
+    _write_shards(root / "shards", root / "videos")
+    return root / "shards", root / "videos"
+
+
+def _clip_args(weights: Path) -> list[str]:
+    return [
+        "--model", "clip", "--model.arch", "custom", "--model.weights", str(weights),
+        "--trainer.enable_progress_bar", "false", "--data.num_workers", "0",
+    ]  # fmt: skip
+
+
+def _read_output_shard(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """An output shard as webdataset reads it: key -> the arrays of its `npz`."""
+    samples = {}
+    for sample in webdataset.WebDataset(str(path), shardshuffle=False):
+        with np.load(io.BytesIO(sample["npz"])) as saved:
+            samples[sample["__key__"]] = {name: saved[name] for name in saved.files}
+    return samples
+
+
+def test_shards_give_the_features_of_the_same_videos_as_files_and_resume_per_shard(
+    shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path
+):
+    shards, videos = shard_folder
+    pattern = str(shards / "{00000..00002}.tar")
+    files = run_vfe(*_clip_args(tiny_clip_file), "--input_dir", str(videos),
+                    "--output_dir", "files", cwd=tmp_path)  # fmt: skip
+    assert files.returncode == 0, files.stderr
+    result = run_vfe(*_clip_args(tiny_clip_file), "--input_shards", pattern,
+                     "--output_dir", "out", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1, result.stderr  # the sample without a video failed
+    assert "shards done 3, skipped 0; written 5, failed 1" in result.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{name}.tar" for name in SHARDS] + [f"{name}.stats.json" for name in SHARDS]
+    )
+    for shard, samples in SHARDS.items():
+        written = _read_output_shard(out / f"{shard}.tar")
+        assert list(written) == [key for key, frames in samples if frames is not None]
+        for key, arrays in written.items():
+            with np.load(tmp_path / "files" / f"{key}.npz") as from_file:
+                for name in ("features", "timestamps", "fps", "clip_length"):
+                    np.testing.assert_array_equal(arrays[name], from_file[name])
+            provenance = json.loads(str(arrays["provenance"]))
+            assert provenance["video"]["path"].endswith(f"{shard}.tar/{key}.mp4")
+        stats = json.loads((out / f"{shard}.stats.json").read_text())
+        assert stats["samples"] == len(samples) and stats["written"] == len(written)
+        assert stats["input"] == str(shards / f"{shard}.tar")
+    failures = json.loads((out / "00001.stats.json").read_text())["failures"]
+    assert [(f["relative_path"], f["stage"]) for f in failures] == [("000000003", "open")]
+    assert "no video member (members: json, txt)" in failures[0]["error"]
+    # The rows differ from each other (a test of equality that could not fail otherwise).
+    features = _read_output_shard(out / "00000.tar")["000000001"]["features"]
+    assert not np.allclose(features[0], features[1])
+
+    again = run_vfe(*_clip_args(tiny_clip_file), "--input_shards", pattern,
+                    "--output_dir", "out", cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert (
+        "3 shards in" in again.stderr and "3 already done (skipped), 0 to extract" in again.stderr
+    )
+
+    # A shard whose data exists without its stats is not done: it alone is redone.
+    (out / "00001.stats.json").unlink()
+    before = (out / "00000.tar").stat().st_mtime_ns
+    redo = run_vfe(*_clip_args(tiny_clip_file), "--input_shards", pattern,
+                   "--output_dir", "out", cwd=tmp_path)  # fmt: skip
+    assert "2 already done (skipped), 1 to extract" in redo.stderr, redo.stderr
+    assert (out / "00001.stats.json").is_file() and (out / "00000.tar").stat().st_mtime_ns == before
+
+
+def test_a_truncated_shard_fails_alone_and_is_read_again_by_the_rerun(
+    shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path
+):
+    shards, _ = shard_folder
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("00000", "00002"):
+        (inputs / f"{name}.tar").symlink_to(shards / f"{name}.tar")
+    whole = (shards / "00001.tar").read_bytes()
+    (inputs / "00001.tar").write_bytes(whole[: len(whole) // 2])  # cut inside a member
+    pattern = str(inputs / "{00000,00001,00002}.tar")
+    result = run_vfe(*_clip_args(tiny_clip_file), "--input_shards", pattern,
+                     "--output_dir", "out", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "shard not read to its end" in result.stderr and "00001.tar" in result.stderr
+    out = tmp_path / "out"
+    assert (out / "00000.stats.json").is_file() and (out / "00002.stats.json").is_file()
+    assert not (out / "00001.stats.json").exists() and not (out / "00001.tar").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
+    (inputs / "00001.tar").write_bytes(whole)
+    rerun = run_vfe(*_clip_args(tiny_clip_file), "--input_shards", pattern,
+                    "--output_dir", "out", cwd=tmp_path)  # fmt: skip
+    assert rerun.returncode == 1, rerun.stderr  # its sample without a video fails again
+    assert "2 already done (skipped), 1 to extract" in rerun.stderr
+    assert (out / "00001.stats.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--input_dir", "."], "give one source of videos"),
+        (["--output_format", "npz"], "writes shards (--output_format webdataset or parquet)"),
+        (["--data.decoder", "torchcodec"], "--data.decoder pyav"),
+        (["--layout", "flat"], "names each output by its sample's key"),
+    ],
+)
+def test_shard_options_that_do_not_go_together_are_refused(
+    arguments: list[str], message: str, tiny_clip_file: Path, tmp_path: Path
+):
+    result = run_vfe(*_clip_args(tiny_clip_file), "--input_shards", "x/{0..1}.tar",
+                     *arguments, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_missing_shard_is_named_before_any_work(tiny_clip_file: Path, tmp_path: Path):
+    result = run_vfe(*_clip_args(tiny_clip_file), "--input_shards",
+                     str(tmp_path / "{000..002}.tar"), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "000.tar' does not exist" in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1 (as s3fs's tests run it), with test credentials."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def test_shards_on_s3_in_and_out_resume_per_shard(
+    shard_folder: tuple[Path, Path],
+    tiny_clip_file: Path,
+    s3_endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    import fsspec
+    import s3fs
+
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint,
+    }  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3 = fsspec.filesystem("s3")
+    s3.mkdir("videos")
+    shards, _ = shard_folder
+    for name in SHARDS:
+        s3.put_file(str(shards / f"{name}.tar"), f"videos/shards/{name}.tar")
+    arguments = [
+        *_clip_args(tiny_clip_file), "--input_shards", "s3://videos/shards/{00000..00002}.tar",
+        "--output_dir", "s3://videos/feats",
+    ]  # fmt: skip
+    result = run_vfe(*arguments, cwd=tmp_path, env=env)
+    assert result.returncode == 1, result.stderr  # the sample without a video
+    assert "shards done 3, skipped 0; written 5, failed 1" in result.stderr
+    s3.invalidate_cache()
+    names = sorted(Path(p).name for p in s3.ls("videos/feats"))
+    assert names == sorted([f"{n}.tar" for n in SHARDS] + [f"{n}.stats.json" for n in SHARDS])
+    local = tmp_path / "local"
+    local.mkdir()
+    for name in SHARDS:
+        s3.get_file(f"videos/feats/{name}.tar", str(local / f"{name}.tar"))
+    same_locally = run_vfe(*_clip_args(tiny_clip_file), "--input_shards",
+                           str(shards / "{00000..00002}.tar"), "--output_dir", "here",
+                           cwd=tmp_path)  # fmt: skip
+    assert same_locally.returncode == 1
+    for name in SHARDS:
+        from_s3 = _read_output_shard(local / f"{name}.tar")
+        from_disk = _read_output_shard(tmp_path / "here" / f"{name}.tar")
+        assert list(from_s3) == list(from_disk)
+        for key in from_s3:
+            np.testing.assert_array_equal(from_s3[key]["features"], from_disk[key]["features"])
+    # Killed after two shards: the third's stats are missing (its data is there), so a rerun
+    # redoes that one only.
+    s3.rm("videos/feats/00002.stats.json")
+    rerun = run_vfe(*arguments, cwd=tmp_path, env=env)
+    assert "2 already done (skipped), 1 to extract" in rerun.stderr, rerun.stderr
+    s3.invalidate_cache()
+    assert s3.exists("videos/feats/00002.stats.json")
+
+
+def test_parts_share_the_shards_each_exactly_once(
+    shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path
+):
+    """Two `--part` jobs over three shards: each shard done by one of them."""
+    shards, _ = shard_folder
+    pattern = str(shards / "{00000..00002}.tar")
+    for part in ("0/2", "1/2"):
+        result = run_vfe(*_clip_args(tiny_clip_file), "--input_shards", pattern, "--part", part,
+                         "--output_dir", "out", cwd=tmp_path)  # fmt: skip
+        assert f"part {part} (--part): " in result.stderr, result.stderr
+    stats = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.stats.json")]
+    assert len({s["run"] for s in stats}) == 2  # two jobs wrote them
+    assert sorted(s["shard"] for s in stats) == sorted(SHARDS)
+
+
+def test_output_shards_are_plain_tars_of_npz_members(
+    shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path
+):
+    """Readable without webdataset or vfe: `tarfile` and `numpy.load`."""
+    shards, _ = shard_folder
+    result = run_vfe(*_clip_args(tiny_clip_file), "--input_shards", str(shards / "00000.tar"),
+                     "--output_dir", "out", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(tmp_path / "out" / "00000.tar") as archive:
+        names = archive.getnames()
+        with np.load(io.BytesIO(archive.extractfile(names[0]).read())) as saved:
+            assert saved["features"].shape[1] == 32
+    assert names == ["000000000.npz", "000000001.npz"]
+
+
+@pytest.mark.slow
+def test_two_ranks_and_two_workers_do_each_shard_exactly_once(
+    shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path
+):
+    """DDP over three shards (one rank gets two), each rank's shards over two DataLoader
+    workers: every shard done once, by this one run, with the features of one process."""
+    shards, _ = shard_folder
+    pattern = str(shards / "{00000..00002}.tar")
+    common = [*_clip_args(tiny_clip_file)[:-2], "--input_shards", pattern]
+    double = run_vfe(
+        *common, "--data.num_workers", "2", "--output_dir", "two", "--trainer.devices", "2",
+        "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", cwd=tmp_path,
+    )  # fmt: skip
+    assert double.returncode == 1, double.stderr  # the sample without a video
+    assert "shards done 3, skipped 0; written 5, failed 1" in double.stderr
+    single = run_vfe(*common, "--data.num_workers", "0", "--output_dir", "one", cwd=tmp_path)
+    stats = [json.loads((tmp_path / "two" / f"{n}.stats.json").read_text()) for n in SHARDS]
+    assert len({s["run"] for s in stats}) == 1
+    for name in SHARDS:
+        one = _read_output_shard(tmp_path / "one" / f"{name}.tar")
+        two = _read_output_shard(tmp_path / "two" / f"{name}.tar")
+        assert list(one) == list(two)
+        for key in one:
+            np.testing.assert_allclose(two[key]["features"], one[key]["features"], atol=1e-5)
+    assert single.returncode == 1
+
+
+def test_parquet_output_holds_a_row_per_video_readable_by_pyarrow(
+    shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path
+):
+    """`--output_format parquet`: `<shard>.parquet` with key, features, timestamps, fps,
+    clip_length and provenance per video (pyarrow and pandas read it), equal to the tar's
+    arrays; its stats record the
+    format, and a rerun asking for the other format is refused (not silently skipped)."""
+    import pyarrow.parquet as pq
+
+    pandas = pytest.importorskip("pandas")
+
+    shards, _ = shard_folder
+    arguments = [*_clip_args(tiny_clip_file), "--input_shards", str(shards / "00000.tar")]
+    tars = run_vfe(*arguments, "--output_dir", "tars", cwd=tmp_path)
+    result = run_vfe(*arguments, "--output_format", "parquet", "--output_dir", "pq", cwd=tmp_path)
+    assert tars.returncode == 0 and result.returncode == 0, result.stderr
+    table = pq.read_table(tmp_path / "pq" / "00000.parquet")
+    assert table.column_names == [
+        "key", "features", "timestamps", "fps", "clip_length", "provenance",
+    ]  # fmt: skip
+    from_tar = _read_output_shard(tmp_path / "tars" / "00000.tar")
+    rows = table.to_pylist()
+    assert [row["key"] for row in rows] == list(from_tar)
+    for row in rows:
+        arrays = from_tar[row["key"]]
+        np.testing.assert_array_equal(np.array(row["features"], np.float32), arrays["features"])
+        np.testing.assert_array_equal(np.array(row["timestamps"]), arrays["timestamps"])
+        assert row["fps"] == arrays["fps"] and row["clip_length"] == arrays["clip_length"]
+        assert (
+            json.loads(row["provenance"])["model"] == json.loads(str(arrays["provenance"]))["model"]
+        )
+    frame = pandas.read_parquet(tmp_path / "pq" / "00000.parquet")  # pandas reads it too
+    assert list(frame["key"]) == list(from_tar) and len(frame["features"][1]) == 2
+    assert json.loads((tmp_path / "pq" / "00000.stats.json").read_text())["format"] == "parquet"
+    other = run_vfe(*arguments, "--output_dir", "pq", cwd=tmp_path)
+    assert other.returncode == 2 and "output format: 'parquet' (shard)" in other.stderr
+
+
+def test_info_summarises_a_folder_of_output_shards(
+    shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path
+):
+
+    shards, _ = shard_folder
+    pattern = str(shards / "{00000..00002}.tar")
+    result = run_vfe(*_clip_args(tiny_clip_file), "--input_shards", pattern,
+                     "--output_dir", "out", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    info = run_in_process(["info", "out"], tmp_path)
+    assert "3 finished shards (webdataset (3)), 6 samples, 5 written" in info.stdout, info
+    assert "00001/000000003: open: no video member" in info.stdout
