@@ -289,11 +289,14 @@ def test_two_ranks_and_two_workers_do_each_shard_exactly_once(
 
 
 def test_parquet_output_holds_a_row_per_video_readable_by_pyarrow(
-    shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path
+    shard_folder: tuple[Path, Path],
+    tiny_clip_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     """`--output_format parquet`: `<shard>.parquet` with key, features, timestamps, fps,
-    clip_length and provenance per video (pyarrow and pandas read it), equal to the tar's
-    arrays; its stats record the
+    clip_length and provenance per video (pyarrow and pandas read it), written a row group
+    at a time, equal to the tar's arrays; its stats record the
     format, and a rerun asking for the other format is refused (not silently skipped)."""
     import pyarrow.parquet as pq
 
@@ -302,8 +305,10 @@ def test_parquet_output_holds_a_row_per_video_readable_by_pyarrow(
     shards, _ = shard_folder
     arguments = [*_clip_args(tiny_clip_file), "--input_shards", str(shards / "00000.tar")]
     tars = run_vfe(*arguments, "--output_dir", "tars", cwd=tmp_path)
+    monkeypatch.setattr("vfe.output.shard_sink.PARQUET_ROWS_PER_GROUP", 1)  # a group per row
     result = run_vfe(*arguments, "--output_format", "parquet", "--output_dir", "pq", cwd=tmp_path)
     assert tars.returncode == 0 and result.returncode == 0, result.stderr
+    assert pq.ParquetFile(tmp_path / "pq" / "00000.parquet").num_row_groups == 2
     table = pq.read_table(tmp_path / "pq" / "00000.parquet")
     assert table.column_names == [
         "key", "features", "timestamps", "fps", "clip_length", "provenance",
@@ -338,3 +343,29 @@ def test_info_summarises_a_folder_of_output_shards(
     info = run_in_process(["info", "out"], tmp_path)
     assert "3 finished shards (webdataset (3)), 6 samples, 5 written" in info.stdout, info
     assert "00001/000000003: open: no video member" in info.stdout
+
+
+def test_shards_over_http(shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path):
+    """`http://` shards (fsspec's HTTP filesystem) from Python's `http.server` on 127.0.0.1."""
+    import functools
+    import http.server
+    import threading
+
+    shards, _ = shard_folder
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shards))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{{00000..00002}}.tar"
+        result = run_vfe(*_clip_args(tiny_clip_file), "--input_shards", url,
+                         "--output_dir", "out", cwd=tmp_path)  # fmt: skip
+    finally:
+        server.shutdown()
+    assert "shards done 3, skipped 0; written 5, failed 1" in result.stderr, result.stderr
+    local = run_vfe(*_clip_args(tiny_clip_file), "--input_shards",
+                    str(shards / "00000.tar"), "--output_dir", "here", cwd=tmp_path)  # fmt: skip
+    assert local.returncode == 0
+    over_http = _read_output_shard(tmp_path / "out" / "00000.tar")
+    for key, arrays in _read_output_shard(tmp_path / "here" / "00000.tar").items():
+        np.testing.assert_array_equal(over_http[key]["features"], arrays["features"])

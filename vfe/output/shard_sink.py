@@ -39,6 +39,7 @@ from vfe.planning.shard_plan import STATS_SUFFIX
 from vfe.sources.shards import Shard
 
 SUFFIXES = {"webdataset": ".tar", "parquet": ".parquet"}
+PARQUET_ROWS_PER_GROUP = 256  # videos held in memory before they are written
 
 
 class ShardWriter:
@@ -64,7 +65,8 @@ class ShardWriter:
         self._tar = None
         if output_format == "webdataset":
             self._tar = tarfile.TarFile(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
-        self._rows: list[tuple[str, dict[str, np.ndarray]]] = []  # parquet: written at the end
+        self._rows: list[tuple[str, dict[str, np.ndarray]]] = []  # parquet: the next row group
+        self._parquet = None  # its writer, opened with the first row group
         self.written = 0
         self.failures: list[dict[str, Any]] = []
         self._started = time.perf_counter()
@@ -74,6 +76,8 @@ class ShardWriter:
         self.written += 1
         if self._tar is None:
             self._rows.append((key, arrays))
+            if len(self._rows) >= PARQUET_ROWS_PER_GROUP:
+                self._write_row_group()
             return
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
@@ -92,7 +96,7 @@ class ShardWriter:
         if self._tar is not None:
             self._tar.close()
         else:
-            _write_parquet(self._file, self._rows)
+            self._write_row_group(final=True)
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -121,6 +125,19 @@ class ShardWriter:
             write_atomically(Path(stats_path), lambda file: file.write(encoded))
         return stats
 
+    def _write_row_group(self, final: bool = False) -> None:
+        """The rows held so far as one row group (memory stays bounded in large shards)."""
+        if self._rows or (final and self._parquet is None):
+            table = _parquet_table(self._rows)
+            if self._parquet is None:
+                import pyarrow.parquet as pq
+
+                self._parquet = pq.ParquetWriter(self._file, table.schema)
+            self._parquet.write_table(table)
+            self._rows = []
+        if final:
+            self._parquet.close()
+
     def abandon(self) -> None:
         """Leave nothing: the shard is not done."""
         with contextlib.suppress(OSError, tarfile.TarError, AttributeError):
@@ -131,10 +148,9 @@ class ShardWriter:
             os.unlink(self._temporary)
 
 
-def _write_parquet(file: Any, rows: list[tuple[str, dict[str, np.ndarray]]]) -> None:
+def _parquet_table(rows: list[tuple[str, dict[str, np.ndarray]]]) -> "Any":
     """A row per sample: `features` `(num_clips, D)` as a list of D-long lists."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     def nested(arrays: list[np.ndarray], width: int, dtype: np.dtype) -> "pa.Array":
         flat = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0, dtype)
@@ -145,7 +161,7 @@ def _write_parquet(file: Any, rows: list[tuple[str, dict[str, np.ndarray]]]) -> 
     features = [arrays["features"] for _, arrays in rows]
     dim = features[0].shape[1] if features else 1
     dtype = features[0].dtype if features else np.dtype(np.float32)
-    table = pa.table(
+    return pa.table(
         {
             "key": pa.array([key for key, _ in rows], pa.string()),
             "features": nested(features, dim, dtype),
@@ -155,7 +171,6 @@ def _write_parquet(file: Any, rows: list[tuple[str, dict[str, np.ndarray]]]) -> 
             "provenance": pa.array([str(a["provenance"]) for _, a in rows], pa.string()),
         }
     )
-    pq.write_table(table, file)
 
 
 class ShardOutputs:
