@@ -440,14 +440,7 @@ class VideoDataModule(LightningDataModule):
         )
         if listing.problem:  # raised on every rank, so none waits for the others
             raise VfeError(listing.problem)
-        for name, output_dir in output_dirs.items():
-            to_do = sum(name in models for models in listing.todo_models)
-            skipped = listing.num_skipped[name]
-            label = f"{name}: " if len(output_dirs) > 1 else ""
-            say(
-                f"{label}{count(to_do + skipped, 'video')} {self.source()}, {skipped} already "
-                f"done (skipped), {to_do} to extract -> {output_dir}"
-            )
+        self.say_plan(output_dirs, listing.todo_models, listing.num_skipped, "video")
         return PlannedRun(
             videos=listing.todo,
             video_models=listing.todo_models,
@@ -498,14 +491,8 @@ class VideoDataModule(LightningDataModule):
         )
         if listing.problem:
             raise VfeError(listing.problem)
-        for name, folder in output_dirs.items():
-            to_do = sum(name in models for _, models in listing.todo)
-            skipped = listing.num_skipped[name]
-            label = f"{name}: " if len(output_dirs) > 1 else ""
-            say(
-                f"{label}{count(to_do + skipped, 'shard')} {self.source()}, {skipped} already "
-                f"done (skipped), {to_do} to extract -> {folder}"
-            )
+        todo_models = [models for _, models in listing.todo]
+        self.say_plan(output_dirs, todo_models, listing.num_skipped, "shard")
         return PlannedRun(
             videos=[],
             video_models=[],
@@ -518,6 +505,23 @@ class VideoDataModule(LightningDataModule):
             ],
             shards=shards,
         )
+
+    def say_plan(
+        self,
+        output_dirs: dict[str, Any],
+        todo_models: list[tuple[str, ...]],
+        num_skipped: dict[str, int],
+        unit: str,
+    ) -> None:
+        """Per backbone: how many videos (or shards) there are, done and to do, and where."""
+        for name, folder in output_dirs.items():
+            to_do = sum(name in models for models in todo_models)
+            skipped = num_skipped[name]
+            label = f"{name}: " if len(output_dirs) > 1 else ""
+            say(
+                f"{label}{count(to_do + skipped, unit)} {self.source()}, {skipped} already "
+                f"done (skipped), {to_do} to extract -> {folder}"
+            )
 
     def job_videos(self) -> list[VideoEntry]:
         """The videos listed, or this job's part of them (`--part I/N`, a SLURM array)."""

@@ -324,20 +324,7 @@ class VideoClipDataset(IterableDataset):
             fingerprint = video_fingerprint(entry.path)
         except (*bad_file, OSError) as error:
             raise _FileError("open", error) from error
-        builder.add_video(
-            VideoStart(
-                index=item.video_index,
-                relative_path=entry.relative_path,
-                size_bytes=entry.size_bytes,
-                mtime_ns=entry.mtime_ns,
-                fingerprint=fingerprint,
-                num_segments=item.num_segments,
-                models=list(models),
-                rank_segments=item.rank_segments,
-                num_ranks=item.num_ranks,
-                shard=shard,
-            )
-        )
+        builder.add_video(_video_start(item, entry, fingerprint, models, shard))
         builder.decode_seconds += time.perf_counter() - started
         if self.phases > 1 and item.num_segments > 1:
             raise ValueError("a clip stride needs whole videos as work items, not segments")
@@ -594,18 +581,7 @@ class VideoClipDataset(IterableDataset):
         num_clips = math.ceil(duration / self.clip_stride)  # clip i starts at i*S < duration
         clips = list(range(num_clips))
         starts = [clip * self.clip_stride for clip in clips]
-        builder.add_video(
-            VideoStart(
-                index=item.video_index,
-                relative_path=entry.relative_path,
-                size_bytes=entry.size_bytes,
-                mtime_ns=entry.mtime_ns,
-                fingerprint=fingerprint,
-                num_segments=1,
-                models=list(models),
-                shard=shard,
-            )
-        )
+        builder.add_video(_video_start(item, entry, fingerprint, models, shard))
         for name in models:
             spec = self.specs[name]
             windows = tracks[spec.sample_rate_hz, spec.resampler].windows(starts, self.clip_len)
@@ -702,6 +678,28 @@ class VideoClipDataset(IterableDataset):
         builder.decode_seconds += converted - started
         builder.preprocess_seconds += time.perf_counter() - converted
         return samples
+
+
+def _video_start(
+    item: WorkItem,
+    entry: VideoEntry,
+    fingerprint: str,
+    models: tuple[str, ...],
+    shard: int | None,
+) -> VideoStart:
+    """The record of a video (or segment) whose decoding starts."""
+    return VideoStart(
+        index=item.video_index,
+        relative_path=entry.relative_path,
+        size_bytes=entry.size_bytes,
+        mtime_ns=entry.mtime_ns,
+        fingerprint=fingerprint,
+        num_segments=item.num_segments,
+        models=list(models),
+        rank_segments=item.rank_segments,
+        num_ranks=item.num_ranks,
+        shard=shard,
+    )
 
 
 class _SampleConverter:
