@@ -176,6 +176,7 @@ def s3_endpoint():
     server.stop()
 
 
+@pytest.mark.slow  # a server of its own; the local shards cover the logic
 def test_shards_on_s3_in_and_out_resume_per_shard(
     shard_folder: tuple[Path, Path],
     tiny_clip_file: Path,
@@ -345,6 +346,7 @@ def test_info_summarises_a_folder_of_output_shards(
     assert "00001/000000003: open: no video member" in info.stdout
 
 
+@pytest.mark.slow  # a server of its own; the local shards cover the logic
 def test_shards_over_http(shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path):
     """`http://` shards (fsspec's HTTP filesystem) from Python's `http.server` on 127.0.0.1."""
     import functools
@@ -369,3 +371,61 @@ def test_shards_over_http(shard_folder: tuple[Path, Path], tiny_clip_file: Path,
     over_http = _read_output_shard(tmp_path / "out" / "00000.tar")
     for key, arrays in _read_output_shard(tmp_path / "here" / "00000.tar").items():
         np.testing.assert_array_equal(over_http[key]["features"], arrays["features"])
+
+
+@pytest.mark.slow  # a server of its own; the local shards cover the logic
+def test_videos_at_s3_urls_by_folder_and_by_list_are_read_in_place(
+    shard_folder: tuple[Path, Path],
+    tiny_clip_file: Path,
+    s3_endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """`--input_dir s3://...` and URLs in `--input_list`: the files of the local run, byte for
+    byte in their features; a rerun skips them (sizes and times from the store)."""
+    import fsspec
+    import s3fs
+
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint,
+    }  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3 = fsspec.filesystem("s3")
+    s3.mkdir("files")
+    _, videos = shard_folder
+    names = sorted(p.name for p in videos.glob("*.mp4"))[:3]
+    for name in names:
+        s3.put_file(str(videos / name), f"files/videos/sub/{name}")
+    local = tmp_path / "local"
+    local.mkdir()
+    for name in names:
+        (local / "sub").mkdir(exist_ok=True)
+        (local / "sub" / name).symlink_to(videos / name)
+    args = _clip_args(tiny_clip_file)
+    here = run_vfe(*args, "--input_dir", str(local), "--output_dir", "here", cwd=tmp_path)
+    there = run_vfe(*args, "--input_dir", "s3://files/videos", "--output_dir", "there",
+                    cwd=tmp_path, env=env)  # fmt: skip
+    assert here.returncode == 0 and there.returncode == 0, there.stderr
+    (tmp_path / "list.txt").write_text(
+        "".join(f"s3://files/videos/sub/{name}\tid{n}\n" for n, name in enumerate(names))
+    )
+    listed = run_vfe(*args, "--input_list", "list.txt", "--output_dir", "listed",
+                     cwd=tmp_path, env=env)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    for number, name in enumerate(names):
+        stem = Path(name).stem
+        with (
+            np.load(tmp_path / "here" / "sub" / f"{stem}.npz") as a,
+            np.load(tmp_path / "there" / "sub" / f"{stem}.npz") as b,
+            np.load(tmp_path / "listed" / f"id{number}.npz") as c,
+        ):
+            np.testing.assert_array_equal(a["features"], b["features"])
+            np.testing.assert_array_equal(a["features"], c["features"])
+            provenance = json.loads(str(b["provenance"]))["video"]
+        assert provenance["path"] == f"s3://files/videos/sub/{name}"
+    again = run_vfe(*args, "--input_dir", "s3://files/videos", "--output_dir", "there",
+                    cwd=tmp_path, env=env)  # fmt: skip
+    assert "3 already done (skipped), 0 to extract" in again.stderr, again.stderr

@@ -34,7 +34,7 @@ class SlowRankOne(CLIPBackbone):
 
     def encode(self, samples):
         if self.global_rank == 1:
-            time.sleep(0.3)
+            time.sleep(0.1)
         return super().encode(samples)
 '''
 

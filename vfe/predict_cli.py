@@ -47,8 +47,8 @@ PLAIN_FLAG = {"nargs": "?", "const": True}  # `--overwrite` alone means true
 VFE_FLAGS = (
     Flag(
         "--input_dir",
-        "folder of videos, searched recursively",
-        {"type": Path, "default": Path("raw_videos")},
+        "folder of videos, searched recursively (or an fsspec URL: s3://bucket/videos)",
+        {"type": str, "default": "raw_videos"},
     ),
     Flag(
         "--input_list",

@@ -126,7 +126,8 @@ class VideoDataModule(LightningDataModule):
     """Finds the videos to do and feeds their clips, preprocessed as the model's InputSpec says.
 
     Args:
-        input_dir: folder searched recursively for videos.
+        input_dir: folder searched recursively for videos; or an fsspec URL (`s3://b/videos`),
+            whose videos are read in place (pyav).
         input_list: a list of videos instead (.txt: a path per line, optionally a tab and an
             id; .csv: columns `path` and optionally `id`), relative to the list's folder; a
             video with an id writes `<id>.npz`.
@@ -190,8 +191,8 @@ class VideoDataModule(LightningDataModule):
 
     def __init__(
         self,
-        input_dir: Path = DEFAULT_INPUT_DIR,
-        output_dir: Path | str | None = None,
+        input_dir: str | Path = DEFAULT_INPUT_DIR,
+        output_dir: str | Path | None = None,
         clip_len: float = 2.0,
         batch_size: int | None = None,
         num_workers: int = 2,
@@ -335,14 +336,19 @@ class VideoDataModule(LightningDataModule):
                 )
             if not Path(input_list).is_file():
                 raise VfeError(f"--input_list {str(input_list)!r} is not a file")
-        elif not Path(input_dir).is_dir():
+        elif not is_url(input_dir) and not Path(input_dir).is_dir():
             raise VfeError(f"--input_dir {str(input_dir)!r} is not a folder")
+        if is_url(input_dir) and (decoder != "pyav" or decode_device != "cpu"):
+            raise VfeError(
+                f"--input_dir {input_dir!r}: videos at a URL are read in place by --data.decoder "
+                f"pyav on the CPU, not --data.decoder {decoder} on {decode_device}"
+            )
         self.input_shards = input_shards
         self.shard_video_ext = shard_video_ext
         self.output_format = output_format or ("webdataset" if input_shards else "npz")
         if input_shards is None and output_dir is not None:
             output_dir = Path(output_dir)
-        self.input_dir = Path(input_dir)
+        self.input_dir = input_dir if is_url(input_dir) else Path(input_dir)
         self.input_list = None if input_list is None else Path(input_list)
         self.layout = layout
         self.output_dir = output_dir

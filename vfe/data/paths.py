@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from vfe.decoding.source import InMemoryFile
-from vfe.destinations import RESERVED_NAMES
+from vfe.decoding.source import InMemoryFile, RemoteFile
+from vfe.destinations import RESERVED_NAMES, is_url
 from vfe.errors import VfeError
 
 VIDEO_EXTENSIONS = frozenset(
@@ -31,14 +31,20 @@ FINGERPRINT_BLOCKS = 16
 FINGERPRINT_BLOCK_BYTES = 16 * 1024
 
 
-def video_fingerprint(path: "Path | InMemoryFile") -> str:
+def video_fingerprint(path: "Path | InMemoryFile | RemoteFile") -> str:
     """A cheap fingerprint of a video's bytes: sha256 of its size and of 16 blocks of 16 KiB
     spread evenly from its first to its last byte (the whole file when smaller). Tells a copied
     or touched video (same bytes) from an edited one without reading it all."""
     digest = hashlib.sha256()
-    in_memory = isinstance(path, InMemoryFile)
-    with io.BytesIO(path.data) if in_memory else open(path, "rb") as file:
-        size = path.size_bytes if in_memory else os.fstat(file.fileno()).st_size
+    if isinstance(path, InMemoryFile):
+        opened, size = io.BytesIO(path.data), path.size_bytes
+    elif isinstance(path, RemoteFile):
+        opened = path.open()
+        size = opened.size
+    else:
+        opened = open(path, "rb")  # noqa: SIM115 (closed below)
+        size = os.fstat(opened.fileno()).st_size
+    with opened as file:
         digest.update(size.to_bytes(8, "little"))
         if size <= FINGERPRINT_BLOCKS * FINGERPRINT_BLOCK_BYTES:
             digest.update(file.read())
@@ -55,7 +61,7 @@ class VideoEntry:
     """One input video: its absolute path, its path relative to the input folder, its size and
     modification time (a broken symbolic link has size and time 0 and fails to open)."""
 
-    path: Path
+    path: "Path | RemoteFile"  # a file at an fsspec URL (`s3://...`) is read in place
     relative_path: str
     size_bytes: int
     mtime_ns: int = 0
@@ -140,10 +146,14 @@ def find_videos(input_dir: Path, audio_files: bool = False) -> list[VideoEntry]:
     so it is reported). Two videos that would write the same .npz (`a.mp4` and `a.mkv` side by
     side) are an error: one would silently overwrite the other.
     """
+    extensions = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS if audio_files else VIDEO_EXTENSIONS
+    if is_url(input_dir):
+        entries = _find_remote(str(input_dir), extensions)
+        check_distinct_outputs(entries)
+        return entries
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise VfeError(f"--input_dir {str(input_dir)!r} is not a folder")
-    extensions = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS if audio_files else VIDEO_EXTENSIONS
     entries = []
     for path in sorted(_walk(input_dir)):
         if path.suffix.lower() not in extensions:
@@ -157,6 +167,54 @@ def find_videos(input_dir: Path, audio_files: bool = False) -> list[VideoEntry]:
         )
     check_distinct_outputs(entries)
     return entries
+
+
+def _find_remote(url: str, extensions: frozenset[str]) -> list[VideoEntry]:
+    """Video files under a folder at an fsspec URL (recursive, sorted), with their sizes and
+    modification times as the store gives them."""
+    import fsspec
+
+    try:
+        filesystem, root = fsspec.core.url_to_fs(url)
+        found = filesystem.find(root, detail=True)
+    except (ImportError, ValueError, OSError) as error:
+        raise VfeError(f"--input_dir {url!r} cannot be listed: {error}") from error
+    protocol = url.split("://", 1)[0]
+    root = root.rstrip("/")
+    entries = []
+    for path, info in sorted(found.items()):
+        if PurePosixPath(path).suffix.lower() not in extensions or info.get("type") == "directory":
+            continue
+        relative = path[len(root) :].lstrip("/")
+        entries.append(
+            VideoEntry(
+                RemoteFile(f"{protocol}://{path}"),
+                relative,
+                int(info.get("size") or 0),
+                remote_mtime_ns(info),
+            )
+        )
+    if not entries:
+        raise VfeError(
+            f"--input_dir {url!r} holds no videos (looked recursively for "
+            f"{', '.join(sorted(extensions))})"
+        )
+    return entries
+
+
+def remote_mtime_ns(info: dict) -> int:
+    """An object's modification time from fsspec's `info` (S3's LastModified, a local or GCS
+    mtime), in nanoseconds; 0 where the store gives none (resume then compares fingerprints)."""
+    value = info.get("LastModified", info.get("mtime", info.get("updated")))
+    if value is None:
+        return 0
+    if hasattr(value, "timestamp"):
+        value = value.timestamp()
+    elif isinstance(value, str):
+        from datetime import datetime
+
+        value = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return int(float(value) * 1e9)
 
 
 def check_distinct_outputs(entries: list[VideoEntry], full_paths: bool = False) -> None:
@@ -231,6 +289,9 @@ def read_video_list(list_file: Path) -> list[VideoEntry]:
         where = f"--input_list {str(list_file)!r} line {number}"
         if not path_text:
             raise VfeError(f"{where}: no path")
+        if is_url(path_text):
+            entries.append(_remote_entry(path_text, video_id, where))
+            continue
         path = Path(path_text)
         if not path.is_absolute():
             path = list_file.parent / path
@@ -250,6 +311,33 @@ def read_video_list(list_file: Path) -> list[VideoEntry]:
         raise VfeError(f"--input_list {str(list_file)!r} lists no videos")
     check_distinct_outputs(entries)
     return entries
+
+
+def _remote_entry(url: str, video_id: str | None, where: str) -> VideoEntry:
+    """A listed video at an fsspec URL: named by its id, else by its file name."""
+    import fsspec
+
+    if video_id is not None and not _ID.fullmatch(video_id):
+        raise VfeError(
+            f"{where}: id {video_id!r} cannot name a file (letters, digits and _-.=+,@, not "
+            "starting with a dot)"
+        )
+    try:
+        filesystem, path = fsspec.core.url_to_fs(url)
+        info = filesystem.info(path)
+    except FileNotFoundError:  # listed so that the run reports it, as a missing file
+        return VideoEntry(RemoteFile(url), _remote_name(url, video_id), 0, 0)
+    except (ImportError, ValueError, OSError) as error:
+        raise VfeError(f"{where}: {url!r} cannot be read: {error}") from error
+    return VideoEntry(
+        RemoteFile(url), _remote_name(url, video_id), int(info.get("size") or 0),
+        remote_mtime_ns(info),
+    )  # fmt: skip
+
+
+def _remote_name(url: str, video_id: str | None) -> str:
+    name = PurePosixPath(url.split("?", 1)[0]).name
+    return name if video_id is None else video_id + (PurePosixPath(name).suffix or ".video")
 
 
 def _split_line(line: str) -> tuple[str, str | None]:

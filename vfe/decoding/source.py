@@ -1,5 +1,6 @@
-"""Where a decoder reads a file from: a path on disk, or a file's bytes held in memory (a
-member of a tar shard, `vfe.sources.shards`), which PyAV reads as a file-like object."""
+"""Where a decoder reads a file from: a path on disk, a file's bytes held in memory (a member
+of a tar shard, `vfe.sources.shards`), or a file at an fsspec URL (`s3://...`), read through
+fsspec's buffered, seekable file; PyAV reads the last two as file-like objects."""
 
 import io
 from pathlib import Path, PurePosixPath
@@ -30,12 +31,40 @@ class InMemoryFile:
         return f"InMemoryFile({self.name!r}, {len(self.data)} bytes)"
 
 
-Source = Path | InMemoryFile
+class RemoteFile:
+    """A file at an fsspec URL (object storage, HTTP), read in place: each open is a seekable
+    fsspec file that fetches the byte ranges read (with read-ahead), never a local copy."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.url).suffix
+
+    def open(self) -> "io.RawIOBase":
+        import fsspec
+
+        return fsspec.open(self.url, "rb").open()
+
+    def as_posix(self) -> str:
+        return self.url
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"RemoteFile({self.url!r})"
 
 
-def av_input(source: Source | str) -> "str | io.BytesIO":
-    """What `av.open` takes: the path as text, or a fresh reader over the bytes (each open its
-    own, so two decoders of one file never share a position)."""
+Source = Path | InMemoryFile | RemoteFile
+
+
+def av_input(source: Source | str) -> "str | io.IOBase":
+    """What `av.open` takes: the path as text, or a fresh reader (each open its own, so two
+    decoders of one file never share a position)."""
     if isinstance(source, InMemoryFile):
         return io.BytesIO(source.data)
+    if isinstance(source, RemoteFile):
+        return source.open()
     return str(source)

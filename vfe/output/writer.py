@@ -59,7 +59,7 @@ class FeatureWriter(BasePredictionWriter):
     """
 
     def __init__(
-        self, output_dir: Path | str | None = None, rank_timeout_seconds: float = 600.0
+        self, output_dir: str | Path | None = None, rank_timeout_seconds: float = 600.0
     ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
