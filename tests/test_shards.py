@@ -429,3 +429,50 @@ def test_videos_at_s3_urls_by_folder_and_by_list_are_read_in_place(
     again = run_vfe(*args, "--input_dir", "s3://files/videos", "--output_dir", "there",
                     cwd=tmp_path, env=env)  # fmt: skip
     assert "3 already done (skipped), 0 to extract" in again.stderr, again.stderr
+
+
+RAISING_MODEL = """
+import os
+
+from vfe.backbones.openai_clip import CLIPBackbone
+
+CALLS = []
+
+
+class ClipThatBreaks(CLIPBackbone):
+    name = "clip"
+
+    def encode(self, samples):
+        CALLS.append(len(samples))
+        if len(CALLS) == 8 and os.environ.get("BREAK"):  # inside the second shard
+            raise RuntimeError("injected: the run dies here")
+        return super().encode(samples)
+"""
+
+
+def test_a_run_that_dies_mid_shard_keeps_finished_shards_and_leaves_nothing_else(
+    shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path
+):
+    """Killed (here: an error) after the first shard: that shard is complete with its stats,
+    the shard in hand leaves no output and no temporary; the same command redoes the rest."""
+    shards, _ = shard_folder
+    (tmp_path / "test_models.py").write_text(RAISING_MODEL)
+    pattern = str(shards / "{00000..00002}.tar")
+    args = [*_clip_args(tiny_clip_file), "--input_shards", pattern, "--output_dir", "out",
+            "--batch_size", "16"]  # fmt: skip
+    args[args.index("clip")] = "test_models.ClipThatBreaks"
+    died = run_vfe(*args, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "BREAK": "1"})
+    assert died.returncode != 0 and "injected" in died.stderr, died.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["00000.stats.json", "00000.tar"]
+    rerun = run_vfe(*args, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert "1 already done (skipped), 2 to extract" in rerun.stderr, rerun.stderr
+    assert "shards done 2, skipped 1; written 3, failed 1" in rerun.stderr
+    args[args.index("test_models.ClipThatBreaks")] = "clip"  # another backbone: refused
+    other = run_vfe(*args, cwd=tmp_path)
+    assert other.returncode == 2, other.stderr
+    assert "00000.stats.json was made with other settings (model: " in other.stderr
+    redone = run_vfe(*args, "--overwrite", "changed", cwd=tmp_path)
+    assert "0 already done (skipped), 3 to extract" in redone.stderr, redone.stderr
+    stats = json.loads((out / "00000.stats.json").read_text())
+    assert stats["settings"]["model"].endswith("CLIPBackbone")
