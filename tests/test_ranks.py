@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import stop_after_first_file
+from conftest import run_in_process, stop_after_first_file
 
 from vfe.bench.synthetic import write_video
 from vfe.data import datamodule
@@ -105,9 +105,7 @@ def test_sigterm_after_a_rank_finished_stops_cleanly_and_resumes(
     assert process.returncode == 143, stderr
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
     one_process = args[: args.index("--trainer.devices")]  # what is on disk is what counts
-    rerun = subprocess.run(
-        one_process, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
+    rerun = run_in_process(one_process[3:], tmp_path, {"PYTHONPATH": str(tmp_path)})
     assert rerun.returncode == 0, rerun.stderr
     assert "written 1, skipped 1" in rerun.stderr
     assert np.load(tmp_path / "out" / "long.npz")["features"].shape == (2, 32)
@@ -166,10 +164,10 @@ def test_a_lost_rank_under_an_external_launcher_ends_the_run(
     assert "1 video(s) of it are not written" in lines[0]
     assert rank1.returncode in (4, -signal.SIGKILL)  # a traceback, or killed
     assert len(list((tmp_path / "out").glob("*.npz"))) == 1  # rank 0's video
-    rerun = subprocess.run(  # the same command on one process (rank 0 never fails)
-        vfe_command(model, tiny_clip_file), cwd=tmp_path, env=environment(tmp_path),
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    # The same command on one process (rank 0 never fails), in this one.
+    rerun = run_in_process(
+        vfe_command(model, tiny_clip_file)[3:], tmp_path, {"PYTHONPATH": str(tmp_path)}
+    )
     assert rerun.returncode == 0 and "written 1, skipped 1" in rerun.stderr, rerun.stderr
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cosine, extract, run_vfe, stop_after_first_file
+from conftest import cosine, extract, run_in_process, run_vfe, stop_after_first_file
 
 from vfe.backbones.openai_clip import CLIPBackbone
 from vfe.backbones.slowfast import SlowFastBackbone
@@ -111,7 +111,7 @@ def test_killed_run_resumes_without_redoing_finished_videos(
     done_before = {p.name: p.stat().st_mtime_ns for p in output.glob("*.npz")}
     assert 1 <= len(done_before) < 5, "the run should have been killed part-way"
 
-    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = run_in_process(args[3:], tmp_path)  # the same command (a process of its own: above)
     assert result.returncode == 0, result.stderr
     summary = result.stdout + result.stderr
     assert f"written {5 - len(done_before)}, skipped {len(done_before)}, failed 0" in summary
@@ -327,7 +327,7 @@ def test_sigterm_stops_after_the_batch_and_the_same_command_resumes(
     done = sorted(p.name for p in output.glob("*.npz"))
     assert 1 <= len(done) < 6
     assert not [p for p in output.iterdir() if p.name.startswith(".")]  # no partial file
-    rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    rerun = run_in_process(args[3:], tmp_path)  # the same command
     assert rerun.returncode == 0, rerun.stderr
     assert f"skipped {len(done)}" in rerun.stdout + rerun.stderr
     assert len(list(output.glob("*.npz"))) == 6
