@@ -65,6 +65,7 @@ def test_one_decode_for_four_families_equals_single_runs(
             np.testing.assert_array_equal(multi["timestamps"], single["timestamps"])
 
 
+@pytest.mark.slow  # a shipped config / a whole recipe: the full suite
 def test_the_cli_runs_each_shipped_config(
     four_families: dict[str, dict], video_dir: Path, tmp_path
 ):

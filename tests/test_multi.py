@@ -267,6 +267,7 @@ def test_a_bad_backbone_option_is_one_line_on_the_command_line(two_videos: Path,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a shipped config / a whole recipe: the full suite
 def test_the_shipped_two_backbone_config_takes_per_backbone_flags(
     two_videos: Path, tiny_clip_file: Path, slowfast_pyth_file: Path, tmp_path: Path
 ):

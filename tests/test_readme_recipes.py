@@ -11,6 +11,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from conftest import extract
 
 from vfe.backbones.openai_clip import CLIPBackbone
@@ -45,6 +46,7 @@ def test_the_annotation_filter_keeps_videos_with_both_features(tmp_path: Path, m
     assert kept == ["b"]
 
 
+@pytest.mark.slow  # a shipped config / a whole recipe: the full suite
 def test_univtg_text_cache_from_an_annotation_file(
     tmp_path: Path, video_dir: Path, text_clip_file: Path
 ):

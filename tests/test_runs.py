@@ -186,7 +186,10 @@ NATIVE_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
             "slowfast",
             "bf16-mixed",
             # Emulated bf16 runs SlowFast at minutes per clip; the tiny CLIP covers the path.
-            marks=pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16"),
+            marks=[
+                pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16"),
+                pytest.mark.slow,
+            ],
         ),
     ],
 )
