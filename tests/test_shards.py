@@ -476,3 +476,27 @@ def test_a_run_that_dies_mid_shard_keeps_finished_shards_and_leaves_nothing_else
     assert "0 already done (skipped), 3 to extract" in redone.stderr, redone.stderr
     stats = json.loads((out / "00000.stats.json").read_text())
     assert stats["settings"]["model"].endswith("CLIPBackbone")
+
+
+@pytest.mark.parametrize("output_format", ["webdataset", "parquet"])
+def test_pack_reads_a_folder_of_output_shards(
+    output_format: str, shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path
+):
+    """`vfe pack` over output shards gives the HDF5 cache of the same videos as files, each
+    dataset named by its key (UniVTG reads it by id)."""
+    import h5py
+
+    shards, videos = shard_folder
+    pattern = str(shards / "{00000..00002}.tar")
+    args = _clip_args(tiny_clip_file)
+    run_vfe(*args, "--input_dir", str(videos), "--output_dir", "files", cwd=tmp_path)
+    run_vfe(*args, "--input_shards", pattern, "--output_format", output_format,
+            "--output_dir", "shards", cwd=tmp_path)  # fmt: skip
+    for folder in ("files", "shards"):
+        packed = run_in_process(["pack", folder, f"{folder}.h5"], tmp_path)
+        assert packed.returncode == 0 and "packed 5 files" in packed.stderr, packed.stderr
+    with h5py.File(tmp_path / "files.h5") as a, h5py.File(tmp_path / "shards.h5") as b:
+        assert sorted(a) == sorted(b) == sorted(p.stem for p in videos.glob("*.mp4"))
+        for name in a:
+            np.testing.assert_array_equal(a[name][()], b[name][()])
+            np.testing.assert_array_equal(a[name].attrs["timestamps"], b[name].attrs["timestamps"])

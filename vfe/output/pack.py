@@ -1,4 +1,5 @@
-"""`vfe pack DIR OUT.h5` / `vfe unpack FILE.h5 DIR`: a features folder as one HDF5 file and back.
+"""`vfe pack DIR OUT.h5` / `vfe unpack FILE.h5 DIR`: a features folder (or a folder of output
+shards) as one HDF5 file and back.
 
 The HDF5 file is the cache UniVTG's scripts read (`use_cache=1`): one dataset per video, named
 by its path relative to the folder without `.npz` (an id in the flat layout), holding the
@@ -13,6 +14,7 @@ import os
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -23,6 +25,7 @@ from vfe.destinations import TEMPORARY_SUFFIX, path_inside, temporary_name_prefi
 from vfe.errors import ExitCode, VfeError
 from vfe.optional import import_extra
 from vfe.output.npz import save_npz_atomically
+from vfe.output.shard_reader import is_shard_folder, shard_samples
 
 KEY_ATTRIBUTE = "vfe_key"  # the file-level attribute naming the key each dataset holds
 
@@ -34,45 +37,61 @@ def _h5py(command: str) -> ModuleType:
 def pack(
     features_dir: Path, output_file: Path, key: str = "features", overwrite: bool = False
 ) -> int:
-    """Write every .npz under `features_dir` into `output_file`; the number of videos. An
-    existing `output_file` is replaced only if `overwrite`; it appears complete or not at all."""
+    """Write every .npz under `features_dir` (or every sample of a folder of output shards,
+    named by its key) into `output_file`; the number of videos. An existing `output_file` is
+    replaced only if `overwrite`; it appears complete or not at all."""
     h5py = _h5py("pack")
     features_dir, output_file = Path(features_dir), Path(output_file)
     if output_file.exists() and not overwrite:
         raise VfeError(f"{str(output_file)!r} exists; pass --overwrite to replace it")
-    files = require_feature_files(features_dir)
+    if is_shard_folder(features_dir):
+        samples = shard_samples(features_dir)
+    else:
+        samples = _file_samples(features_dir, require_feature_files(features_dir))
     output_file.parent.mkdir(parents=True, exist_ok=True)
     descriptor, partial = tempfile.mkstemp(
         prefix=temporary_name_prefix(output_file), suffix=TEMPORARY_SUFFIX, dir=output_file.parent
     )
     os.close(descriptor)  # created exclusively; h5py reopens the file this process owns
     try:
-        _write_packed(h5py, files, features_dir, Path(partial), key)
+        count = _write_packed(h5py, samples, Path(partial), key)
         os.replace(partial, output_file)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
-    return len(files)
+    return count
 
 
-def _write_packed(h5py: ModuleType, files: list[Path], features_dir: Path, partial: Path, key: str):
+def _file_samples(features_dir: Path, files: list[Path]) -> Iterator[tuple[str, str, dict]]:
+    """`(name, where, arrays)` of each .npz, named by its path relative to the folder."""
+    for path in files:
+        name = path.relative_to(features_dir).with_suffix("").as_posix()
+        try:
+            with np.load(path) as saved:
+                arrays = {key: saved[key] for key in saved.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise VfeError(f"{path} cannot be read ({error})") from error
+        yield name, str(path), arrays
+
+
+def _write_packed(
+    h5py: ModuleType, samples: Iterator[tuple[str, str, dict]], partial: Path, key: str
+) -> int:
     # libver "latest": attributes of any size (a long video's timestamps pass 64 KiB).
+    count = 0
     with h5py.File(partial, "w", libver="latest") as packed:
         packed.attrs[KEY_ATTRIBUTE] = key
-        for path in files:
-            name = path.relative_to(features_dir).with_suffix("").as_posix()
-            try:
-                saved = np.load(path)
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-                raise VfeError(f"{path} cannot be read ({error})") from error
-            with saved:
-                if key not in saved.files:
-                    raise VfeError(f"{path} has no {key!r} (its keys: {', '.join(saved.files)})")
-                dataset = packed.create_dataset(name, data=saved[key])
-                for other in saved.files:
-                    if other != key:
-                        value = saved[other]
-                        dataset.attrs[other] = str(value) if value.dtype.kind == "U" else value
+        for name, where, arrays in samples:
+            if key not in arrays:
+                raise VfeError(f"{where} has no {key!r} (its keys: {', '.join(arrays)})")
+            if name in packed:
+                raise VfeError(f"{where}: a second video named {name!r} (keys must be unique)")
+            dataset = packed.create_dataset(name, data=arrays[key])
+            for other, value in arrays.items():
+                if other != key:
+                    dataset.attrs[other] = str(value) if value.dtype.kind == "U" else value
+            count += 1
+    return count
 
 
 def unpack(packed_file: Path, output_dir: Path) -> int:
