@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -177,6 +178,21 @@ def s3_endpoint():
 
 
 @pytest.mark.slow  # a server of its own; the local shards cover the logic
+def s3_client(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, dict[str, str]]:
+    """An s3fs filesystem on the test server, and the environment a run needs to reach it."""
+    import fsspec
+    import s3fs
+
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
+    }  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    return fsspec.filesystem("s3"), env
+
+
 def test_shards_on_s3_in_and_out_resume_per_shard(
     shard_folder: tuple[Path, Path],
     tiny_clip_file: Path,
@@ -184,17 +200,7 @@ def test_shards_on_s3_in_and_out_resume_per_shard(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ):
-    import fsspec
-    import s3fs
-
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint,
-    }  # fmt: skip
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3 = fsspec.filesystem("s3")
+    s3, env = s3_client(s3_endpoint, monkeypatch)
     s3.mkdir("videos")
     shards, _ = shard_folder
     for name in SHARDS:
@@ -383,17 +389,7 @@ def test_videos_at_s3_urls_by_folder_and_by_list_are_read_in_place(
 ):
     """`--input_dir s3://...` and URLs in `--input_list`: the files of the local run, byte for
     byte in their features; a rerun skips them (sizes and times from the store)."""
-    import fsspec
-    import s3fs
-
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint,
-    }  # fmt: skip
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3 = fsspec.filesystem("s3")
+    s3, env = s3_client(s3_endpoint, monkeypatch)
     s3.mkdir("files")
     _, videos = shard_folder
     names = sorted(p.name for p in videos.glob("*.mp4"))[:3]
