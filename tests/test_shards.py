@@ -496,3 +496,28 @@ def test_pack_reads_a_folder_of_output_shards(
         for name in a:
             np.testing.assert_array_equal(a[name][()], b[name][()])
             np.testing.assert_array_equal(a[name].attrs["timestamps"], b[name].attrs["timestamps"])
+
+
+def test_search_and_text_like_read_a_folder_of_output_shards(
+    shard_folder: tuple[Path, Path], text_clip_file: Path, tmp_path: Path
+):
+    """`vfe search` over output shards ranks the clips as over the same videos' files (the same
+    scores and times, each hit named by its shard and key); `vfe text --like` finds the folder's
+    model in the shards' provenance."""
+    from vfe.text.command import folder_model
+
+    shards, videos = shard_folder
+    args = [*_clip_args(text_clip_file)[:-2], "--data.num_workers", "0", "--clip_len", "0.5"]
+    run_vfe(*args, "--input_dir", str(videos), "--output_dir", "files", cwd=tmp_path)
+    run_vfe(*args, "--input_shards", str(shards / "{00000..00002}.tar"),
+            "--output_dir", "shards", cwd=tmp_path)  # fmt: skip
+    hits = {}
+    for folder in ("files", "shards"):
+        result = run_in_process(["search", "a dog", folder, "--top_k", "6", "--json"], tmp_path)
+        assert result.returncode == 0, result.stderr
+        hits[folder] = json.loads(result.stdout)
+    for a, b in zip(hits["files"], hits["shards"], strict=True):
+        assert (a["start_seconds"], a["score"]) == (b["start_seconds"], b["score"])
+        assert Path(a["path"]).stem == Path(b["path"]).stem  # the same video
+    assert hits["shards"][0]["path"].startswith(str(shards))  # its shard member's name
+    assert folder_model(tmp_path / "shards") == folder_model(tmp_path / "files")

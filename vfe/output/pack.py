@@ -13,7 +13,6 @@ import contextlib
 import os
 import sys
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -25,7 +24,7 @@ from vfe.destinations import TEMPORARY_SUFFIX, path_inside, temporary_name_prefi
 from vfe.errors import ExitCode, VfeError
 from vfe.optional import import_extra
 from vfe.output.npz import save_npz_atomically
-from vfe.output.shard_reader import is_shard_folder, shard_samples
+from vfe.output.read_back import feature_file_samples, is_shard_folder, shard_samples
 
 KEY_ATTRIBUTE = "vfe_key"  # the file-level attribute naming the key each dataset holds
 
@@ -47,7 +46,7 @@ def pack(
     if is_shard_folder(features_dir):
         samples = shard_samples(features_dir)
     else:
-        samples = _file_samples(features_dir, require_feature_files(features_dir))
+        samples = feature_file_samples(features_dir, require_feature_files(features_dir))
     output_file.parent.mkdir(parents=True, exist_ok=True)
     descriptor, partial = tempfile.mkstemp(
         prefix=temporary_name_prefix(output_file), suffix=TEMPORARY_SUFFIX, dir=output_file.parent
@@ -60,18 +59,6 @@ def pack(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
     return count
-
-
-def _file_samples(features_dir: Path, files: list[Path]) -> Iterator[tuple[str, str, dict]]:
-    """`(name, where, arrays)` of each .npz, named by its path relative to the folder."""
-    for path in files:
-        name = path.relative_to(features_dir).with_suffix("").as_posix()
-        try:
-            with np.load(path) as saved:
-                arrays = {key: saved[key] for key in saved.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise VfeError(f"{path} cannot be read ({error})") from error
-        yield name, str(path), arrays
 
 
 def _write_packed(

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import numpy as np
 
 from vfe.data.paths import require_feature_files
 from vfe.errors import VfeError
+from vfe.output.read_back import feature_file_samples, is_shard_folder, shard_samples
 from vfe.planning.provenance import PROVENANCE_KEY
 from vfe.text.command import MODEL_KEYS
 
@@ -70,13 +71,21 @@ def index_dir_for(features_dir: Path) -> Path:
 def load_index(features_dir: Path) -> ClipIndex:
     """The folder's index: read if its digest is current, else built (and saved) first."""
     features_dir = Path(features_dir)
-    files = require_feature_files(features_dir)
+    shards = is_shard_folder(features_dir)
+    if shards:  # a folder of output shards: its data and stats files say what it holds
+        files = sorted(p for p in features_dir.iterdir() if p.is_file() and p.name[0] != ".")
+    else:
+        files = require_feature_files(features_dir)
     digest = folder_digest(files, features_dir)
     index_dir = index_dir_for(features_dir)
     for _ in range(3):  # another search may swap the index in between
         meta = _current_meta(index_dir, digest)
         if meta is None:
-            _build(features_dir, files, digest, index_dir)
+            if shards:
+                samples = shard_samples(features_dir)
+            else:
+                samples = feature_file_samples(features_dir, files)
+            _build(features_dir, samples, digest, index_dir, shards)
             meta = _current_meta(index_dir, digest)
         if meta is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -102,7 +111,13 @@ def _open(index_dir: Path, meta: dict[str, Any]) -> ClipIndex:
     return ClipIndex(features, clips, meta["videos"], meta["model"])
 
 
-def _build(features_dir: Path, files: list[Path], digest: str, index_dir: Path) -> None:
+def _build(
+    features_dir: Path,
+    samples: Iterator[tuple[str, str, dict]],
+    digest: str,
+    index_dir: Path,
+    shards: bool = False,
+) -> None:
     """Written in a folder of its own (made exclusively), then swapped into place: two searches
     rebuilding at once each build their own, and the one that finds a current index in place
     keeps it and drops its own."""
@@ -112,13 +127,12 @@ def _build(features_dir: Path, files: list[Path], digest: str, index_dir: Path) 
     model: dict[str, Any] | None = None
     dim = None
     with open(building / "features.f32", "wb") as matrix:
-        for number, path in enumerate(files):
+        for number, (video_name, path, arrays) in enumerate(samples):
             try:
-                with np.load(path) as saved:
-                    features = saved["features"].astype(np.float32)
-                    windows = saved["timestamps"]
-                    provenance = json.loads(str(saved[PROVENANCE_KEY]))
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+                features = arrays["features"].astype(np.float32)
+                windows = arrays["timestamps"]
+                provenance = json.loads(str(arrays[PROVENANCE_KEY]))
+            except (KeyError, ValueError) as error:
                 raise VfeError(f"{path} cannot be read as vfe features ({error})") from error
             record = {name: provenance.get(name) for name in (*MODEL_KEYS, "options")}
             if model is None:
@@ -137,7 +151,8 @@ def _build(features_dir: Path, files: list[Path], digest: str, index_dir: Path) 
             clips.append(rows)
             videos.append(
                 {
-                    "features_file": path.relative_to(features_dir).as_posix(),
+                    # a shard's sample: `<shard>.tar/<key>.npz` (or `<shard>.parquet#<key>`)
+                    "features_file": path if shards else f"{video_name}.npz",
                     "source": provenance.get("video", {}).get("path"),
                 }
             )

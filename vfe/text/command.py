@@ -13,6 +13,7 @@ import json
 import sys
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 from vfe.data.paths import feature_files
 from vfe.destinations import path_inside, write_atomically
 from vfe.errors import ExitCode, VfeError
+from vfe.output.read_back import is_shard_folder, shard_samples
 from vfe.planning.provenance import PROVENANCE_KEY, read_provenance
 
 # What must agree across a folder's files, and between them and the weights loaded now.
@@ -31,16 +33,11 @@ MODEL_KEYS = ("model", "arch", "weights_sha256")
 def folder_model(features_dir: Path) -> dict[str, Any]:
     """The one backbone (`model`, `arch`, `weights_sha256`, `options`) the folder's .npz files
     record; an error when they record none or several."""
-    files = feature_files(features_dir)
-    if not files:
-        raise VfeError(f"--like {str(features_dir)!r} holds no .npz feature files")
-    found: dict[tuple[Any, ...], Path] = {}
+    found: dict[tuple[Any, ...], str] = {}
     record: dict[str, Any] = {}
-    for path in files:
-        try:
-            provenance = read_provenance(path)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise VfeError(f"--like: {path} cannot be read ({error})") from error
+    first = None
+    for path, provenance in _provenances(Path(features_dir)):
+        first = first or path
         if provenance is None:
             raise VfeError(f"--like: {path} records no provenance (made by an older vfe)")
         key = tuple(provenance.get(name) for name in MODEL_KEYS)
@@ -54,10 +51,27 @@ def folder_model(features_dir: Path) -> dict[str, Any]:
         )
     if "options" not in record:
         raise VfeError(
-            f"--like: {files[0]} does not record the backbone's options (made by a vfe before "
+            f"--like: {first} does not record the backbone's options (made by a vfe before "
             "they were recorded); extract one video again into another folder and use that"
         )
     return {name: record[name] for name in (*MODEL_KEYS, "options")}
+
+
+def _provenances(features_dir: Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """(where, provenance) of each feature file, or each sample of a folder of output shards
+    (`vfe.output.read_back`)."""
+    if is_shard_folder(features_dir):
+        for _, where, arrays in shard_samples(features_dir):
+            yield where, json.loads(str(arrays[PROVENANCE_KEY]))
+        return
+    files = feature_files(features_dir)
+    if not files:
+        raise VfeError(f"--like {str(features_dir)!r} holds no .npz feature files")
+    for path in files:
+        try:
+            yield str(path), read_provenance(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise VfeError(f"--like: {path} cannot be read ({error})") from error
 
 
 def build_text_tower(model: dict[str, Any], folder: str = "--like") -> Any:

@@ -1,9 +1,12 @@
-"""Reading a folder of output shards (`vfe.output.shard_sink`) back as one feature file per
-sample: the finished shards only (those with their stats), in the shards' order."""
+"""A features folder read back sample by sample, `(name, where, arrays)`, for the commands that
+read features (`vfe pack`, `vfe search`, `vfe text --like`): its feature files, or for a folder
+of output shards (`vfe.output.shard_sink`) the samples of its finished shards (those with
+their stats), in the shards' order."""
 
 import io
 import json
 import tarfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +16,19 @@ from vfe.errors import VfeError
 from vfe.planning.shard_plan import STATS_SUFFIX
 
 SampleArrays = dict[str, np.ndarray]  # a feature file's arrays: features, timestamps, ...
+
+
+def feature_file_samples(
+    features_dir: Path, files: list[Path]
+) -> Iterator[tuple[str, str, SampleArrays]]:
+    """`(name, where, arrays)` of each .npz, named by its path relative to the folder."""
+    for path in files:
+        try:
+            with np.load(path) as saved:
+                arrays = {key: saved[key] for key in saved.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise VfeError(f"{path} cannot be read as vfe features ({error})") from error
+        yield path.relative_to(features_dir).with_suffix("").as_posix(), str(path), arrays
 
 
 def is_shard_folder(folder: Path) -> bool:
