@@ -521,3 +521,25 @@ def test_search_and_text_like_read_a_folder_of_output_shards(
         assert Path(a["path"]).stem == Path(b["path"]).stem  # the same video
     assert hits["shards"][0]["path"].startswith(str(shards))  # its shard member's name
     assert folder_model(tmp_path / "shards") == folder_model(tmp_path / "files")
+
+
+def test_the_python_api_extracts_shards_keyed_by_sample(
+    shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path
+):
+    """`vfe.extract(input_shards=...)`: the arrays of `vfe predict`'s output shards, by key; a
+    sample that fails raises unless `allow_failures`."""
+    import vfe
+    from vfe.errors import VfeError
+
+    shards, videos = shard_folder
+    options = {"arch": "custom", "weights": str(tiny_clip_file)}
+    pattern = str(shards / "{00000..00002}.tar")
+    with pytest.raises(VfeError, match=r"1 video\(s\) failed: 00001/000000003: no video member"):
+        vfe.extract(input_shards=pattern, model_options=options)
+    got = vfe.extract(input_shards=pattern, model_options=options, allow_failures=True)
+    files = vfe.extract(str(videos), model_options=options)
+    assert sorted(got) == sorted(Path(name).stem for name in files)
+    for name, arrays in files.items():
+        np.testing.assert_array_equal(got[Path(name).stem]["features"], arrays["features"])
+    with pytest.raises(VfeError, match="videos or input_shards=, one of them"):
+        vfe.extract(str(videos), input_shards=pattern)

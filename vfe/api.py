@@ -20,11 +20,14 @@ from lightning.pytorch import Trainer
 from vfe.backbones.multi import MultiBackbone
 from vfe.data.datamodule import VideoDataModule, list_videos
 from vfe.data.paths import output_path_for
+from vfe.destinations import is_url
 from vfe.errors import VfeError
 from vfe.messages import quiet_reports
 from vfe.output.failures import FAILURES_FILE_NAME, read_failures
+from vfe.output.read_back import shard_samples
 from vfe.output.writer import FeatureWriter
 from vfe.planning.provenance import PROVENANCE_KEY
+from vfe.planning.shard_plan import STATS_SUFFIX
 from vfe.predict_cli import check_device
 from vfe.stopping import STOP_REQUEST, STOP_SIGNALS
 
@@ -32,7 +35,7 @@ VideoArrays = dict[str, Any]  # features, timestamps, fps, clip_length, provenan
 
 
 def extract(
-    videos: str | Path | Sequence[str | Path],
+    videos: str | Path | Sequence[str | Path] | None = None,
     model: str | Sequence[str] = "clip",
     model_options: dict[str, dict[str, Any]] | None = None,
     output_dir: str | Path | None = None,
@@ -48,6 +51,7 @@ def extract(
     allow_failures: bool = False,
     progress: bool = False,
     output_dtype: str = "float32",
+    input_shards: str | None = None,
 ) -> dict[str, VideoArrays] | dict[str, dict[str, VideoArrays]]:
     """Per-clip features of `videos` (a folder, searched recursively, or a list of files).
 
@@ -65,7 +69,17 @@ def extract(
     folder. `convert_on="model"`: colour conversion and resizing on the model's device (as
     `--data.convert_on`). A video that fails raises VfeError naming it, unless
     `allow_failures` (then it is left out).
+
+    `input_shards` instead of `videos`: webdataset tar shards (`"s3://b/{000..009}.tar"`, as
+    `--input_shards`); keyed by each sample's key, output shards kept in a local `output_dir`.
     """
+    if (videos is None) == (input_shards is None):
+        raise VfeError("extract() takes videos or input_shards=, one of them")
+    if input_shards is not None and is_url(output_dir):
+        raise VfeError(
+            f"output_dir={str(output_dir)!r}: extract() reads its results back from a local "
+            "folder (vfe predict writes shards to object storage)"
+        )
     check_device(device, "device=")
     names = [model] if isinstance(model, str) else list(model)
     options = _options_by_model(names, model_options)
@@ -75,7 +89,10 @@ def extract(
         options[names[0]] = {**options.get(names[0], {}), "batch_size": batch_size}
     with tempfile.TemporaryDirectory(prefix="vfe-") as scratch:
         out = Path(output_dir) if output_dir is not None else Path(scratch) / "features"
-        source, keys = _source(videos, Path(scratch))
+        if input_shards is not None:
+            source, keys = {"input_shards": input_shards}, {}
+        else:
+            source, keys = _source(videos, Path(scratch))
         datamodule = VideoDataModule(
             **source,
             output_dir=out,
@@ -107,13 +124,19 @@ def extract(
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+        run_id = datamodule.plan.run_id if datamodule.plan is not None else ""
+        if input_shards is not None:
+            results = {
+                name: _read_shards(Path(folder), run_id, allow_failures)
+                for name, folder in writer.output_dirs.items()
+            }
+            return results[names[0]] if len(names) == 1 else results
         listed = list_videos(
             datamodule.input_dir,
             datamodule.input_list,
             datamodule.layout,
             datamodule.audio_files,
         )
-        run_id = datamodule.plan.run_id if datamodule.plan is not None else ""
         results = {
             name: _read(folder, [v.relative_path for v in listed], keys, run_id, allow_failures)
             for name, folder in writer.output_dirs.items()
@@ -188,6 +211,25 @@ def _unique_id(path: Path) -> str:
     """`<stem>-<8 hex digits of the absolute path>`, with characters an id cannot hold as `_`."""
     stem = re.sub(r"[^A-Za-z0-9_.\-=+,@]", "_", path.stem).lstrip(".") or "video"
     return f"{stem}-{hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:8]}"
+
+
+def _read_shards(folder: Path, run_id: str, allow_failures: bool) -> dict[str, VideoArrays]:
+    """Every sample of the folder's output shards, by key; this run's failures (in the shards'
+    stats) raise unless allowed."""
+    failed = [
+        f"{stats['shard']}/{failure.get('relative_path')}: {failure.get('error')}"
+        for stats in (json.loads(p.read_text()) for p in sorted(folder.glob(f"*{STATS_SUFFIX}")))
+        if stats.get("run") == run_id
+        for failure in stats.get("failures", [])
+    ]
+    if failed and not allow_failures:
+        raise VfeError(f"{len(failed)} video(s) failed: {'; '.join(failed[:5])}")
+    arrays: dict[str, VideoArrays] = {}
+    for key, _, saved in shard_samples(folder):
+        record = {name: value for name, value in saved.items() if name != PROVENANCE_KEY}
+        record["provenance"] = json.loads(str(saved[PROVENANCE_KEY]))
+        arrays[key] = record
+    return arrays
 
 
 def _read(
