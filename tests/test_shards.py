@@ -543,3 +543,45 @@ def test_the_python_api_extracts_shards_keyed_by_sample(
         np.testing.assert_array_equal(got[Path(name).stem]["features"], arrays["features"])
     with pytest.raises(VfeError, match="videos or input_shards=, one of them"):
         vfe.extract(str(videos), input_shards=pattern)
+
+
+def test_an_object_key_that_would_leave_the_output_folder_is_refused():
+    """Keys come from data: `a/../../evil.mp4` under an `--input_dir` URL stops the listing
+    with a one-line error naming it, before anything is written."""
+    import fsspec
+
+    from vfe.data.paths import find_videos
+    from vfe.errors import VfeError
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/vfe-test-keys/a/../../evil.mp4", b"x")
+    memory.pipe("/vfe-test-keys/ok.mp4", b"y")
+    with pytest.raises(VfeError, match=r"'a/\.\./\.\./evil\.mp4' has an empty, '\.' or '\.\.'"):
+        find_videos("memory://vfe-test-keys")
+    memory.rm("/vfe-test-keys", recursive=True)
+
+
+def test_the_awkward_files_from_a_shard_equal_the_same_files_on_disk(
+    real_world_videos: dict[str, Path], tiny_clip_file: Path, tmp_path: Path
+):
+    """Edit-list cuts, MPEG-TS, VFR, 29.97 fps, Xvid AVI, ... decoded from memory (a shard
+    sample) give the features and timestamps of the same files read from disk."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    with webdataset.TarWriter(str(tmp_path / "corpus.tar")) as sink:
+        for name, path in real_world_videos.items():
+            key = Path(name).stem.replace(".", "_")
+            (folder / f"{key}{path.suffix}").symlink_to(path)
+            sink.write({"__key__": key, path.suffix.lstrip(".").lower(): path.read_bytes()})
+    args = _clip_args(tiny_clip_file)
+    files = run_vfe(*args, "--input_dir", str(folder), "--output_dir", "from_files", cwd=tmp_path)
+    shard = run_vfe(*args, "--input_shards", str(tmp_path / "corpus.tar"),
+                    "--output_dir", "from_shard", cwd=tmp_path)  # fmt: skip
+    assert files.returncode == shard.returncode, shard.stderr
+    from_shard = _read_output_shard(tmp_path / "from_shard" / "corpus.tar")
+    written = sorted(p.stem for p in (tmp_path / "from_files").glob("*.npz"))
+    assert sorted(from_shard) == written and len(written) >= 6
+    for key in written:
+        with np.load(tmp_path / "from_files" / f"{key}.npz") as saved:
+            for name in ("features", "timestamps", "fps"):
+                np.testing.assert_array_equal(from_shard[key][name], saved[name], err_msg=key)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from vfe.decoding.source import InMemoryFile, RemoteFile
-from vfe.destinations import RESERVED_NAMES, is_url
+from vfe.destinations import RESERVED_NAMES, is_url, path_inside
 from vfe.errors import VfeError
 
 VIDEO_EXTENSIONS = frozenset(
@@ -38,8 +38,8 @@ def video_fingerprint(path: "Path | InMemoryFile | RemoteFile") -> str:
     digest = hashlib.sha256()
     if isinstance(path, InMemoryFile):
         opened, size = io.BytesIO(path.data), path.size_bytes
-    elif isinstance(path, RemoteFile):
-        opened = path.open()
+    elif isinstance(path, RemoteFile):  # fetch the blocks read, not fsspec's read-ahead
+        opened = path.open(block_size=FINGERPRINT_BLOCK_BYTES)
         size = opened.size
     else:
         opened = open(path, "rb")  # noqa: SIM115 (closed below)
@@ -186,6 +186,8 @@ def _find_remote(url: str, extensions: frozenset[str]) -> list[VideoEntry]:
         if PurePosixPath(path).suffix.lower() not in extensions or info.get("type") == "directory":
             continue
         relative = path[len(root) :].lstrip("/")
+        # An object's key is data: its output must stay inside the output folder.
+        path_inside(Path("."), relative, f"object key under --input_dir {url!r}")
         entries.append(
             VideoEntry(
                 RemoteFile(f"{protocol}://{path}"),
@@ -337,6 +339,7 @@ def _remote_entry(url: str, video_id: str | None, where: str) -> VideoEntry:
 
 def _remote_name(url: str, video_id: str | None) -> str:
     name = PurePosixPath(url.split("?", 1)[0]).name
+    path_inside(Path("."), name, f"file name of {url!r}", folders=False)
     return name if video_id is None else video_id + (PurePosixPath(name).suffix or ".video")
 
 

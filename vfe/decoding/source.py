@@ -42,10 +42,13 @@ class RemoteFile:
     def suffix(self) -> str:
         return PurePosixPath(self.url).suffix
 
-    def open(self) -> "io.RawIOBase":
+    def open(self, block_size: int | None = None) -> "io.RawIOBase":
+        """`block_size`: bytes fetched per request (default: the filesystem's read-ahead)."""
         import fsspec
 
-        return fsspec.open(self.url, "rb").open()
+        filesystem, path = fsspec.core.url_to_fs(self.url)
+        options = {} if block_size is None else {"block_size": block_size}
+        return filesystem.open(path, "rb", **options)
 
     def as_posix(self) -> str:
         return self.url
