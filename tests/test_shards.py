@@ -5,7 +5,9 @@ shard."""
 
 import io
 import json
+import os
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +253,109 @@ def test_parts_share_the_shards_each_exactly_once(
     stats = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.stats.json")]
     assert len({s["run"] for s in stats}) == 2  # two jobs wrote them
     assert sorted(s["shard"] for s in stats) == sorted(SHARDS)
+
+
+@pytest.mark.parametrize("other_job", ["finishes it", "dies"])
+def test_a_shard_another_live_job_holds_is_left_to_it_and_waited_for(
+    other_job: str,
+    shard_folder: tuple[Path, Path],
+    tiny_clip_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Jobs sharing a local folder claim shards as they go: a shard another live job holds is
+    not read, and the run waits for it at its end. Finished by that job, the run exits 0 and
+    says so; left behind by a job that died, it is not finished (exit 1), and a rerun does it."""
+    import threading
+
+    from vfe.output import audit as audit_module
+    from vfe.planning import owners
+    from vfe.planning.claims import Claims
+
+    monkeypatch.setattr(audit_module, "POLL_SECONDS", 0.05)
+    shards, _ = shard_folder
+    pattern = str(shards / "{00000..00002}.tar")
+    args = [*_clip_args(tiny_clip_file), "--input_shards", pattern]
+    run_vfe(*args, "--output_dir", "reference", cwd=tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    owners.register([out], owners.this_run("other"))  # a live job (this process) holds 00001
+    other = Claims({"clip": out}, "other", names_output=True)
+    assert other.claim("00001.stats.json", ("clip",)) == ("clip",)
+
+    def other_job_ends() -> None:
+        while not (out / "00002.stats.json").exists():  # the run has done its own shards
+            time.sleep(0.02)
+        time.sleep(0.3)
+        if other_job == "finishes it":
+            for name in ("00001.tar", "00001.stats.json"):
+                (out / name).write_bytes((tmp_path / "reference" / name).read_bytes())
+            other.release("00001.stats.json", ("clip",))
+        owners.unregister([out], "other")
+
+    thread = threading.Thread(target=other_job_ends)
+    thread.start()
+    result = run_vfe(*args, "--output_dir", "out", cwd=tmp_path)
+    thread.join()
+    assert "waiting for 1 shard(s) that another job sharing the folder is extracting" in (
+        result.stderr
+    ), result.stderr
+    assert "shards done 2, skipped 0; written 3, failed 0" in result.stderr, result.stderr
+    if other_job == "finishes it":
+        assert result.returncode == 0, result.stderr
+        assert "1 shard(s) of this run's plan were done by another job" in result.stderr
+    else:
+        assert result.returncode == 1, result.stderr
+        assert "1 shard(s) not finished (no .stats.json)" in result.stderr
+        rerun = run_vfe(*args, "--output_dir", "out", cwd=tmp_path)
+        assert "2 already done (skipped), 1 to extract" in rerun.stderr, rerun.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.slow  # three processes of their own
+def test_jobs_started_together_into_one_folder_do_each_of_six_shards_once(
+    tiny_clip_file: Path, tmp_path: Path
+):
+    """Three jobs over six shards, one folder, no --part: they share the shards by claims as
+    they go. Each shard is done once (one stats file, the features of one run), every job
+    exits 0, and nothing of theirs is left in the folder."""
+    import subprocess
+    import sys
+
+    (tmp_path / "in").mkdir()
+    for number in range(6):
+        with webdataset.TarWriter(str(tmp_path / "in" / f"{number:05d}.tar")) as sink:
+            for sample in range(2):
+                key = f"{number}{sample:04d}"
+                video = write_video(tmp_path / "videos" / f"{key}.mp4", 40, seed=int(key))
+                sink.write({"__key__": key, "mp4": video.read_bytes()})
+    args = [
+        *_clip_args(tiny_clip_file),
+        "--input_shards",
+        str(tmp_path / "in" / "{00000..00005}.tar"),
+    ]
+    run_vfe(*args, "--output_dir", "reference", cwd=tmp_path)
+    command = [sys.executable, "-m", "vfe", "predict", *args, "--output_dir", "out"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    jobs = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    results = [(job.wait(timeout=600), job.communicate()[1]) for job in jobs]
+    done = 0
+    for code, stderr in results:
+        assert code == 0, stderr
+        done += int(stderr.split("shards done ", 1)[1].split(",", 1)[0])
+    assert done == 6, [stderr for _, stderr in results]  # none done twice
+    for number in range(6):
+        name = f"{number:05d}"
+        stats = json.loads((tmp_path / "out" / f"{name}.stats.json").read_text())
+        assert stats["written"] == 2
+        ours = _read_output_shard(tmp_path / "out" / f"{name}.tar")
+        reference = _read_output_shard(tmp_path / "reference" / f"{name}.tar")
+        for key in reference:
+            np.testing.assert_array_equal(ours[key]["features"], reference[key]["features"])
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []
 
 
 def test_output_shards_are_plain_tars_of_npz_members(

@@ -466,7 +466,7 @@ class VideoDataModule(LightningDataModule):
         trainer = self.trainer
         model = trainer.lightning_module
         output_dirs = shard_output_dirs(self.output_dir, list(model.members()))
-        shards, listing, shares, run_id = [], None, None, ""
+        shards, listing, shares, run_id, claims = [], None, None, "", None
         if trainer.global_rank == 0:
             run_id = new_run_id()
             settings = self.provenance()
@@ -492,8 +492,9 @@ class VideoDataModule(LightningDataModule):
                 shares = share_shards(
                     listing.todo, shards, trainer.world_size, max(1, self.num_workers)
                 )
-        shards, listing, shares, run_id = trainer.strategy.broadcast(
-            (shards, listing, shares, run_id), src=0
+                claims = self._shard_claims(output_dirs, run_id, listing)
+        shards, listing, shares, run_id, claims = trainer.strategy.broadcast(
+            (shards, listing, shares, run_id, claims), src=0
         )
         if listing.problem:
             raise VfeError(listing.problem)
@@ -510,7 +511,22 @@ class VideoDataModule(LightningDataModule):
                 for worker in shares[trainer.global_rank]
             ],
             shards=shards,
+            claims=claims,
+            shard_todo=listing.todo,
         )
+
+    @staticmethod
+    def _shard_claims(
+        output_dirs: dict[str, str], run_id: str, listing: ShardListing
+    ) -> Claims | None:
+        """Local output folders: the run records itself as their owner (before any rank
+        reads) and claims each shard before reading it, so jobs sharing the folders share
+        the shards. Folders at URLs: none (jobs there divide the shards by --part)."""
+        if not listing.todo or any(is_url(folder) for folder in output_dirs.values()):
+            return None
+        folders = {name: Path(folder) for name, folder in output_dirs.items()}
+        register(list(folders.values()), this_run(run_id))
+        return Claims(folders, run_id, listing.seen, names_output=True)
 
     def say_plan(
         self,

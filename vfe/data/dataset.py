@@ -15,7 +15,7 @@ import math
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import numpy as np
@@ -71,6 +71,7 @@ from vfe.decoding.video import (
 )
 from vfe.messages import say_on_this_rank
 from vfe.planning.claims import Claims
+from vfe.planning.shard_plan import done_marker
 from vfe.sources.shards import ShardError, shard_samples
 
 
@@ -222,6 +223,12 @@ class VideoClipDataset(IterableDataset):
         builder = BatchBuilder(self.batch_sizes)
         for item in items:
             if isinstance(item, ShardItem):
+                if self.claims is not None:  # as videos are: jobs sharing the folder share shards
+                    models = self.claims.claim(done_marker(item.shard.name), item.models)
+                    if not models:  # another job reads it, or has finished it
+                        builder.add_shard_end(ShardEnd(item.number, 0, [], elsewhere=True))
+                        continue
+                    item = replace(item, models=models)
                 yield from self._add_shard(builder, item)
                 continue
             models = self.models_of(item.video_index)

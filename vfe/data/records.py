@@ -111,6 +111,7 @@ class ShardEnd:
     samples: int
     models: list[str]  # the backbones it was decoded for
     error: str | None = None
+    elsewhere: bool = False  # not read: another job sharing the folder claimed or finished it
 
 
 class ModelSamples(TypedDict):

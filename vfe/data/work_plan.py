@@ -72,6 +72,8 @@ class PlannedRun:
     work: list[list[WorkItem | ShardItem]]  # this rank's work, one list per DataLoader worker
     claims: Claims | None = None  # how this run claims videos in folders shared with other jobs
     shards: list[Shard] = field(default_factory=list)  # a run over shards: all of its shards
+    # A run over shards: (shard number, backbones) still to do, on any rank.
+    shard_todo: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
 
 
 def split_over_workers(

@@ -5,13 +5,16 @@ Rank 0 checks each planned video and backbone once all ranks have reported: its 
 A video another live job has claimed (`vfe.planning.claims`) is waited for, as long as that job
 lives. Anything else is unfinished — parts that never merged, a write that was lost, a job that
 died holding the claim — and is recorded in `failures.jsonl` as a failure of this run, so the
-run cannot end with exit 0 while a video it planned is missing.
+run cannot end with exit 0 while a video it planned is missing. A run over shards into local
+folders is checked the same way, shard by shard (`audit_shards`).
 """
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vfe.data.paths import output_path_for
 from vfe.data.records import VideoFailure
@@ -19,8 +22,9 @@ from vfe.data.work_plan import PlannedRun
 from vfe.messages import say
 from vfe.output.failures import FAILURES_FILE_NAME, read_failures
 from vfe.output.parts import remove_run_parts, unmerged_videos
-from vfe.planning.claims import holder_of, release_claims_of
+from vfe.planning.claims import Claims, file_identity, holder_of, release_claims_of
 from vfe.planning.owners import run_is_live, unregister
+from vfe.planning.shard_plan import done_marker
 
 POLL_SECONDS = 2.0
 
@@ -127,3 +131,74 @@ def end_ownership(output_dirs: list[Path], run_id: str) -> None:
         release_claims_of(output_dir, lambda holder: holder == run_id)
         remove_run_parts(output_dir, run_id)
     unregister(output_dirs, run_id)
+
+
+@dataclass
+class ShardAudit:
+    """Per backbone, the planned shards left without a done marker (by name), and how many
+    another job sharing the folders finished."""
+
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    done_elsewhere: dict[str, int] = field(default_factory=dict)
+
+
+def audit_shards(
+    plan: PlannedRun,
+    claims: Claims,
+    wanted: dict[str, dict[str, Any]],
+    output_format: str,
+    stop_waiting: Callable[[], None] = lambda: None,
+) -> ShardAudit:
+    """A run over shards into local folders shared with other jobs: check every planned
+    shard and backbone for a done marker made since planning with the `wanted` settings (by
+    this run or another). A shard another live job holds is waited for, as long as that job
+    lives."""
+
+    def done_by(name: str, shard_name: str) -> str | None:
+        """The run that finished the shard for `name` since planning, if one did."""
+        marker = done_marker(shard_name)
+        path = claims.output_path(name, marker)
+        identity = file_identity(path)
+        if identity is None or identity == claims.seen.get((name, marker)):
+            return None  # none, or the one found at planning (made with other settings)
+        try:
+            stats = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if stats.get("settings") != wanted[name] or stats.get("format") != output_format:
+            return None
+        return str(stats.get("run"))
+
+    def held_elsewhere(name: str, shard_name: str) -> bool:
+        folder = claims.output_dirs[name]
+        holder = holder_of(folder, done_marker(shard_name))
+        return bool(holder) and holder != plan.run_id and run_is_live(folder, holder)
+
+    audit = ShardAudit(
+        {name: [] for name in claims.output_dirs}, dict.fromkeys(claims.output_dirs, 0)
+    )
+    pending = [
+        (name, plan.shards[number].name) for number, models in plan.shard_todo for name in models
+    ]
+    said = False
+    while True:
+        waiting = []
+        for name, shard_name in pending:
+            run = done_by(name, shard_name)
+            if run is not None:
+                audit.done_elsewhere[name] += run != plan.run_id
+            elif held_elsewhere(name, shard_name):
+                waiting.append((name, shard_name))
+            else:
+                audit.missing[name].append(shard_name)
+        if not waiting:
+            return audit
+        if not said:
+            said = True
+            say(
+                f"waiting for {len(waiting)} shard(s) that another job sharing the folder is "
+                f"extracting; checked every {POLL_SECONDS:g} s and given up if that job is gone"
+            )
+        stop_waiting()
+        time.sleep(POLL_SECONDS)
+        pending = waiting

@@ -5,7 +5,7 @@ to the software decoder."""
 from pathlib import Path
 
 from vfe.messages import say, say_more, seconds_since_command_start
-from vfe.output.audit import Audit
+from vfe.output.audit import Audit, ShardAudit
 from vfe.output.failures import FAILURES_FILE_NAME, read_failures
 
 MAX_FAILURES_SHOWN = 20
@@ -83,9 +83,11 @@ def report_shard_run(
     output_dirs: dict[str, str],
     skipped_shards: dict[str, int],
     seconds: float,
+    audit: ShardAudit | None = None,
 ) -> int:
     """Print the summary of a run over shards (`vfe.output.shard_sink`); the number of samples
-    not written plus shards not finished."""
+    not written plus shards not finished (by the `audit` of local folders, where other jobs
+    may have finished some; else as this run's ranks counted)."""
     names = list(output_dirs)
     failed = totals["failed"]
     unfinished = max(totals[f"{name}/unfinished"] for name in names)
@@ -100,6 +102,15 @@ def report_shard_run(
     if failed:
         say(f"{failed} sample(s) failed; reasons in each shard's .stats.json")
     not_done = totals["unreadable_shards"] + totals["open_shards"]
+    if audit is not None:
+        not_done = len({shard for missing in audit.missing.values() for shard in missing})
+        for name in names:
+            if audit.done_elsewhere.get(name):
+                label = f"{name}: " if len(names) > 1 else ""
+                say(
+                    f"{label}{audit.done_elsewhere[name]} shard(s) of this run's plan were "
+                    "done by another job sharing the folder"
+                )
     if not_done:
         say(f"{not_done} shard(s) not finished (no .stats.json): the same command redoes them")
     return failed + unfinished + not_done

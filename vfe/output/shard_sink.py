@@ -35,7 +35,8 @@ from vfe.destinations import (
     write_atomically,
 )
 from vfe.destinations import join_location as join
-from vfe.planning.shard_plan import STATS_SUFFIX
+from vfe.planning.claims import Claims
+from vfe.planning.shard_plan import done_marker
 from vfe.sources.shards import Shard
 
 SUFFIXES = {"webdataset": ".tar", "parquet": ".parquet"}
@@ -113,7 +114,7 @@ class ShardWriter:
             "wall_seconds": round(time.perf_counter() - self._started, 3),
         }
         encoded = json.dumps(stats, indent=1, sort_keys=True).encode()
-        stats_path = join(self.folder, self.shard.name + STATS_SUFFIX)
+        stats_path = join(self.folder, done_marker(self.shard.name))
         if is_url(self.folder):
             filesystem, path = fsspec.core.url_to_fs(self.final)
             filesystem.put_file(self._temporary, path)
@@ -185,13 +186,16 @@ class ShardOutputs:
         settings: dict[str, dict[str, Any]],
         run_id: str,
         output_format: str = "webdataset",
+        claims: Claims | None = None,
     ) -> None:
         self.folders, self.shards, self.settings, self.run_id = folders, shards, settings, run_id
         self.output_format = output_format
+        self.claims = claims  # released as each output shard is finished or abandoned
         self._open: dict[tuple[str, int], ShardWriter] = {}
         self._pending: dict[tuple[str, int], set[int]] = {}
         self._ended: dict[int, ShardEnd] = {}
         self.finished: dict[str, int] = dict.fromkeys(folders, 0)
+        self.elsewhere = 0  # shards left to another job sharing the folders
         self.errors: list[str] = []  # shards that could not be read to their end
 
     def _writer(self, name: str, shard: int) -> ShardWriter:
@@ -219,6 +223,9 @@ class ShardOutputs:
         self._settled(name, shard, index)
 
     def end(self, end: ShardEnd) -> None:
+        if end.elsewhere:
+            self.elsewhere += 1
+            return
         self._ended[end.shard] = end
         if end.error is not None:
             self.errors.append(f"{self.shards[end.shard].url}: {end.error}")
@@ -237,9 +244,14 @@ class ShardOutputs:
         writer = self._open.pop((name, shard))
         if end.error is not None:
             writer.abandon()  # not done: a rerun reads it again
-            return
-        writer.finish(end.samples)
-        self.finished[name] += 1
+        else:
+            writer.finish(end.samples)
+            self.finished[name] += 1
+        self._release(name, shard)
+
+    def _release(self, name: str, shard: int) -> None:
+        if self.claims is not None:
+            self.claims.release(done_marker(self.shards[shard].name), (name,))
 
     @property
     def unfinished(self) -> int:
@@ -247,6 +259,7 @@ class ShardOutputs:
         return len(self._open)
 
     def abandon_all(self) -> None:
-        for writer in self._open.values():
+        for (name, shard), writer in self._open.items():
             writer.abandon()
+            self._release(name, shard)
         self._open.clear()

@@ -19,7 +19,7 @@ from vfe.data.work_plan import PlannedRun, WorkItem
 from vfe.destinations import is_url
 from vfe.messages import say_on_this_rank
 from vfe.output.assembly import ClipFeatureAssembler, FinishedVideo, PartialVideo
-from vfe.output.audit import audit_run, end_ownership
+from vfe.output.audit import audit_run, audit_shards, end_ownership
 from vfe.output.failures import FAILURES_FILE_NAME, append_failure
 from vfe.output.npz import remove_stale_temporaries, save_npz_atomically
 from vfe.output.parts import (
@@ -86,10 +86,12 @@ class FeatureWriter(BasePredictionWriter):
 
     @property
     def shards_done(self) -> int:
-        """Output shards this rank finished, for every backbone (a run over shards)."""
+        """Shards of this rank's share settled: finished for every backbone, or left to another
+        job sharing the folders (a run over shards)."""
         if self._shard_outputs is None:
             return 0
-        return min(self._shard_outputs.finished.values(), default=0)
+        outputs = self._shard_outputs
+        return min(outputs.finished.values(), default=0) + outputs.elsewhere
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Rank 0 clears what runs that are gone left in the folders (never a live run's)."""
@@ -99,7 +101,10 @@ class FeatureWriter(BasePredictionWriter):
             if trainer.global_rank == 0:
                 for folder in self.output_dirs.values():
                     if not is_url(folder):
-                        remove_stale_temporaries(Path(folder))
+                        local = Path(folder)
+                        remove_stale_temporaries(local)
+                        release_claims_of(local, lambda run, d=local: not run_is_live(d, run))
+                        forget_gone_runs(local)
             return
         output_dir = Path(self.output_dir) if self.output_dir is not None else None
         self.output_dirs = model_output_dirs(output_dir, names)
@@ -141,11 +146,13 @@ class FeatureWriter(BasePredictionWriter):
                 self._provenance,
                 self._run_id,
                 datamodule.output_format,
+                self._claims,
             )
         # A thread per run: a second predict in the same process never shares it.
         self._stop_thread()
         self._thread = WriterThread(self._write)
-        if self._rank == 0 and not self._plan.shards:  # its owner record: written at planning
+        # Its owner record, written at planning (a run over shards into URLs has none).
+        if self._rank == 0 and (not self._plan.shards or self._claims is not None):
             self._heartbeat = Heartbeat(list(self.output_dirs.values()), self._run_id).start()
         self._reports = RankReports(trainer, self._run_id, self.rank_timeout_seconds)
         self._reports.beat(0, force=True)
@@ -310,11 +317,11 @@ class FeatureWriter(BasePredictionWriter):
             self._heartbeat.stop()
             self._heartbeat = None
         plan = getattr(trainer.datamodule, "plan", None)
-        if plan is not None and plan.shards:  # no owner records or claims: shards are planned
+        if plan is not None and plan.shards and plan.claims is None:  # output at URLs
             return
         if trainer.global_rank == 0 and plan is not None and plan.run_id != self._ended_run:
             self._ended_run = plan.run_id
-            end_ownership(list(self.output_dirs.values()), plan.run_id)
+            end_ownership([Path(folder) for folder in self.output_dirs.values()], plan.run_id)
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Before any callback's on_predict_end, so the progress bar's last line is final.
@@ -350,11 +357,22 @@ class FeatureWriter(BasePredictionWriter):
         if totals is None:  # not rank 0: rank 0 reports for all
             return
         if self._plan.shards:
+            audit = None
+            if self._claims is not None:  # local folders other jobs may share
+                audit = audit_shards(
+                    self._plan,
+                    self._claims,
+                    self._provenance,
+                    trainer.datamodule.output_format,
+                    lambda: STOP_REQUEST.raise_if_requested("waiting for another job's shards"),
+                )
+            self._end_ownership(trainer)
             self.total_failed = report_shard_run(
                 totals,
                 self.output_dirs,
                 self._plan.num_skipped,
                 time.perf_counter() - self._start_seconds,
+                audit,
             )
             return
         # Every rank has written and merged what it could: each planned video is on disk or

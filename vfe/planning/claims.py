@@ -12,6 +12,10 @@ clock: the kernel stamps files from a coarse clock that can lag `time.time_ns()`
 a file written just after the listing could look older than it. The writer releases a
 video's claim once its .npz is written or its failure recorded; a run's remaining claims go at
 its end.
+
+A run over shards (`vfe.planning.shard_plan`) into local folders claims whole shards the same
+way, by the name of the shard's done marker (`<shard>.stats.json`, claimed as
+`<shard>.stats.claim`): its output is that marker.
 """
 
 import contextlib
@@ -60,6 +64,14 @@ class Claims:
     # The outputs that existed when the run listed the folder, by (backbone, video): any
     # other output found at claim time was written by another job meanwhile.
     seen: dict[tuple[str, str], FileIdentity] = field(default_factory=dict)
+    # A claim names the output file itself (a shard's done marker), not a video whose output
+    # is its `.npz`.
+    names_output: bool = False
+
+    def output_path(self, name: str, relative_path: str) -> Path:
+        """The file whose presence means the claimed work is done for backbone `name`."""
+        path = self.output_dirs[name] / relative_path
+        return path if self.names_output else path.with_suffix(".npz")
 
     def claim(self, relative_path: str, models: tuple[str, ...]) -> tuple[str, ...]:
         """The backbones of `models` this run may decode the video for now: all of them, or
@@ -77,8 +89,7 @@ class Claims:
         return left
 
     def _written_meanwhile(self, name: str, relative_path: str) -> bool:
-        path = (self.output_dirs[name] / relative_path).with_suffix(".npz")  # its output
-        now = file_identity(path)
+        now = file_identity(self.output_path(name, relative_path))
         return now is not None and now != self.seen.get((name, relative_path))
 
     def _claim_one(self, output_dir: Path, relative_path: str) -> str:

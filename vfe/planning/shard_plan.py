@@ -7,26 +7,37 @@ shard done with the same settings is skipped; with other settings the run stops 
 work unless `--overwrite changed` (redo those) or `--overwrite` (redo all). Shards are the unit
 of work: shared out over ranks by size, then over each rank's DataLoader workers by size, each
 read whole by one worker.
+
+Jobs that share local output folders (started together, or a rerun beside a running job)
+claim each shard before reading it (`vfe.planning.claims`), so each shard is read by one of
+them; output folders at URLs have no claims: jobs there divide the shards by `--part`.
 """
 
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from vfe.destinations import join_location
+from vfe.destinations import is_url, join_location
 from vfe.errors import VfeError
+from vfe.planning.claims import FileIdentity, file_identity
 from vfe.planning.shares import assign_by_size
 from vfe.sources.shards import Shard
 
 STATS_SUFFIX = ".stats.json"
 
 
+def done_marker(shard_name: str) -> str:
+    """The name of a shard's done marker in an output folder (also what claims it)."""
+    return shard_name + STATS_SUFFIX
+
+
 def read_stats(folder: str, shard_name: str) -> dict[str, Any] | None:
     """A shard's stats (its done marker) in an output folder (local or URL), or None."""
     import fsspec
 
-    location = join_location(folder, shard_name + STATS_SUFFIX)
+    location = join_location(folder, done_marker(shard_name))
     try:
         with fsspec.open(location, "rb") as file:
             return json.loads(file.read())
@@ -57,6 +68,8 @@ class ShardListing:
     todo: list[tuple[int, tuple[str, ...]]]
     num_skipped: dict[str, int] = field(default_factory=dict)
     problem: str = ""
+    # The done markers of shards to redo, as found (`vfe.planning.claims.Claims.seen`).
+    seen: dict[tuple[str, str], FileIdentity] = field(default_factory=dict)
 
 
 def plan_shards(
@@ -81,7 +94,7 @@ def plan_shards(
             elif overwrite == "changed":
                 models.append(name)
             else:
-                where = join_location(folder, shard.name + STATS_SUFFIX)
+                where = join_location(folder, done_marker(shard.name))
                 return ShardListing(
                     [],
                     skipped,
@@ -91,7 +104,15 @@ def plan_shards(
                 )
         if models:
             todo.append((number, tuple(models)))
-    return ShardListing(todo, skipped)
+    seen = {}
+    for number, models in todo:  # done markers another job may replace meanwhile
+        for name in models:
+            if not is_url(output_dirs[name]):
+                marker = done_marker(shards[number].name)
+                identity = file_identity(Path(output_dirs[name]) / marker)
+                if identity is not None:
+                    seen[(name, marker)] = identity
+    return ShardListing(todo, skipped, seen=seen)
 
 
 def _difference(
