@@ -131,7 +131,7 @@ def test_a_truncated_shard_fails_alone_and_is_read_again_by_the_rerun(
     result = run_vfe(*_clip_args(tiny_clip_file), "--input_shards", pattern,
                      "--output_dir", "out", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 1, result.stderr
-    assert "shard not read to its end" in result.stderr and "00001.tar" in result.stderr
+    assert "00001.tar: not read to its end: ReadError" in result.stderr, result.stderr
     out = tmp_path / "out"
     assert (out / "00000.stats.json").is_file() and (out / "00002.stats.json").is_file()
     assert not (out / "00001.stats.json").exists() and not (out / "00001.tar").exists()
@@ -482,6 +482,170 @@ def test_shards_over_http(shard_folder: tuple[Path, Path], tiny_clip_file: Path,
     over_http = _read_output_shard(tmp_path / "out" / "00000.tar")
     for key, arrays in _read_output_shard(tmp_path / "here" / "00000.tar").items():
         np.testing.assert_array_equal(over_http[key]["features"], arrays["features"])
+
+
+def test_an_output_shard_whose_upload_fails_is_not_done_and_the_run_goes_on(
+    shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path, monkeypatch
+):
+    """Output at a URL (fsspec's in-memory filesystem here): an upload that fails after the
+    filesystem's own retries leaves that shard without stats (not done) and the others
+    written; the run exits 1 and the same command writes it."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    shards, _ = shard_folder
+    upload = MemoryFileSystem.put_file
+
+    def failing_put_file(self, local: str, remote: str, *args: Any, **kwargs: Any) -> None:
+        if remote.endswith("00000.tar"):
+            raise OSError("injected: the upload failed")
+        upload(self, local, remote, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "put_file", failing_put_file)
+    args = [*_clip_args(tiny_clip_file), "--input_shards", str(shards / "{00000..00002}.tar"),
+            "--output_dir", "memory://upload-test/feats"]  # fmt: skip
+    result = run_vfe(*args, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "feats/00000.tar: not uploaded (OSError: injected: the upload failed)" in result.stderr
+    assert "shards done 2, skipped 0" in result.stderr, result.stderr
+    memory = fsspec.filesystem("memory")
+    assert sorted(p.rsplit("/", 1)[1] for p in memory.ls("/upload-test/feats", detail=False)) == [
+        "00001.stats.json", "00001.tar", "00002.stats.json", "00002.tar"
+    ]  # fmt: skip
+    monkeypatch.setattr(MemoryFileSystem, "put_file", upload)
+    rerun = run_vfe(*args, cwd=tmp_path)
+    assert "2 already done (skipped), 1 to extract" in rerun.stderr, rerun.stderr
+    assert memory.exists("/upload-test/feats/00000.stats.json")
+    memory.rm("/upload-test", recursive=True)
+
+
+class _FlakyServer:
+    """An HTTP server on 127.0.0.1 for the files of `folder`, with byte ranges (as object
+    stores serve them), whose responses can be cut: a file named in `cut` gets half of each
+    response's body and then a closed connection, `cut[name]` times (-1: always)."""
+
+    def __init__(self, folder: Path) -> None:
+        import http.server
+        import threading
+
+        self.folder, self.cut, self.requests, self.cuts = folder, {}, [], []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self._respond(body=False)
+
+            def do_GET(self) -> None:
+                self._respond(body=True)
+
+            def _respond(self, body: bool) -> None:
+                name = self.path.lstrip("/")
+                path = server.folder / name
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                start, end = 0, len(data) - 1
+                asked = self.headers.get("Range")
+                if asked:
+                    first, _, last = asked.removeprefix("bytes=").partition("-")
+                    start, end = int(first), min(int(last or end), end)
+                self.send_response(206 if asked else 200)
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Length", str(end - start + 1))
+                if asked:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                self.end_headers()
+                if not body:
+                    return
+                server.requests.append((name, start))
+                part = data[start : end + 1]
+                if server.cut.get(name, 0):
+                    server.cut[name] -= 1
+                    server.cuts.append(len(server.requests) - 1)
+                    self.wfile.write(part[: len(part) // 2])
+                    self.close_connection = True
+                    return
+                self.wfile.write(part)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+def test_a_broken_read_is_reopened_where_it_stopped(tmp_path: Path, monkeypatch):
+    """The storage reader asks again from the byte it had reached (a range request), and the
+    bytes it returns are the file's; one cut too many is an OSError naming the URL."""
+    from vfe.decoding import source
+
+    monkeypatch.setattr(source, "FIRST_WAIT_SECONDS", 0.01)
+    data = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    (tmp_path / "blob.bin").write_bytes(data)
+    server = _FlakyServer(tmp_path)
+    try:
+        with source.StorageReader(f"{server.url}/blob.bin", block_size=8192) as reader:
+            assert reader.read(20_000) == data[:20_000]
+            server.cut["blob.bin"] = 1  # the next request is cut
+            assert reader.read() == data[20_000:]
+            assert reader.retries == 1
+        after_the_cut = server.requests[server.cuts[0] + 1 :]
+        assert after_the_cut[0] == ("blob.bin", 20_000)  # from where the reader had reached
+        server.cut["blob.bin"] = -1
+        with (
+            source.StorageReader(f"{server.url}/blob.bin", block_size=8192) as reader,
+            pytest.raises(OSError, match=r"blob.bin: .* \(after 4 tries\)"),
+        ):
+            reader.read()
+    finally:
+        server.close()
+
+
+def test_a_shard_whose_connection_breaks_is_read_again_or_fails_alone(
+    shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path, monkeypatch
+):
+    """Over HTTP: a shard whose first response is cut is read again and done; one whose
+    every response is cut fails after the reader's tries, alone (the run goes on, exits 1);
+    the same command does it once the server serves it whole."""
+    from vfe.decoding import source
+
+    monkeypatch.setattr(source, "FIRST_WAIT_SECONDS", 0.01)
+    shards, _ = shard_folder
+    server = _FlakyServer(shards)
+    server.cut = {"00001.tar": 1, "00002.tar": -1}
+    args = [*_clip_args(tiny_clip_file), "--input_shards", f"{server.url}/{{00000..00002}}.tar",
+            "--output_dir", "out"]  # fmt: skip
+    try:
+        result = run_vfe(*args, cwd=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert "00001.tar: ClientPayloadError" in result.stderr, result.stderr
+        assert "reading again from byte 0 in 0.01 s (try 2 of 4)" in result.stderr
+        assert "00002.tar: not read to its end: OSError" in result.stderr
+        assert "(after 4 tries)" in result.stderr
+        assert "shards done 2, skipped 0; written 4, failed 1" in result.stderr
+        assert "1 shard(s) not finished (no .stats.json)" in result.stderr
+        out = tmp_path / "out"
+        assert sorted(p.name for p in out.iterdir()) == [
+            "00000.stats.json", "00000.tar", "00001.stats.json", "00001.tar"
+        ]  # fmt: skip
+        local = run_vfe(*args[:-1], "local", "--input_shards", str(shards / "00001.tar"),
+                        cwd=tmp_path)  # fmt: skip
+        assert local.returncode == 1, local.stderr  # its sample without a video
+        over_http = _read_output_shard(out / "00001.tar")
+        for key, arrays in _read_output_shard(tmp_path / "local" / "00001.tar").items():
+            # batched with other shards' samples here: equal up to float rounding
+            np.testing.assert_allclose(over_http[key]["features"], arrays["features"], atol=1e-6)
+        server.cut = {}
+        rerun = run_vfe(*args, cwd=tmp_path)
+        assert "2 already done (skipped), 1 to extract" in rerun.stderr, rerun.stderr
+        assert rerun.returncode == 0, rerun.stderr
+    finally:
+        server.close()
 
 
 @pytest.mark.slow  # a server of its own; the local shards cover the logic

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from vfe.data.records import ShardEnd, VideoStart
+from vfe.decoding.source import storage_errors
 from vfe.destinations import (
     TEMPORARY_SUFFIX,
     is_url,
@@ -196,7 +197,7 @@ class ShardOutputs:
         self._ended: dict[int, ShardEnd] = {}
         self.finished: dict[str, int] = dict.fromkeys(folders, 0)
         self.elsewhere = 0  # shards left to another job sharing the folders
-        self.errors: list[str] = []  # shards that could not be read to their end
+        self.errors: list[str] = []  # shards not read to their end, or not uploaded
 
     def _writer(self, name: str, shard: int) -> ShardWriter:
         key = (name, shard)
@@ -228,7 +229,7 @@ class ShardOutputs:
             return
         self._ended[end.shard] = end
         if end.error is not None:
-            self.errors.append(f"{self.shards[end.shard].url}: {end.error}")
+            self.errors.append(f"{self.shards[end.shard].url}: not read to its end: {end.error}")
         for name in end.models:
             self._writer(name, end.shard)  # an empty shard still gets its (empty) output
             self._close_if_done(name, end.shard)
@@ -245,8 +246,16 @@ class ShardOutputs:
         if end.error is not None:
             writer.abandon()  # not done: a rerun reads it again
         else:
-            writer.finish(end.samples)
-            self.finished[name] += 1
+            try:
+                writer.finish(end.samples)
+            except storage_errors() as error:
+                if not is_url(writer.folder):
+                    raise  # a local disk that fails stops the run
+                writer.abandon()  # the upload failed: not done, a rerun writes it
+                problem = f"{type(error).__name__}: {error}"
+                self.errors.append(f"{writer.final}: not uploaded ({problem})")
+            else:
+                self.finished[name] += 1
         self._release(name, shard)
 
     def _release(self, name: str, shard: int) -> None:

@@ -347,7 +347,7 @@ class FeatureWriter(BasePredictionWriter):
             own |= {f"{name}/shards": count for name, count in shards.finished.items()}
             own |= {"unreadable_shards": len(shards.errors), "open_shards": shards.unfinished}
             for error in shards.errors:
-                say_on_this_rank(f"shard not read to its end (a rerun reads it again): {error}")
+                say_on_this_rank(f"shard not finished (the same command does it again): {error}")
             shards.abandon_all()
         totals = self._reports.gather(
             own,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vfe.decoding.source import storage_errors
 from vfe.destinations import is_url, join_location
 from vfe.errors import VfeError
 from vfe.planning.claims import FileIdentity, file_identity
@@ -45,6 +46,11 @@ def read_stats(folder: str, shard_name: str) -> dict[str, Any] | None:
         return None
     except (ImportError, ValueError) as error:  # no filesystem for the protocol, bad JSON
         raise VfeError(f"{location}: {error}") from error
+    except storage_errors() as error:
+        raise VfeError(
+            f"{location} cannot be read ({type(error).__name__}: {error}); run again once the "
+            "storage answers"
+        ) from error
 
 
 def shard_output_dirs(

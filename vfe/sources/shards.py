@@ -14,7 +14,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from vfe.decoding.source import InMemoryFile
+from vfe.decoding.source import InMemoryFile, StorageReader, storage_errors
 from vfe.errors import VfeError
 
 # Keys and shard names name output members and files: letters, digits and `_-.=+,@`, not
@@ -77,7 +77,7 @@ def list_shards(pattern: str) -> list[Shard]:
             size = filesystem.size(path)
         except FileNotFoundError:
             raise VfeError(f"--input_shards: {url!r} does not exist") from None
-        except OSError as error:
+        except storage_errors() as error:
             raise VfeError(f"--input_shards: {url!r} cannot be read: {error}") from error
         shards.append(Shard(url, name, int(size or 0)))
     if not shards:
@@ -94,17 +94,16 @@ def list_shards(pattern: str) -> list[Shard]:
 
 def shard_samples(shard: Shard, video_suffixes: frozenset[str]) -> Iterator[ShardSample]:
     """The shard's samples, streamed in tar order. A sample without a video member, or whose
-    key cannot name a file, comes with its problem; a shard that cannot be read to its end
-    raises ShardError (after the samples read before it)."""
-    import fsspec
-
+        key cannot name a file, comes with its problem; a shard that cannot be read to its end
+        raises ShardError (after the samples read before it, and the reader's tries: a broken
+    connection is reopened where it stopped, `vfe.decoding.source.StorageReader`)."""
     try:
         with (
-            fsspec.open(shard.url, "rb") as stream,
+            StorageReader(shard.url) as stream,
             tarfile.open(fileobj=stream, mode="r|*") as archive,
         ):
             yield from _grouped(archive, shard, video_suffixes)
-    except (tarfile.TarError, OSError, EOFError) as error:
+    except (tarfile.TarError, OSError, EOFError) as error:  # the reader's, after its tries
         raise ShardError(f"{type(error).__name__}: {error}") from error
 
 
