@@ -407,7 +407,8 @@ def test_parquet_output_holds_a_row_per_video_readable_by_pyarrow(
     monkeypatch: pytest.MonkeyPatch,
 ):
     """`--output_format parquet`: `<shard>.parquet` with key, features, timestamps, fps,
-    clip_length and provenance per video (pyarrow and pandas read it), written a row group
+    clip_length and provenance per video (pyarrow, pandas and Hugging Face datasets read it,
+    the last offline), written a row group
     at a time, equal to the tar's arrays; its stats record the
     format, and a rerun asking for the other format is refused (not silently skipped)."""
     import pyarrow.parquet as pq
@@ -438,6 +439,21 @@ def test_parquet_output_holds_a_row_per_video_readable_by_pyarrow(
         )
     frame = pandas.read_parquet(tmp_path / "pq" / "00000.parquet")  # pandas reads it too
     assert list(frame["key"]) == list(from_tar) and len(frame["features"][1]) == 2
+    # and Hugging Face datasets, offline, with its own cache
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset(
+        "parquet",
+        data_files=str(tmp_path / "pq" / "*.parquet"),
+        split="train",
+        cache_dir=str(tmp_path / "hf"),
+    ).with_format("numpy")
+    assert list(loaded["key"]) == list(from_tar)
+    for row in loaded:
+        np.testing.assert_array_equal(
+            np.stack(row["features"]).astype(np.float32), from_tar[row["key"]]["features"]
+        )
     assert json.loads((tmp_path / "pq" / "00000.stats.json").read_text())["format"] == "parquet"
     other = run_vfe(*arguments, "--output_dir", "pq", cwd=tmp_path)
     assert other.returncode == 2 and "output format: 'parquet' (shard)" in other.stderr
