@@ -233,6 +233,8 @@ def test_shards_on_s3_in_and_out_resume_per_shard(
             np.testing.assert_array_equal(from_s3[key]["features"], from_disk[key]["features"])
     # Killed after two shards: the third's stats are missing (its data is there), so a rerun
     # redoes that one only.
+    info = run_in_process(["info", "s3://videos/feats"], tmp_path, env)
+    assert "3 finished shards (webdataset (3)), 6 samples, 5 written" in info.stdout, info
     s3.rm("videos/feats/00002.stats.json")
     rerun = run_vfe(*arguments, cwd=tmp_path, env=env)
     assert "2 already done (skipped), 1 to extract" in rerun.stderr, rerun.stderr
@@ -471,6 +473,44 @@ def test_info_summarises_a_folder_of_output_shards(
     info = run_in_process(["info", "out"], tmp_path)
     assert "3 finished shards (webdataset (3)), 6 samples, 5 written" in info.stdout, info
     assert "00001/000000003: open: no video member" in info.stdout
+
+
+@pytest.mark.parametrize("output_format", ["webdataset", "parquet"])
+def test_info_and_pack_read_output_shards_at_a_url(
+    output_format: str, shard_folder: tuple[Path, Path], tiny_clip_file: Path, tmp_path: Path
+):
+    """`vfe info URL` and `vfe pack URL OUT.h5` over output shards written to a URL
+    (fsspec's in-memory filesystem; S3 in the S3 test): the same as over the local copy, and
+    `vfe text --like URL` finds their model; `vfe search` asks for a local folder."""
+    import fsspec
+
+    from vfe.text.command import folder_model
+
+    h5py = pytest.importorskip("h5py")
+    shards, _ = shard_folder
+    url = f"memory://read-back-{output_format}/feats"
+    args = [*_clip_args(tiny_clip_file), "--input_shards", str(shards / "{00000..00002}.tar"),
+            "--output_format", output_format]  # fmt: skip
+    run_vfe(*args, "--output_dir", url, cwd=tmp_path)
+    run_vfe(*args, "--output_dir", "local", cwd=tmp_path)
+    try:
+        remote = run_in_process(["info", url], tmp_path)
+        local = run_in_process(["info", "local"], tmp_path)
+        assert remote.returncode == 0, remote.stderr
+        assert remote.stdout.replace(url, "local") == local.stdout
+        assert run_in_process(["pack", url, "remote.h5"], tmp_path).returncode == 0
+        assert run_in_process(["pack", "local", "local.h5"], tmp_path).returncode == 0
+        with h5py.File(tmp_path / "remote.h5") as remote_h5, h5py.File(tmp_path / "local.h5") as h5:
+            assert sorted(remote_h5) == sorted(h5) and len(h5) == 5
+            for name in h5:
+                np.testing.assert_array_equal(remote_h5[name][()], h5[name][()])
+        empty = run_in_process(["info", "memory://read-back-none/feats"], tmp_path)
+        assert empty.returncode == 2 and "holds no finished output shards" in empty.stderr
+        assert folder_model(url) == folder_model(tmp_path / "local")  # vfe text --like URL
+        search = run_in_process(["search", "a dog", url], tmp_path)
+        assert search.returncode == 2 and "search keeps an index beside" in search.stderr
+    finally:
+        fsspec.filesystem("memory").rm(f"/read-back-{output_format}", recursive=True)
 
 
 @pytest.mark.slow  # a server of its own; the local shards cover the logic

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from vfe.data.paths import feature_files
+from vfe.destinations import is_url
+from vfe.errors import VfeError
 from vfe.output.failures import FAILURES_FILE_NAME, read_failures
+from vfe.output.read_back import shard_stats
 from vfe.planning.provenance import DETERMINING_SETTINGS, PROVENANCE_KEY, SETTINGS_BEFORE_RECORDED
-from vfe.planning.shard_plan import STATS_SUFFIX
 
 MAX_LISTED = 10
 
@@ -180,17 +182,14 @@ def format_folder(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def describe_shards(folder: Path) -> dict[str, Any] | None:
-    """A folder of output shards (`vfe.output.shard_sink`), from their stats; None if it holds
-    none."""
-    stats_files = sorted(folder.glob(f"*{STATS_SUFFIX}"))
-    if not stats_files:
+def describe_shards(folder: "str | Path") -> dict[str, Any] | None:
+    """A folder of output shards (`vfe.output.shard_sink`), local or at an fsspec URL, from
+    their stats; None if it holds none."""
+    found = shard_stats(folder)
+    if not found:
         return None
-    shards, settings = [], Counter()
-    for path in stats_files:
-        stats = json.loads(path.read_text())
-        shards.append(stats)
-        settings[json.dumps(stats.get("settings"), sort_keys=True)] += 1
+    shards = [stats for _, stats in found]
+    settings = Counter(json.dumps(stats.get("settings"), sort_keys=True) for stats in shards)
     return {
         "folder": str(folder),
         "shards": len(shards),
@@ -230,9 +229,27 @@ def format_shards(report: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="vfe info", description=__doc__.splitlines()[0])
-    parser.add_argument("path", type=Path, help="a .npz feature file or an output folder")
+    parser.add_argument(
+        "path", help="a .npz feature file, an output folder, or a folder of output shards at a URL"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
+    if is_url(args.path):
+        try:
+            shards = describe_shards(args.path)
+        except VfeError as error:
+            print(f"vfe info: error: {error}", file=sys.stderr)
+            sys.exit(2)
+        if shards is None:
+            print(
+                f"vfe info: error: {args.path} holds no finished output shards (*.stats.json); "
+                "folders of feature files are read locally",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        print(json.dumps(shards, indent=2, sort_keys=True) if args.json else format_shards(shards))
+        return
+    args.path = Path(args.path)
     shards = describe_shards(args.path) if args.path.is_dir() else None
     if shards is not None:
         report, text = shards, format_shards

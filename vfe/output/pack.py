@@ -20,7 +20,7 @@ from types import ModuleType
 import numpy as np
 
 from vfe.data.paths import require_feature_files
-from vfe.destinations import TEMPORARY_SUFFIX, path_inside, temporary_name_prefix
+from vfe.destinations import TEMPORARY_SUFFIX, is_url, path_inside, temporary_name_prefix
 from vfe.errors import ExitCode, VfeError
 from vfe.optional import import_extra
 from vfe.output.npz import save_npz_atomically
@@ -34,18 +34,24 @@ def _h5py(command: str) -> ModuleType:
 
 
 def pack(
-    features_dir: Path, output_file: Path, key: str = "features", overwrite: bool = False
+    features_dir: "str | Path", output_file: Path, key: str = "features", overwrite: bool = False
 ) -> int:
     """Write every .npz under `features_dir` (or every sample of a folder of output shards,
-    named by its key) into `output_file`; the number of videos. An existing `output_file` is
-    replaced only if `overwrite`; it appears complete or not at all."""
+    local or at an fsspec URL, named by its key) into `output_file`; the number of videos. An
+    existing `output_file` is replaced only if `overwrite`; it appears complete or not at all."""
     h5py = _h5py("pack")
-    features_dir, output_file = Path(features_dir), Path(output_file)
+    output_file = Path(output_file)
     if output_file.exists() and not overwrite:
         raise VfeError(f"{str(output_file)!r} exists; pass --overwrite to replace it")
     if is_shard_folder(features_dir):
         samples = shard_samples(features_dir)
+    elif is_url(str(features_dir)):
+        raise VfeError(
+            f"{features_dir} holds no finished output shards (*.stats.json); folders of "
+            "feature files are packed from a local copy"
+        )
     else:
+        features_dir = Path(features_dir)
         samples = feature_file_samples(features_dir, require_feature_files(features_dir))
     output_file.parent.mkdir(parents=True, exist_ok=True)
     descriptor, partial = tempfile.mkstemp(
@@ -122,7 +128,7 @@ def main(args: list[str]) -> None:
             "A features folder as one HDF5 file: a dataset per video named by its relative "
             "path (UniVTG's use_cache files), the other keys as its attributes."
         )
-        parser.add_argument("features_dir", type=Path)
+        parser.add_argument("features_dir", help="a features folder, local or (shards) a URL")
         parser.add_argument("output_file", type=Path)
         parser.add_argument(
             "--key",

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vfe.data.paths import VIDEO_EXTENSIONS
+from vfe.destinations import is_url
 from vfe.errors import ExitCode, VfeError
 from vfe.search.index import ClipIndex, load_index, top_clips, video_scores
 from vfe.search.report import Hit, Searched, timeline_svg, write_report
@@ -90,7 +91,7 @@ DESCRIPTION = " ".join(__doc__.split("\n\n")[0].split())
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="vfe search", description=DESCRIPTION)
     parser.add_argument("query", help='what to look for, in words ("a dog catches a frisbee")')
-    parser.add_argument("features_dir", type=Path, help="one backbone's folder from vfe predict")
+    parser.add_argument("features_dir", help="one backbone's folder from vfe predict")
     parser.add_argument("--top_k", type=int, default=10, help="how many clips (default 10)")
     parser.add_argument("--json", action="store_true", help="print the hits as a JSON list")
     parser.add_argument("--report", type=Path, help="write an HTML page with thumbnails")
@@ -100,6 +101,12 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error(f"--top_k must be a positive integer, got {args.top_k}")
+    if is_url(args.features_dir):
+        parser.error(
+            f"{args.features_dir} is a URL: search keeps an index beside the features, so it "
+            "reads a local folder; copy the folder of output shards here and search that"
+        )
+    args.features_dir = Path(args.features_dir)
     try:
         hits, index, embedding = search(args.query, args.features_dir, args.top_k, args.input_dir)
         if args.report is not None:

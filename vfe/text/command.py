@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vfe.data.paths import feature_files
-from vfe.destinations import path_inside, write_atomically
+from vfe.destinations import is_url, path_inside, write_atomically
 from vfe.errors import ExitCode, VfeError
 from vfe.output.read_back import is_shard_folder, shard_samples
 from vfe.planning.provenance import PROVENANCE_KEY, read_provenance
@@ -30,13 +30,13 @@ from vfe.planning.provenance import PROVENANCE_KEY, read_provenance
 MODEL_KEYS = ("model", "arch", "weights_sha256")
 
 
-def folder_model(features_dir: Path) -> dict[str, Any]:
+def folder_model(features_dir: "str | Path") -> dict[str, Any]:
     """The one backbone (`model`, `arch`, `weights_sha256`, `options`) the folder's .npz files
     record; an error when they record none or several."""
     found: dict[tuple[Any, ...], str] = {}
     record: dict[str, Any] = {}
     first = None
-    for path, provenance in _provenances(Path(features_dir)):
+    for path, provenance in _provenances(features_dir):
         first = first or path
         if provenance is None:
             raise VfeError(f"--like: {path} records no provenance (made by an older vfe)")
@@ -57,13 +57,16 @@ def folder_model(features_dir: Path) -> dict[str, Any]:
     return {name: record[name] for name in (*MODEL_KEYS, "options")}
 
 
-def _provenances(features_dir: Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
-    """(where, provenance) of each feature file, or each sample of a folder of output shards
-    (`vfe.output.read_back`)."""
+def _provenances(features_dir: "str | Path") -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """(where, provenance) of each feature file, or each sample of a folder of output shards,
+    local or at a URL (`vfe.output.read_back`)."""
     if is_shard_folder(features_dir):
         for _, where, arrays in shard_samples(features_dir):
             yield where, json.loads(str(arrays[PROVENANCE_KEY]))
         return
+    if is_url(str(features_dir)):
+        raise VfeError(f"--like {features_dir} holds no finished output shards (*.stats.json)")
+    features_dir = Path(features_dir)
     files = feature_files(features_dir)
     if not files:
         raise VfeError(f"--like {str(features_dir)!r} holds no .npz feature files")
@@ -149,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         qid: path_inside(output_dir, qid, "qid", folders=False, prefix=args.prefix, suffix=".npz")
         for qid, _ in queries
     }
-    model = folder_model(Path(args.like))
+    model = folder_model(args.like)
     tower = build_text_tower(model)
     output_dir.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(queries), args.batch_size):
