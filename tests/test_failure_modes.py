@@ -5,7 +5,6 @@ cut-off failure record, bugs that must not pass for bad files, and the writer th
 import json
 import random
 import subprocess
-import sys
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import decoder_available, extract, run_vfe
+from conftest import decoder_available, extract, run_in_process, run_vfe
 from torchvision.transforms import InterpolationMode
 
 from vfe.backbones.openai_clip import CLIPBackbone
@@ -217,9 +216,7 @@ def test_a_cut_off_failure_record_neither_crashes_runs_nor_info(
     lines = (output / "failures.jsonl").read_text().splitlines()
     assert lines[0] == '{"relative_path": "x.mp4", "stage": "de'
     assert json.loads(lines[1])["relative_path"] == "bad.mp4"  # on a line of its own
-    info = subprocess.run(
-        [sys.executable, "-m", "vfe", "info", "out"], cwd=tmp_path, capture_output=True, text=True
-    )
+    info = run_in_process(["info", "out"], tmp_path)
     assert info.returncode == 0, info.stderr
     assert "1 unreadable line(s) in failures.jsonl" in info.stdout
     assert "bad.mp4" in info.stdout

@@ -1,8 +1,6 @@
 """Several backbones from one decode: `--model clip,slowfast`."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -10,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import cosine, extract, run_vfe
+from conftest import cosine, extract, run_in_process, run_vfe
 from torchvision.transforms import InterpolationMode
 
 from vfe.argv import rewrite_model_names
@@ -153,10 +151,7 @@ def test_a_bad_video_is_reported_once_with_the_backbones_affected(
         assert record["models"] == ["clip", "mean_colour"]
         assert (tmp_path / "out" / name / "a.npz").exists()
     # `vfe info` on the run's root: one report per backbone folder, each with its failure.
-    info = subprocess.run(
-        [sys.executable, "-m", "vfe", "info", "out", "--json"],
-        cwd=tmp_path, capture_output=True, text=True,
-    )  # fmt: skip
+    info = run_in_process(["info", "out", "--json"], tmp_path)
     assert info.returncode == 0, info.stderr
     reports = json.loads(info.stdout)["backbones"]
     assert sorted(reports) == ["clip", "mean_colour"]
@@ -164,9 +159,7 @@ def test_a_bad_video_is_reported_once_with_the_backbones_affected(
         assert report["files"] == 1
         assert [r["relative_path"] for r in report["failed_videos"]] == ["broken.mp4"]
         assert all(len(values) == 1 for values in report["settings"].values())  # not MIXED
-    text = subprocess.run(
-        [sys.executable, "-m", "vfe", "info", "out"], cwd=tmp_path, capture_output=True, text=True
-    ).stdout
+    text = run_in_process(["info", "out"], tmp_path).stdout
     assert "2 backbone folders" in text and "MIXED" not in text
 
 

@@ -3,13 +3,11 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_vfe
+from conftest import run_in_process, run_vfe
 
 from vfe.bench.synthetic import write_video
 from vfe.data.paths import VideoEntry, video_fingerprint
@@ -76,18 +74,17 @@ def test_info_describes_a_file_and_a_folder(clip_args, tmp_path: Path):
     (tmp_path / "out" / "failures.jsonl").write_text(
         json.dumps({"relative_path": "gone.mp4", "stage": "open", "error": "E: bad"}) + "\n"
     )
-    info = [sys.executable, "-m", "vfe", "info"]
-    text = subprocess.run([*info, "out/moving.npz"], cwd=tmp_path, capture_output=True, text=True)
+    text = run_in_process(["info", "out/moving.npz"], tmp_path)
     assert text.returncode == 0, text.stderr
     assert "2 clips, features [2, 32] float32" in text.stdout and "weights_sha256:" in text.stdout
-    folder = subprocess.run([*info, "out", "--json"], cwd=tmp_path, capture_output=True, text=True)
+    folder = run_in_process(["info", "out", "--json"], tmp_path)
     report = json.loads(folder.stdout)
     assert report["files"] == 2
     assert report["feature_shapes"] == {"[2, 32]": 1, "[1, 32]": 1}
     assert report["settings"]["clip_length"] == [{"value": 2.0, "files": 2}]
     assert report["settings"]["preprocessing"][0]["value"]["crop_size"] == 32  # an object
     assert [r["relative_path"] for r in report["failed_videos"]] == ["gone.mp4"]
-    plain = subprocess.run([*info, "out"], cwd=tmp_path, capture_output=True, text=True)
+    plain = run_in_process(["info", "out"], tmp_path)
     assert "2 feature files" in plain.stdout and "gone.mp4: open: E: bad" in plain.stdout
 
 

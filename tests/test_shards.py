@@ -828,7 +828,10 @@ def test_search_and_text_like_read_a_folder_of_output_shards(
 ):
     """`vfe search` over output shards ranks the clips as over the same videos' files (the same
     scores and times, each hit named by its shard and key); `vfe text --like` finds the folder's
-    model in the shards' provenance."""
+    model in the shards' provenance; its report shows each hit's frame, read from the input
+    shard."""
+    import re
+
     from vfe.text.command import folder_model
 
     shards, videos = shard_folder
@@ -846,6 +849,15 @@ def test_search_and_text_like_read_a_folder_of_output_shards(
         assert Path(a["path"]).stem == Path(b["path"]).stem  # the same video
     assert hits["shards"][0]["path"].startswith(str(shards))  # its shard member's name
     assert folder_model(tmp_path / "shards") == folder_model(tmp_path / "files")
+    # The report's thumbnails: the frames of the same videos, read from the input shards.
+    thumbnails = {}
+    for folder in ("files", "shards"):
+        page = tmp_path / f"{folder}.html"
+        report = run_in_process(["search", "a dog", folder, "--top_k", "3", "--report", str(page)],
+                                tmp_path)  # fmt: skip
+        assert report.returncode == 0 and "no thumbnail" not in report.stderr, report.stderr
+        thumbnails[folder] = re.findall(r'<img src="(data:[^"]+)"', page.read_text())
+    assert len(thumbnails["shards"]) == 3 and thumbnails["shards"] == thumbnails["files"]
 
 
 def test_the_python_api_extracts_shards_keyed_by_sample(

@@ -2,14 +2,13 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import clip
 import numpy as np
 import pytest
 import torch
-from conftest import extract
+from conftest import extract, run_in_process
 
 from vfe.backbones.openai_clip import CLIPBackbone
 from vfe.backbones.slowfast import SlowFastBackbone
@@ -27,9 +26,7 @@ def clip_features(text_clip_file: Path, video_dir: Path, tmp_path_factory) -> Pa
 
 
 def vfe_text(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vfe", "text", *args], cwd=cwd, capture_output=True, text=True
-    )
+    return run_in_process(["text", *args], cwd)
 
 
 def test_a_relative_weights_path_is_recorded_absolute(

@@ -15,8 +15,6 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from vfe.messages import say_on_this_rank
-
 READ_TRIES = 4  # per read: the first and three more
 FIRST_WAIT_SECONDS = 1.0  # then 2 s, 4 s
 
@@ -85,6 +83,8 @@ class StorageReader(io.RawIOBase):
                 if attempt == READ_TRIES:
                     raise OSError(f"{self.url}: {problem} (after {READ_TRIES} tries)") from error
                 attempt += 1
+                from vfe.messages import say_on_this_rank  # not at the top: it loads torch
+
                 say_on_this_rank(
                     f"{self.url}: {problem}; reading again from byte {self._position} in "
                     f"{wait:g} s (try {attempt} of {READ_TRIES})"

@@ -58,13 +58,7 @@ def report_run(
             say_more(lines)
     if unfinished:
         say(f"{unfinished} video(s) ended incomplete and were not written")
-    for name in names:
-        if audit.written_elsewhere.get(name):
-            label = f"{name}: " if len(names) > 1 else ""
-            say(
-                f"{label}{audit.written_elsewhere[name]} video(s) of this run's plan were written "
-                "by another job sharing the folder"
-            )
+    _say_done_elsewhere(names, audit.written_elsewhere, "video(s)", "written")
     if totals.get("not_nvdec"):
         say(
             f"{totals['not_nvdec']} video(s) decoded by FFmpeg in software: NVDEC cannot decode "
@@ -104,13 +98,18 @@ def report_shard_run(
     not_done = totals["unreadable_shards"] + totals["open_shards"]
     if audit is not None:
         not_done = len({shard for missing in audit.missing.values() for shard in missing})
-        for name in names:
-            if audit.done_elsewhere.get(name):
-                label = f"{name}: " if len(names) > 1 else ""
-                say(
-                    f"{label}{audit.done_elsewhere[name]} shard(s) of this run's plan were "
-                    "done by another job sharing the folder"
-                )
+        _say_done_elsewhere(names, audit.done_elsewhere, "shard(s)", "done")
     if not_done:
         say(f"{not_done} shard(s) not finished (no .stats.json): the same command redoes them")
     return failed + unfinished + not_done
+
+
+def _say_done_elsewhere(names: list[str], counts: dict[str, int], unit: str, verb: str) -> None:
+    """Per backbone, how much of the run's plan another job sharing the folder did."""
+    for name in names:
+        if counts.get(name):
+            label = f"{name}: " if len(names) > 1 else ""
+            say(
+                f"{label}{counts[name]} {unit} of this run's plan were {verb} by another job "
+                "sharing the folder"
+            )

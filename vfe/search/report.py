@@ -4,7 +4,8 @@ send to a colleague.
 A header says what was searched (query, folder, model, weights, date, counts). Hits are grouped
 by video, best video first: the video's short path (the full one on hover), its similarity to
 the query over time with the hits shaded and numbered, and each hit's frame at its clip's middle
-(decoded from the source video) as a link that opens the video at the hit (`file://...#t=S,E`).
+(decoded from the source video) as a link that opens the video at the hit (`file://...#t=S,E`);
+a sample of a shard has its frame, read from the member of its input shard, and no link.
 The layout fills a wide screen and stacks on a phone.
 """
 
@@ -20,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vfe.decoding.source import InMemoryFile
 from vfe.decoding.video import file_errors, open_video
+from vfe.sources.shards import shard_member
 
 THUMBNAIL_HEIGHT = 144
 # The chart's drawing units (it scales to the width it is given, keeping its shape).
@@ -51,7 +54,7 @@ class Searched:
     num_clips: int
 
 
-def frame_at(video_path: Path, time_seconds: Fraction) -> np.ndarray:
+def frame_at(video_path: "Path | InMemoryFile", time_seconds: Fraction) -> np.ndarray:
     """`(H, W, 3) uint8`: the frame on screen at `time_seconds` (the last one starting at or
     before it), decoded by vfe's default decoder from a seek."""
     video = open_video(video_path, "pyav")
@@ -154,10 +157,15 @@ def _hit_figure(rank: int, hit: Hit, missing: list[str]) -> str:
     middle = (Fraction(str(hit.start_seconds)) + Fraction(str(hit.end_seconds))) / 2
     image = '<div class="nothumb">video not found</div>'
     link = None
+    video: Path | InMemoryFile | None = None
     if hit.source is not None and Path(hit.source).exists():
-        link = f"{Path(hit.source).resolve().as_uri()}#t={hit.start_seconds:g},{hit.end_seconds:g}"
+        video = Path(hit.source)
+        link = f"{video.resolve().as_uri()}#t={hit.start_seconds:g},{hit.end_seconds:g}"
+    elif hit.source is not None:  # a sample of a shard: its member, read from the shard
+        video = shard_member(hit.source)
+    if video is not None:
         try:
-            uri = thumbnail_data_uri(frame_at(Path(hit.source), middle))
+            uri = thumbnail_data_uri(frame_at(video, middle))
             image = f'<img src="{uri}" alt="frame at {float(middle):.2f} s">'
         except (*file_errors("pyav"), ValueError) as error:
             missing.append(f"{hit.source}: {error}")

@@ -141,3 +141,26 @@ def _sample(shard: Shard, key: str, video: InMemoryFile | None, members: list[st
     if video is None:
         return ShardSample(key, None, f"no video member (members: {', '.join(members)})")
     return ShardSample(key, video)
+
+
+def shard_member(source: str) -> InMemoryFile | None:
+    """The video a sample's recorded source names (`<shard url>.tar/<key>.<ext>`, as a run
+    over shards records it), read from its shard, local or at a URL; None where the source
+    names no shard member, or the shard or the member is gone."""
+    shard_url, separator, member = source.rpartition(SHARD_SUFFIX + "/")
+    if not separator or not shard_url:
+        return None
+    shard_url += SHARD_SUFFIX
+    try:
+        with (
+            StorageReader(shard_url) as stream,
+            tarfile.open(fileobj=stream, mode="r:") as archive,
+        ):
+            # The recorded name's suffix is lower case (`<key>.MP4` is recorded `<key>.mp4`).
+            found = next((m for m in archive if m.name.lower() == member.lower()), None)
+            reader = archive.extractfile(found) if found is not None else None
+            if reader is None:
+                return None
+            return InMemoryFile(f"{posixpath.basename(shard_url)}/{found.name}", reader.read())
+    except (tarfile.TarError, EOFError, OSError):  # gone, or not a readable tar
+        return None
