@@ -473,6 +473,10 @@ def test_info_summarises_a_folder_of_output_shards(
     info = run_in_process(["info", "out"], tmp_path)
     assert "3 finished shards (webdataset (3)), 6 samples, 5 written" in info.stdout, info
     assert "00001/000000003: open: no video member" in info.stdout
+    (tmp_path / "out" / "00002.stats.json").write_text('{"shard": "000')  # cut off
+    broken = run_in_process(["info", "out"], tmp_path)
+    assert broken.returncode == 2, broken.stderr
+    assert broken.stderr.startswith("vfe info: error: out cannot be read (JSONDecodeError")
 
 
 @pytest.mark.parametrize("output_format", ["webdataset", "parquet"])

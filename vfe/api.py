@@ -24,10 +24,9 @@ from vfe.destinations import is_url
 from vfe.errors import VfeError
 from vfe.messages import quiet_reports
 from vfe.output.failures import FAILURES_FILE_NAME, read_failures
-from vfe.output.read_back import shard_samples
+from vfe.output.read_back import shard_samples, shard_stats
 from vfe.output.writer import FeatureWriter
 from vfe.planning.provenance import PROVENANCE_KEY
-from vfe.planning.shard_plan import STATS_SUFFIX
 from vfe.predict_cli import check_device
 from vfe.stopping import STOP_REQUEST, STOP_SIGNALS
 
@@ -218,7 +217,7 @@ def _read_shards(folder: Path, run_id: str, allow_failures: bool) -> dict[str, V
     stats) raise unless allowed."""
     failed = [
         f"{stats['shard']}/{failure.get('relative_path')}: {failure.get('error')}"
-        for stats in (json.loads(p.read_text()) for p in sorted(folder.glob(f"*{STATS_SUFFIX}")))
+        for _, stats in shard_stats(folder)
         if stats.get("run") == run_id
         for failure in stats.get("failures", [])
     ]

@@ -326,9 +326,7 @@ class VideoDataModule(LightningDataModule):
             if input_shards is None:
                 raise VfeError("--shard_video_ext is for --input_shards")
             shard_video_ext = "." + shard_video_ext.lower().lstrip(".")
-        if input_shards is not None:
-            pass
-        elif input_list is not None:
+        if input_shards is None and input_list is not None:
             if Path(input_dir) != DEFAULT_INPUT_DIR:
                 raise VfeError(
                     f"--input_dir {str(input_dir)!r} and --input_list {str(input_list)!r}: give "
@@ -336,7 +334,7 @@ class VideoDataModule(LightningDataModule):
                 )
             if not Path(input_list).is_file():
                 raise VfeError(f"--input_list {str(input_list)!r} is not a file")
-        elif not is_url(input_dir) and not Path(input_dir).is_dir():
+        elif input_shards is None and not is_url(input_dir) and not Path(input_dir).is_dir():
             raise VfeError(f"--input_dir {str(input_dir)!r} is not a folder")
         if is_url(input_dir) and (decoder != "pyav" or decode_device != "cpu"):
             raise VfeError(

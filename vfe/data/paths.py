@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from vfe.decoding.source import InMemoryFile, RemoteFile
+from vfe.decoding.source import InMemoryFile, RemoteFile, storage_errors
 from vfe.destinations import RESERVED_NAMES, is_url, path_inside
 from vfe.errors import VfeError
 
@@ -177,7 +177,7 @@ def _find_remote(url: str, extensions: frozenset[str]) -> list[VideoEntry]:
     try:
         filesystem, root = fsspec.core.url_to_fs(url)
         found = filesystem.find(root, detail=True)
-    except (ImportError, ValueError, OSError) as error:
+    except (ImportError, ValueError, *storage_errors()) as error:
         raise VfeError(f"--input_dir {url!r} cannot be listed: {error}") from error
     protocol = url.split("://", 1)[0]
     root = root.rstrip("/")
@@ -329,7 +329,7 @@ def _remote_entry(url: str, video_id: str | None, where: str) -> VideoEntry:
         info = filesystem.info(path)
     except FileNotFoundError:  # listed so that the run reports it, as a missing file
         return VideoEntry(RemoteFile(url), _remote_name(url, video_id), 0, 0)
-    except (ImportError, ValueError, OSError) as error:
+    except (ImportError, ValueError, *storage_errors()) as error:
         raise VfeError(f"{where}: {url!r} cannot be read: {error}") from error
     return VideoEntry(
         RemoteFile(url), _remote_name(url, video_id), int(info.get("size") or 0),

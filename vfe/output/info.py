@@ -234,23 +234,21 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
-    if is_url(args.path):
-        try:
-            shards = describe_shards(args.path)
-        except VfeError as error:
-            print(f"vfe info: error: {error}", file=sys.stderr)
-            sys.exit(2)
-        if shards is None:
-            print(
-                f"vfe info: error: {args.path} holds no finished output shards (*.stats.json); "
-                "folders of feature files are read locally",
-                file=sys.stderr,
-            )
-            sys.exit(2)
-        print(json.dumps(shards, indent=2, sort_keys=True) if args.json else format_shards(shards))
-        return
-    args.path = Path(args.path)
-    shards = describe_shards(args.path) if args.path.is_dir() else None
+    remote = is_url(args.path)
+    path = args.path if remote else Path(args.path)
+    try:  # a folder of output shards, local or at a URL (a corrupt stats file: one line)
+        shards = describe_shards(path) if remote or path.is_dir() else None
+    except VfeError as error:
+        print(f"vfe info: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if remote and shards is None:
+        print(
+            f"vfe info: error: {path} holds no finished output shards (*.stats.json); "
+            "folders of feature files are read locally",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    args.path = path
     if shards is not None:
         report, text = shards, format_shards
     elif args.path.is_dir():
