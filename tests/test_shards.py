@@ -906,7 +906,8 @@ def test_the_awkward_files_from_a_shard_equal_the_same_files_on_disk(
     real_world_videos: dict[str, Path], tiny_clip_file: Path, tmp_path: Path
 ):
     """Edit-list cuts, MPEG-TS, VFR, 29.97 fps, Xvid AVI, ... decoded from memory (a shard
-    sample) give the features and timestamps of the same files read from disk."""
+    sample) or read in place at a URL give the features and timestamps of the same files read
+    from disk."""
     folder = tmp_path / "files"
     folder.mkdir()
     with webdataset.TarWriter(str(tmp_path / "corpus.tar")) as sink:
@@ -926,3 +927,17 @@ def test_the_awkward_files_from_a_shard_equal_the_same_files_on_disk(
         with np.load(tmp_path / "from_files" / f"{key}.npz") as saved:
             for name in ("features", "timestamps", "fps"):
                 np.testing.assert_array_equal(from_shard[key][name], saved[name], err_msg=key)
+    # Read in place at a URL (`file://`: fsspec's files, each open its own, as on a bucket;
+    # its memory filesystem shares one position between opens): through vfe's storage reader,
+    # whose reads and seeks PyAV drives, the same features again.
+    in_place = run_vfe(*args, "--input_dir", folder.resolve().as_uri(),
+                       "--output_dir", "in_place", cwd=tmp_path)  # fmt: skip
+    assert in_place.returncode == files.returncode, in_place.stderr
+    assert sorted(p.stem for p in (tmp_path / "in_place").glob("*.npz")) == written
+    for key in written:
+        with (
+            np.load(tmp_path / "from_files" / f"{key}.npz") as saved,
+            np.load(tmp_path / "in_place" / f"{key}.npz") as read_in_place,
+        ):
+            for name in ("features", "timestamps", "fps"):
+                np.testing.assert_array_equal(read_in_place[name], saved[name], err_msg=key)

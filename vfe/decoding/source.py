@@ -128,6 +128,8 @@ class StorageReader(io.RawIOBase):
             offset += self._position
         elif whence == io.SEEK_END:
             offset += self.size
+        elif whence != io.SEEK_SET:
+            raise ValueError(f"{self.url}: seek whence {whence}")
         if offset < 0:
             raise ValueError(f"{self.url}: seek to byte {offset}")
         self._position = offset
